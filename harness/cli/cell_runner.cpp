@@ -1,0 +1,98 @@
+#include "cli/cell_runner.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <random>
+
+#include "common/error.h"
+#include "common/strings.h"
+#include "ddp/device.h"
+#include "results/fingerprint.h"
+#include "results/results.h"
+
+namespace ddpbench::cli {
+
+std::string new_run_id() {
+  std::random_device rd;
+  char suffix[8];
+  std::snprintf(suffix, sizeof suffix, "%04x", rd() & 0xffff);
+  std::string ts = utc_timestamp();  // 2026-11-28T01:35:02Z
+  std::string compact;
+  for (char c : ts)
+    if (std::isdigit(static_cast<unsigned char>(c))) compact += c;
+  return compact.substr(0, 8) + "-" + compact.substr(8, 6) + "-" + suffix;
+}
+
+void make_dirs(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::create_directories(path, ec);
+  if (ec) throw RunError("cannot create folder " + path + ": " + ec.message());
+}
+
+std::string self_executable() {
+  std::error_code ec;
+  auto p = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (ec) throw RunError("cannot find this executable through /proc/self/exe: " + ec.message());
+  return p.string();
+}
+
+CellResult run_cell(const CellRequest& req) {
+  make_dirs(req.dir);
+  const std::string ranks_dir = req.dir + "/ranks";
+  make_dirs(ranks_dir);
+  const std::string config_path = req.dir + "/config.json";
+  write_file_atomic(config_path, train::to_json(req.config).dump(2) + "\n");
+
+  launch::Spec spec;
+  spec.topology = req.topology;
+  spec.topology.nproc_per_node = req.config.nproc;
+  spec.argv = {self_executable(), "_worker", "--config", config_path, "--out", ranks_dir};
+  spec.log_dir = req.dir + "/logs";
+  spec.timeout = std::chrono::seconds(req.config.timeout_s);
+  spec.echo_rank0 = req.echo_rank0;
+  const auto outcome = launch::run(spec);
+
+  std::vector<results::RankReport> reports;
+  for (const auto& r : outcome.ranks) {
+    const std::string path = ranks_dir + "/rank" + std::to_string(r.global_rank) + ".json";
+    if (!std::filesystem::exists(path)) continue;  // a rank that died before writing anything
+    try {
+      reports.push_back(results::rank_report_from_json(nlohmann::json::parse(read_file(path))));
+    } catch (const std::exception& e) {
+      throw RunError("reading " + path + ": " + e.what());
+    }
+  }
+
+  const auto runtime = ddp::runtime_info();
+  const auto fp = results::collect_fingerprint(runtime);
+  results::RunContext ctx;
+  ctx.run_id = req.run_id;
+  ctx.cell = req.cell;
+  ctx.config = train::to_json(req.config);
+  ctx.fingerprint = results::to_json(fp);
+  ctx.hardware_key = results::hardware_key(fp);
+  ctx.flops_per_token = train::model_flops_per_token(req.config);
+  if (!outcome.ok) {
+    ctx.launcher_status = "failed";
+    ctx.launcher_reason = outcome.reason;
+    ctx.failed_rank = outcome.failed_rank.value_or(-1);
+  }
+  CellResult result;
+  result.document = results::make_run_document(ctx, reports);
+  result.ok = outcome.ok && result.document["status"]["state"] == "ok" &&
+              static_cast<int>(reports.size()) == static_cast<int>(outcome.ranks.size());
+  if (!result.ok) {
+    const auto& st = result.document["status"];
+    result.reason = st.contains("reason") && !st["reason"].get<std::string>().empty()
+                        ? "rank " + st["rank"].dump() + " failed in " + st["phase"].get<std::string>() + ": " +
+                              st["reason"].get<std::string>()
+                        : outcome.reason;
+    if (result.reason.empty()) result.reason = "a rank wrote no report (see " + spec.log_dir + ")";
+    if (!outcome.failed_log_tail.empty()) result.document["status"]["log_tail"] = outcome.failed_log_tail;
+  }
+  write_file_atomic(req.dir + "/result.json", result.document.dump(2) + "\n");
+  return result;
+}
+
+}  // namespace ddpbench::cli

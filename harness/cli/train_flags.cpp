@@ -1,0 +1,35 @@
+#include "cli/train_flags.h"
+
+namespace ddpbench::cli {
+
+TrainFlags::TrainFlags(CLI::App& sub) {
+  const train::Config defaults;
+  const auto defaults_json = train::to_json(defaults);
+  for (const auto& s : train::settings()) {
+    auto value = std::make_shared<std::string>();
+    std::string help = s.help;
+    if (defaults_json.contains(s.key)) {
+      const auto& d = defaults_json[s.key];
+      std::string shown = d.is_string() ? d.get<std::string>() : d.dump();
+      if (d.is_array()) {
+        shown.clear();
+        for (const auto& x : d) shown += (shown.empty() ? "" : ",") + x.get<std::string>();
+      }
+      help += " [" + shown + "]";
+    }
+    sub.add_option(train::flag_of(s.key), *value, help);
+    values_.emplace_back(s.key, value);
+  }
+}
+
+train::Config TrainFlags::config() const {
+  std::vector<std::pair<std::string, std::string>> given;
+  for (const auto& [key, value] : values_)
+    if (!value->empty()) given.emplace_back(key, *value);
+  train::Config cfg;
+  train::apply_settings(cfg, given);
+  train::validate(cfg);
+  return cfg;
+}
+
+}  // namespace ddpbench::cli

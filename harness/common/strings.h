@@ -1,0 +1,22 @@
+// Small text helpers shared by the CLI, the results and the suite code.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace ddpbench {
+
+std::vector<std::string> split(std::string_view text, char sep);
+std::optional<std::int64_t> parse_int(std::string_view text);
+std::optional<double> parse_double(std::string_view text);
+std::string format_si(double value, int precision = 1);  // 12345 -> "12.3k"
+std::string format_bytes(double bytes);                  // 1.5 GiB
+std::string getenv_or(const char* name, const std::string& fallback);
+std::string utc_timestamp();                              // 2026-11-28T01:02:03Z
+std::string read_file(const std::string& path);           // throws RunError naming the path
+// Writes to path.tmp, fsyncs and renames, so a reader never sees half a file.
+void write_file_atomic(const std::string& path, const std::string& content);
+
+}  // namespace ddpbench

@@ -1,0 +1,16 @@
+// Calls that need CUDA headers, kept in one translation unit built only with a CUDA toolkit.
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace ddpbench::ddp::cuda {
+
+void synchronize(int index);
+void set_device(int index);
+std::int64_t peak_allocated(int index);
+std::int64_t peak_reserved(int index);
+void reset_peaks(int index);
+std::string nccl_version();  // "2.28.9" of the NCCL LibTorch loaded; empty if none
+std::string runtime_version();
+
+}  // namespace ddpbench::ddp::cuda

@@ -1,0 +1,84 @@
+#include "ddp/device.h"
+
+#include <sys/resource.h>
+
+#include <ATen/Context.h>
+#include <ATen/detail/CUDAHooksInterface.h>
+#include <torch/version.h>
+
+#include "common/error.h"
+#ifdef DDPBENCH_WITH_CUDA
+#include "ddp/cuda_device.h"
+#endif
+
+namespace ddpbench::ddp {
+
+namespace {
+
+std::int64_t peak_rss_bytes() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<std::int64_t>(ru.ru_maxrss) * 1024;  // Linux reports KiB
+}
+
+[[noreturn]] void no_cuda() { throw RunError("this ddpbench was built without a CUDA toolkit"); }
+
+}  // namespace
+
+results::RuntimeInfo runtime_info() {
+  results::RuntimeInfo info;
+  info.libtorch = TORCH_VERSION;
+  info.cuda_available = at::hasCUDA();
+  if (info.cuda_available) {
+    const auto& hooks = at::detail::getCUDAHooks();
+    info.cuda_device_count = hooks.deviceCount();
+    const long cudnn = hooks.versionCuDNN();
+    if (cudnn > 0) info.cudnn = std::to_string(cudnn);
+#ifdef DDPBENCH_WITH_CUDA
+    info.cuda_runtime = cuda::runtime_version();
+    info.nccl = cuda::nccl_version();
+#endif
+  }
+  return info;
+}
+
+void synchronize(const std::string& device, int index) {
+  if (device == "cpu") return;
+#ifdef DDPBENCH_WITH_CUDA
+  cuda::synchronize(index);
+#else
+  (void)index;
+  no_cuda();
+#endif
+}
+
+void set_cuda_device(int index) {
+#ifdef DDPBENCH_WITH_CUDA
+  cuda::set_device(index);
+#else
+  (void)index;
+  no_cuda();
+#endif
+}
+
+MemoryPeaks memory_peaks(const std::string& device, int index) {
+  if (device == "cpu") return {peak_rss_bytes(), peak_rss_bytes()};
+#ifdef DDPBENCH_WITH_CUDA
+  return {cuda::peak_allocated(index), cuda::peak_reserved(index)};
+#else
+  (void)index;
+  no_cuda();
+#endif
+}
+
+void reset_memory_peaks(const std::string& device, int index) {
+  if (device == "cpu") return;  // the kernel keeps no resettable RSS peak; CPU peaks cover the run
+#ifdef DDPBENCH_WITH_CUDA
+  cuda::reset_peaks(index);
+#else
+  (void)index;
+  no_cuda();
+#endif
+}
+
+}  // namespace ddpbench::ddp

@@ -1,0 +1,75 @@
+// The launcher: one process per rank with a torchrun-compatible environment, supervised until all
+// ranks end, one of them fails, or the deadline passes. Knows nothing of what the ranks run, so the
+// built-in trainer, the Python reference trainer and test scripts all go through the same path.
+#pragma once
+#include <chrono>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace ddpbench::launch {
+
+// Where this node sits in the world. nnodes x nproc_per_node ranks in all.
+struct Topology {
+  int nproc_per_node = 1;
+  int nnodes = 1;
+  int node_rank = 0;
+  std::string master_addr = "127.0.0.1";
+  int master_port = 0;  // 0: pick a free port (single node only)
+
+  int world_size() const { return nproc_per_node * nnodes; }
+  int global_rank(int local_rank) const { return node_rank * nproc_per_node + local_rank; }
+};
+
+// Fills nnodes, node_rank and master_addr from Slurm's variables (SLURM_NNODES, SLURM_NODEID,
+// SLURM_JOB_NODELIST or SLURM_NODELIST, first host of a list such as "gpu[03-05,09],cpu1"), where
+// they are set; fields given explicitly by the user are applied afterwards by the caller.
+Topology topology_from_slurm(const std::map<std::string, std::string>& env, Topology base);
+// First host name of a Slurm node list: "gpu[03-05,09],cpu1" -> "gpu03".
+std::string first_slurm_host(const std::string& nodelist);
+// A TCP port on the loopback interface that nothing listens on now.
+int pick_free_port();
+
+struct Spec {
+  Topology topology;
+  std::vector<std::string> argv;                  // the command every rank runs
+  std::map<std::string, std::string> extra_env;   // added to every rank's environment
+  std::string log_dir;                            // rank<k>.log per global rank k is written here
+  std::chrono::milliseconds timeout{std::chrono::minutes(30)};  // whole run
+  std::chrono::milliseconds heartbeat_timeout{0};  // 0: off; else a rank silent this long is hung
+  std::chrono::milliseconds kill_grace{std::chrono::seconds(5)};  // SIGTERM, then SIGKILL after this
+  bool echo_rank0 = true;  // copy local rank 0's output to our stdout as it comes
+  int threads_per_rank = 0;  // OMP_NUM_THREADS; 0: cores / nproc_per_node, at least 1
+};
+
+struct RankExit {
+  int global_rank = 0;
+  int local_rank = 0;
+  int exit_code = -1;  // valid when signal == 0
+  int signal = 0;      // the signal that ended it, 0 if it exited
+  bool killed_by_launcher = false;
+  std::string log_path;
+};
+
+struct Outcome {
+  bool ok = false;
+  bool timed_out = false;
+  std::optional<int> failed_rank;  // the first rank to fail, by time
+  std::string reason;              // one line: "rank 1 (node 0, local 1) exited with status 3"
+  std::string failed_log_tail;     // the last lines of that rank's log
+  std::vector<RankExit> ranks;     // one per local rank, in local rank order
+  double seconds = 0;
+};
+
+// Runs the ranks of this node and supervises them: when one exits non-zero or by a signal, the
+// others are torn down (SIGTERM to each rank's process group, SIGKILL after kill_grace); at the
+// timeout, all are. SIGINT and SIGTERM to the launcher are forwarded the same way. Returns when
+// every rank has been reaped; no process of a rank's process group is left behind.
+Outcome run(const Spec& spec);
+
+// The environment one rank sees, beyond the launcher's own: RANK, LOCAL_RANK, WORLD_SIZE,
+// LOCAL_WORLD_SIZE, GROUP_RANK, NODE_RANK, MASTER_ADDR, MASTER_PORT, OMP_NUM_THREADS, plus extra_env.
+std::map<std::string, std::string> rank_environment(const Spec& spec, int local_rank, int master_port);
+
+}  // namespace ddpbench::launch

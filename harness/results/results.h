@@ -1,0 +1,91 @@
+// Result documents: what one rank measured (RankReport), and what one run is (RunDocument: config,
+// environment fingerprint, status, per-step samples, per-rank breakdown, summary). `report` and
+// `gate` read only these files; they never re-run anything.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace ddpbench::results {
+
+inline constexpr int kSchemaVersion = 1;
+
+struct StepSample {
+  int step = 0;
+  bool warmup = false;
+  double loss = 0;                      // the loss of the optimizer step, identical on all ranks
+  std::int64_t tokens = 0;              // non-padding tokens of this rank
+  std::int64_t padded_tokens = 0;       // tokens including padding, this rank
+  std::int64_t predicted_tokens = 0;    // n(r): labels that count in the loss, this rank
+  std::int64_t global_predicted = 0;    // N: the same summed over ranks (the loss's divisor)
+  double step_time_s = 0;               // wall time of the step on this rank, device synchronised
+  double grad_norm = 0;                 // global norm of the averaged gradient, before clipping
+  std::int64_t mem_allocated_peak = 0;  // bytes, peak within the step (CPU: process peak RSS)
+  std::int64_t mem_reserved_peak = 0;
+};
+
+struct RankReport {
+  int rank = 0;
+  int local_rank = 0;
+  int world_size = 1;
+  std::string host;
+  std::string device;             // "cpu" or "cuda:1"
+  std::string status = "ok";      // ok | failed
+  std::string phase;              // where it failed: setup, rendezvous, step N, shutdown
+  std::string error;
+  double setup_s = 0;             // model build + rendezvous + first broadcast
+  int buckets = 0;
+  std::int64_t bucket_bytes = 0;
+  std::int64_t parameters = 0;
+  std::int64_t trainable_parameters = 0;
+  std::vector<StepSample> steps;
+};
+
+nlohmann::json to_json(const StepSample& s);
+nlohmann::json to_json(const RankReport& r);
+RankReport rank_report_from_json(const nlohmann::json& j);
+
+// Inputs that the run's merge needs beside the rank reports.
+struct RunContext {
+  std::string run_id;
+  std::string cell;                 // name of the suite cell, or "train"
+  nlohmann::json config;            // the trainer configuration as given to the ranks
+  nlohmann::json fingerprint;
+  std::string hardware_key;
+  double flops_per_token = 0;       // model FLOPs per trained token (0: unknown)
+  double peak_flops = 0;            // per device, FLOP/s (0: unknown, MFU left out)
+  std::string launcher_status = "ok";  // the launcher's verdict when it is not ok
+  std::string launcher_reason;
+  int failed_rank = -1;
+};
+
+struct Summary {
+  int measured_steps = 0;
+  double tokens_per_s = 0;          // global, non-padding
+  double tokens_per_s_per_gpu = 0;
+  double padded_tokens_per_s = 0;
+  double step_time_p50_s = 0;
+  double step_time_p95_s = 0;
+  double step_time_mean_s = 0;
+  double mfu = -1;                  // -1: unknown peak
+  double final_loss = 0;
+  std::int64_t peak_allocated_max = 0;  // largest over ranks
+  std::int64_t peak_reserved_max = 0;
+};
+
+// Merges per-rank reports: the step time of a step is the slowest rank's; tokens are summed over
+// ranks. Summary figures cover measured steps only (warm-up steps are kept but not counted).
+nlohmann::json make_run_document(const RunContext& ctx, const std::vector<RankReport>& ranks);
+Summary summarize(const std::vector<RankReport>& ranks, double flops_per_token, double peak_flops);
+nlohmann::json to_json(const Summary& s);
+
+// Long format: one metric a row, keyed by hardware, version and configuration (CSV, with header).
+std::string long_csv_header();
+std::string long_csv_rows(const nlohmann::json& run_document);
+
+// Reads and checks a run document (schema version, required fields); UsageError naming the path.
+nlohmann::json load_run_document(const std::string& path);
+
+}  // namespace ddpbench::results

@@ -1,0 +1,158 @@
+#include "suite/suite.h"
+
+#include <algorithm>
+#include <map>
+#include <iomanip>
+#include <set>
+#include <sstream>
+
+#define TOML_EXCEPTIONS 1
+#include <toml++/toml.h>
+
+#include "common/error.h"
+#include "common/strings.h"
+
+namespace ddpbench::suite {
+
+namespace {
+
+using Values = std::map<std::string, std::vector<std::string>>;  // key -> one value, or a list
+
+std::string where(const std::string& source, const toml::node& node) {
+  return source + ":" + std::to_string(node.source().begin.line);
+}
+
+std::string scalar_text(const toml::node& node, const std::string& at, const std::string& key) {
+  if (auto s = node.as_string()) return s->get();
+  if (auto i = node.as_integer()) return std::to_string(i->get());
+  if (auto f = node.as_floating_point()) {
+    std::ostringstream out;
+    out << std::setprecision(17) << f->get();  // every digit the file gave survives
+    return out.str();
+  }
+  if (auto b = node.as_boolean()) return b->get() ? "true" : "false";
+  throw UsageError(at + ": '" + key + "' must be a string or a number");
+}
+
+bool is_matrix_key(const std::string& key) {
+  const auto& keys = matrix_keys();
+  return std::find(keys.begin(), keys.end(), key) != keys.end();
+}
+
+// Reads one table of settings (defaults or a workload) into key -> values.
+Values read_settings(const toml::table& table, const std::string& source, const std::set<std::string>& skip) {
+  Values out;
+  const auto& known = train::settings();
+  for (const auto& [k, node] : table) {
+    const std::string key(k.str());
+    if (skip.count(key)) continue;
+    const auto at = where(source, node);
+    if (std::none_of(known.begin(), known.end(), [&](const train::Setting& s) { return s.key == key; }))
+      throw UsageError(at + ": unknown setting '" + key + "'");
+    if (auto arr = node.as_array()) {
+      // lora_targets is a list by nature, not a matrix dimension.
+      if (key == "lora_targets") {
+        std::string joined;
+        for (const auto& item : *arr) joined += (joined.empty() ? "" : ",") + scalar_text(item, at, key);
+        out[key] = {joined};
+        continue;
+      }
+      if (!is_matrix_key(key)) throw UsageError(at + ": '" + key + "' cannot take a list (only matrix keys can)");
+      if (arr->empty()) throw UsageError(at + ": '" + key + "' is an empty list");
+      std::vector<std::string> values;
+      for (const auto& item : *arr) values.push_back(scalar_text(item, at, key));
+      out[key] = values;
+    } else {
+      out[key] = {scalar_text(node, at, key)};
+    }
+  }
+  return out;
+}
+
+std::string cell_name(const std::string& workload, const train::Config& c) {
+  return workload + "/" + c.trainer + "/n" + std::to_string(c.nproc) + "/b" + std::to_string(c.micro_batch) + "/g" +
+         std::to_string(c.grad_accum) + "/s" + std::to_string(c.seq_len);
+}
+
+}  // namespace
+
+const std::vector<std::string>& matrix_keys() {
+  static const std::vector<std::string> keys{"trainer", "nproc", "micro_batch", "grad_accum", "seq_len"};
+  return keys;
+}
+
+Suite parse_suite(const std::string& text, const std::string& source) {
+  toml::table root;
+  try {
+    root = toml::parse(text, source);
+  } catch (const toml::parse_error& e) {
+    throw UsageError(source + ":" + std::to_string(e.source().begin.line) + ": " + std::string(e.description()));
+  }
+  Suite suite;
+  for (const auto& [k, node] : root) {
+    const std::string key(k.str());
+    if (key != "name" && key != "description" && key != "defaults" && key != "workload")
+      throw UsageError(where(source, node) + ": unknown top-level key '" + key + "' (name, description, defaults, workload)");
+  }
+  suite.name = root["name"].value_or(std::string());
+  if (suite.name.empty()) throw UsageError(source + ": the suite has no name (name = \"...\")");
+  suite.description = root["description"].value_or(std::string());
+
+  Values defaults;
+  if (auto node = root.get("defaults")) {
+    auto table = node->as_table();
+    if (!table) throw UsageError(where(source, *node) + ": 'defaults' must be a table");
+    defaults = read_settings(*table, source, {});
+  }
+  auto workloads = root["workload"].as_array();
+  if (!workloads || workloads->empty()) throw UsageError(source + ": no [[workload]] entries");
+
+  std::set<std::string> names;
+  for (const auto& wnode : *workloads) {
+    auto table = wnode.as_table();
+    if (!table) throw UsageError(where(source, wnode) + ": each workload must be a table");
+    const std::string wname = (*table)["name"].value_or(std::string());
+    if (wname.empty()) throw UsageError(where(source, wnode) + ": a workload has no name");
+    Values values = defaults;
+    for (auto& [k, v] : read_settings(*table, source, {"name"})) values[k] = v;
+
+    // Expand the matrix: the cartesian product over keys holding several values.
+    std::vector<std::vector<std::pair<std::string, std::string>>> combos{{}};
+    for (const auto& [key, list] : values) {
+      std::vector<std::vector<std::pair<std::string, std::string>>> next;
+      for (const auto& combo : combos)
+        for (const auto& v : list) {
+          auto c = combo;
+          c.emplace_back(key, v);
+          next.push_back(std::move(c));
+        }
+      combos = std::move(next);
+    }
+    for (const auto& combo : combos) {
+      Cell cell;
+      cell.workload = wname;
+      try {
+        train::apply_settings(cell.config, combo);
+        train::validate(cell.config);
+      } catch (const UsageError& e) {
+        throw UsageError(where(source, wnode) + ": workload '" + wname + "': " + e.what());
+      }
+      cell.name = cell_name(wname, cell.config);
+      if (!names.insert(cell.name).second) throw UsageError(where(source, wnode) + ": duplicate cell " + cell.name);
+      suite.cells.push_back(std::move(cell));
+    }
+  }
+  return suite;
+}
+
+Suite load_suite(const std::string& path) {
+  std::string text;
+  try {
+    text = read_file(path);
+  } catch (const RunError& e) {
+    throw UsageError(e.what());
+  }
+  return parse_suite(text, path);
+}
+
+}  // namespace ddpbench::suite

@@ -1,0 +1,38 @@
+// Suite files: a matrix of cells (workload x trainer x GPU count x micro-batch x grad-accum x
+// seq-len), each a complete trainer configuration. The format (TOML):
+//
+//   name = "lora-1b"
+//   [defaults]                 # any trainer setting (see `ddpbench train --help`)
+//   preset = "1b"
+//   nproc = [1, 2, 4]          # matrix keys take a list: trainer, nproc, micro_batch,
+//   [[workload]]               #   grad_accum, seq_len
+//   name = "lora-r16"
+//   mode = "lora"
+#pragma once
+#include <string>
+#include <vector>
+
+#include "train/config.h"
+
+namespace ddpbench::suite {
+
+struct Cell {
+  std::string name;      // "lora-r16/builtin/n2/b4/g1/s2048": unique within the suite
+  std::string workload;
+  train::Config config;
+};
+
+struct Suite {
+  std::string name;
+  std::string description;
+  std::vector<Cell> cells;
+};
+
+// UsageError "<source>:<line>: <what>" for anything the file gets wrong.
+Suite parse_suite(const std::string& toml_text, const std::string& source);
+Suite load_suite(const std::string& path);
+
+// The keys that may hold a list and so span the matrix.
+const std::vector<std::string>& matrix_keys();
+
+}  // namespace ddpbench::suite

@@ -1,0 +1,278 @@
+#include "train/config.h"
+
+#include <algorithm>
+#include <limits>
+#include <type_traits>
+
+#include "common/error.h"
+#include "common/strings.h"
+
+namespace ddpbench::train {
+
+namespace {
+
+std::string joined(const std::vector<std::string>& items) {
+  std::string out;
+  for (const auto& s : items) out += (out.empty() ? "" : ", ") + s;
+  return out;
+}
+
+void require(bool ok, const std::string& message) {
+  if (!ok) throw UsageError(message);
+}
+
+}  // namespace
+
+const std::vector<std::string>& preset_names() {
+  static const std::vector<std::string> names{"tiny", "350m", "1b", "8b"};
+  return names;
+}
+
+ModelShape preset_shape(const std::string& name) {
+  // 1b and 8b: Llama-3.2-1B and Llama-3.1-8B. 350m: the shape of DESIGN.md's reference figures.
+  if (name == "tiny") return {"tiny", 64, 2, 4, 2, 128, 256, 10000.0, 1e-5};
+  if (name == "350m") return {"350m", 1024, 16, 16, 16, 4096, 32000, 10000.0, 1e-5};
+  if (name == "1b") return {"1b", 2048, 16, 32, 8, 8192, 128256, 500000.0, 1e-5};
+  if (name == "8b") return {"8b", 4096, 32, 32, 8, 14336, 128256, 500000.0, 1e-5};
+  throw UsageError("--preset: unknown preset '" + name + "' (choose one of " + joined(preset_names()) + ")");
+}
+
+const std::vector<std::string>& lora_module_names() {
+  static const std::vector<std::string> names{"q_proj", "k_proj", "v_proj", "o_proj",
+                                              "gate_proj", "up_proj", "down_proj"};
+  return names;
+}
+
+Lengths Lengths::parse(std::string_view text, int seq_len) {
+  if (text == "fixed") return Lengths{false, seq_len, seq_len};
+  const auto parts = split(text, ':');
+  const std::string where = "--lengths: '" + std::string(text) + "'";
+  require(parts.size() == 3 && parts[0] == "uniform", where + " is neither 'fixed' nor 'uniform:MIN:MAX'");
+  const auto lo = parse_int(parts[1]);
+  const auto hi = parse_int(parts[2]);
+  require(lo && hi, where + ": MIN and MAX must be whole numbers");
+  require(*lo >= 2, where + ": MIN must be at least 2 (a sequence needs one predicted token)");
+  require(*lo <= *hi, where + ": MIN (" + parts[1] + ") must not exceed MAX (" + parts[2] + ")");
+  require(*hi <= seq_len, where + ": MAX (" + parts[2] + ") exceeds --seq-len (" + std::to_string(seq_len) + ")");
+  return Lengths{true, static_cast<int>(*lo), static_cast<int>(*hi)};
+}
+
+std::string Lengths::to_string() const {
+  return uniform ? "uniform:" + std::to_string(min) + ":" + std::to_string(max) : "fixed";
+}
+
+std::string to_string(Mode m) { return m == Mode::lora ? "lora" : "full"; }
+
+Mode parse_mode(std::string_view text) {
+  if (text == "lora") return Mode::lora;
+  if (text == "full") return Mode::full;
+  throw UsageError("--mode: unknown mode '" + std::string(text) + "' (choose lora or full)");
+}
+
+std::string to_string(LossNorm n) {
+  switch (n) {
+    case LossNorm::global_tokens: return "global-tokens";
+    case LossNorm::mean_of_micro_means: return "mean-of-micro-means";
+    case LossNorm::local_tokens: return "local-tokens";
+  }
+  return "?";
+}
+
+LossNorm parse_loss_norm(std::string_view text) {
+  for (auto n : {LossNorm::global_tokens, LossNorm::mean_of_micro_means, LossNorm::local_tokens})
+    if (text == to_string(n)) return n;
+  throw UsageError("--loss-norm: unknown rule '" + std::string(text) +
+                   "' (choose global-tokens, mean-of-micro-means or local-tokens)");
+}
+
+void validate(const Config& c) {
+  preset_shape(c.preset);
+  require(c.trainer == "builtin" || c.trainer == "hf", "--trainer: unknown trainer '" + c.trainer + "' (choose builtin or hf)");
+  require(c.impl == "baseline", "--impl: unknown implementation '" + c.impl + "' (choose baseline)");
+  require(c.device == "cpu" || c.device == "cuda", "--device: unknown device '" + c.device + "' (choose cpu or cuda)");
+  require(c.nproc >= 1, "--nproc: must be at least 1, got " + std::to_string(c.nproc));
+  require(c.micro_batch >= 1, "--micro-batch: must be at least 1, got " + std::to_string(c.micro_batch));
+  require(c.grad_accum >= 1, "--grad-accum: must be at least 1, got " + std::to_string(c.grad_accum));
+  require(c.seq_len >= 2, "--seq-len: must be at least 2, got " + std::to_string(c.seq_len));
+  require(c.lengths.max <= c.seq_len && c.lengths.min >= 2 && c.lengths.min <= c.lengths.max,
+          "--lengths: " + c.lengths.to_string() + " does not fit --seq-len " + std::to_string(c.seq_len));
+  require(c.steps >= 1, "--steps: must be at least 1, got " + std::to_string(c.steps));
+  require(c.warmup >= 0, "--warmup: must not be negative, got " + std::to_string(c.warmup));
+  require(c.lr > 0, "--lr: must be positive");
+  require(c.weight_decay >= 0, "--weight-decay: must not be negative");
+  require(c.max_grad_norm >= 0, "--max-grad-norm: must not be negative");
+  require(c.bucket_cap_mb >= 1, "--bucket-cap-mb: must be at least 1");
+  require(c.timeout_s >= 1, "--timeout: must be at least 1 second");
+  if (c.mode == Mode::lora) {
+    require(c.lora_rank >= 1, "--lora-rank: must be at least 1, got " + std::to_string(c.lora_rank));
+    require(c.lora_alpha > 0, "--lora-alpha: must be positive");
+    require(!c.lora_targets.empty(), "--lora-targets: name at least one module");
+    for (const auto& t : c.lora_targets) {
+      const auto& names = lora_module_names();
+      require(std::find(names.begin(), names.end(), t) != names.end(),
+              "--lora-targets: unknown module '" + t + "' (choose from " + joined(names) + ")");
+    }
+  }
+}
+
+nlohmann::json to_json(const Config& c) {
+  return {
+      {"trainer", c.trainer},         {"preset", c.preset},
+      {"mode", to_string(c.mode)},    {"impl", c.impl},
+      {"device", c.device},           {"nproc", c.nproc},
+      {"micro_batch", c.micro_batch}, {"grad_accum", c.grad_accum},
+      {"seq_len", c.seq_len},         {"lengths", c.lengths.to_string()},
+      {"steps", c.steps},             {"warmup", c.warmup},
+      {"seed", c.seed},               {"lr", c.lr},
+      {"weight_decay", c.weight_decay}, {"max_grad_norm", c.max_grad_norm},
+      {"lora_rank", c.lora_rank},     {"lora_alpha", c.lora_alpha},
+      {"lora_targets", c.lora_targets}, {"loss_norm", to_string(c.loss_norm)},
+      {"bucket_cap_mb", c.bucket_cap_mb}, {"timeout_s", c.timeout_s},
+      {"global_batch_sequences", c.global_batch_sequences()},
+  };
+}
+
+Config config_from_json(const nlohmann::json& j) {
+  try {
+    Config c;
+    c.trainer = j.at("trainer").get<std::string>();
+    c.preset = j.at("preset").get<std::string>();
+    c.mode = parse_mode(j.at("mode").get<std::string>());
+    c.impl = j.at("impl").get<std::string>();
+    c.device = j.at("device").get<std::string>();
+    c.nproc = j.at("nproc").get<int>();
+    c.micro_batch = j.at("micro_batch").get<int>();
+    c.grad_accum = j.at("grad_accum").get<int>();
+    c.seq_len = j.at("seq_len").get<int>();
+    c.lengths = Lengths::parse(j.at("lengths").get<std::string>(), c.seq_len);
+    c.steps = j.at("steps").get<int>();
+    c.warmup = j.at("warmup").get<int>();
+    c.seed = j.at("seed").get<std::uint64_t>();
+    c.lr = j.at("lr").get<double>();
+    c.weight_decay = j.at("weight_decay").get<double>();
+    c.max_grad_norm = j.at("max_grad_norm").get<double>();
+    c.lora_rank = j.at("lora_rank").get<int>();
+    c.lora_alpha = j.at("lora_alpha").get<double>();
+    c.lora_targets = j.at("lora_targets").get<std::vector<std::string>>();
+    c.loss_norm = parse_loss_norm(j.at("loss_norm").get<std::string>());
+    c.bucket_cap_mb = j.at("bucket_cap_mb").get<int>();
+    c.timeout_s = j.at("timeout_s").get<int>();
+    return c;
+  } catch (const nlohmann::json::exception& e) {
+    throw UsageError(std::string("config: ") + e.what());
+  }
+}
+
+std::int64_t matmul_parameters(const ModelShape& s) {
+  const std::int64_t d = s.hidden, kv = static_cast<std::int64_t>(s.kv_heads) * s.head_dim();
+  const std::int64_t per_layer = d * d * 2 + d * kv * 2 + 3 * d * s.mlp;
+  return per_layer * s.layers + d * s.vocab;  // the LM head is a matmul; the embedding is not
+}
+
+std::int64_t lora_parameters(const Config& c) {
+  if (c.mode != Mode::lora) return 0;
+  const auto s = preset_shape(c.preset);
+  const std::int64_t d = s.hidden, kv = static_cast<std::int64_t>(s.kv_heads) * s.head_dim(), r = c.lora_rank;
+  std::int64_t per_layer = 0;
+  for (const auto& t : c.lora_targets) {
+    std::int64_t in = d, out = d;
+    if (t == "k_proj" || t == "v_proj") out = kv;
+    if (t == "gate_proj" || t == "up_proj") out = s.mlp;
+    if (t == "down_proj") in = s.mlp;
+    per_layer += r * (in + out);
+  }
+  return per_layer * s.layers;
+}
+
+double model_flops_per_token(const Config& c) {
+  const auto s = preset_shape(c.preset);
+  const double n = static_cast<double>(matmul_parameters(s));
+  const double attention = 12.0 * s.layers * s.hidden * static_cast<double>(c.seq_len);
+  if (c.mode == Mode::full) return 6.0 * n + attention;
+  return 4.0 * n + 6.0 * static_cast<double>(lora_parameters(c)) + attention;
+}
+
+}  // namespace ddpbench::train
+
+namespace ddpbench::train {
+
+namespace {
+
+template <typename T>
+T parse_number(const std::string& key, const std::string& v) {
+  if constexpr (std::is_floating_point_v<T>) {
+    auto d = parse_double(v);
+    if (!d) throw UsageError(flag_of(key) + ": '" + v + "' is not a number");
+    return static_cast<T>(*d);
+  } else {
+    auto i = parse_int(v);
+    if (!i || *i < static_cast<std::int64_t>(std::numeric_limits<T>::min()) ||
+        (*i > 0 && static_cast<std::uint64_t>(*i) > static_cast<std::uint64_t>(std::numeric_limits<T>::max())))
+      throw UsageError(flag_of(key) + ": '" + v + "' is not a whole number in range");
+    return static_cast<T>(*i);
+  }
+}
+
+#define DDPBENCH_NUMBER(key, field, help) \
+  Setting { key, help, [](Config& c, const std::string& v) { c.field = parse_number<decltype(c.field)>(key, v); } }
+
+}  // namespace
+
+const std::vector<Setting>& settings() {
+  static const std::vector<Setting> table{
+      {"trainer", "builtin (C++ trainer) or hf (Transformers + PEFT reference)", [](Config& c, const std::string& v) { c.trainer = v; }},
+      {"preset", "model shape: tiny, 350m, 1b, 8b", [](Config& c, const std::string& v) { preset_shape(v); c.preset = v; }},
+      {"mode", "lora or full fine-tuning", [](Config& c, const std::string& v) { c.mode = parse_mode(v); }},
+      {"impl", "baseline (stock ATen ops)", [](Config& c, const std::string& v) { c.impl = v; }},
+      {"device", "cpu or cuda", [](Config& c, const std::string& v) { c.device = v; }},
+      DDPBENCH_NUMBER("nproc", nproc, "ranks (processes) per node"),
+      DDPBENCH_NUMBER("micro_batch", micro_batch, "sequences per micro-batch per rank"),
+      DDPBENCH_NUMBER("grad_accum", grad_accum, "micro-batches per optimizer step"),
+      DDPBENCH_NUMBER("seq_len", seq_len, "tokens per sequence, padding included"),
+      {"lengths", "fixed, or uniform:MIN:MAX (right-padded to seq_len)",
+       [](Config& c, const std::string& v) { c.lengths = Lengths::parse(v, c.seq_len); }},
+      DDPBENCH_NUMBER("steps", steps, "measured optimizer steps"),
+      DDPBENCH_NUMBER("warmup", warmup, "optimizer steps before the measured ones"),
+      DDPBENCH_NUMBER("seed", seed, "seed of weights and data"),
+      DDPBENCH_NUMBER("lr", lr, "AdamW learning rate"),
+      DDPBENCH_NUMBER("weight_decay", weight_decay, "AdamW weight decay"),
+      DDPBENCH_NUMBER("max_grad_norm", max_grad_norm, "clip the global gradient norm to this (0: off)"),
+      DDPBENCH_NUMBER("lora_rank", lora_rank, "LoRA rank r"),
+      DDPBENCH_NUMBER("lora_alpha", lora_alpha, "LoRA alpha (scale alpha / r)"),
+      {"lora_targets", "comma-separated modules to adapt (q_proj,...,down_proj)",
+       [](Config& c, const std::string& v) { c.lora_targets = split(v, ','); }},
+      {"loss_norm", "global-tokens (right), mean-of-micro-means or local-tokens (the wrong variants)",
+       [](Config& c, const std::string& v) { c.loss_norm = parse_loss_norm(v); }},
+      DDPBENCH_NUMBER("bucket_cap_mb", bucket_cap_mb, "gradient bucket size in MiB"),
+      DDPBENCH_NUMBER("timeout_s", timeout_s, "seconds before every rank is torn down"),
+  };
+  return table;
+}
+
+#undef DDPBENCH_NUMBER
+
+std::string flag_of(const std::string& key) {
+  std::string f = "--" + key;
+  std::replace(f.begin(), f.end(), '_', '-');
+  return f == "--timeout-s" ? "--timeout" : f;
+}
+
+void apply_settings(Config& cfg, const std::vector<std::pair<std::string, std::string>>& values) {
+  for (const auto& [key, value] : values) {
+    const auto& table = settings();
+    if (std::none_of(table.begin(), table.end(), [&](const Setting& s) { return s.key == key; }))
+      throw UsageError("unknown setting '" + key + "'");
+  }
+  bool lengths_given = false;
+  for (const auto& s : settings()) {
+    for (const auto& [key, value] : values) {
+      if (key != s.key) continue;
+      s.apply(cfg, value);
+      lengths_given |= key == "lengths";
+    }
+  }
+  // "fixed" follows seq_len when only seq_len was given.
+  if (!lengths_given && !cfg.lengths.uniform) cfg.lengths = Lengths{false, cfg.seq_len, cfg.seq_len};
+}
+
+}  // namespace ddpbench::train

@@ -1,0 +1,61 @@
+// The built-in Llama-family decoder on ATen ops: RMSNorm, RoPE, grouped-query attention through
+// scaled_dot_product_attention, SwiGLU MLP, untied LM head, optional LoRA adapters. Parameters
+// carry Hugging Face names so checkpoints map one to one. Included by LibTorch units only.
+#pragma once
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "train/config.h"
+
+namespace ddpbench::train {
+
+struct NamedTensor {
+  std::string name;
+  at::Tensor tensor;
+};
+
+class LlamaModel {
+ public:
+  // Random initialisation from cfg.seed through a generator of the model's own, so that models
+  // built at once in several threads (tests) get the same weights (normal(0, 0.02) as Hugging Face
+  // initialises Llama; LoRA A as PEFT does, B zero).
+  LlamaModel(const Config& cfg, at::TensorOptions options);
+
+  // Sum of per-token cross-entropy over the labels that are not ignored, in fp32, with labels
+  // shifted by one inside (position t predicts label t + 1).
+  at::Tensor loss_sum(const at::Tensor& tokens, const at::Tensor& labels) const;
+
+  const std::vector<NamedTensor>& parameters() const { return params_; }
+  std::vector<at::Tensor> trainable() const;
+  std::int64_t parameter_count(bool trainable_only) const;
+
+ private:
+  struct Linear {
+    at::Tensor weight;  // [out, in]
+    at::Tensor lora_a;  // [r, in], undefined without LoRA
+    at::Tensor lora_b;  // [out, r]
+    double lora_scale = 0;
+    at::Tensor operator()(const at::Tensor& x) const;
+  };
+  struct Layer {
+    at::Tensor input_norm, post_attention_norm;
+    Linear q, k, v, o, gate, up, down;
+  };
+
+  Linear make_linear(const std::string& prefix, std::int64_t in, std::int64_t out, at::TensorOptions options);
+  at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight) const;
+  at::Tensor attention(const Layer& layer, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const;
+  std::pair<at::Tensor, at::Tensor> rope_tables(std::int64_t seq_len, at::TensorOptions options) const;
+
+  Config cfg_;
+  ModelShape shape_;
+  at::Generator gen_;
+  at::Tensor embed_, final_norm_, lm_head_;
+  std::vector<Layer> layers_;
+  std::vector<NamedTensor> params_;
+};
+
+}  // namespace ddpbench::train

@@ -1,0 +1,240 @@
+#include "train/trainer.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <optional>
+
+#include "common/error.h"
+#include "common/strings.h"
+#include "ddp/ddp.h"
+#include "ddp/device.h"
+#include "train/data.h"
+#include "train/model.h"
+
+namespace ddpbench::train {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+int env_int(const char* name, std::optional<int> fallback) {
+  const char* v = std::getenv(name);
+  if (!v) {
+    if (fallback) return *fallback;
+    throw UsageError(std::string("environment variable ") + name + " is not set (start ranks with `ddpbench train` or torchrun)");
+  }
+  auto parsed = parse_int(v);
+  if (!parsed) throw UsageError(std::string("environment variable ") + name + "='" + v + "' is not a whole number");
+  return static_cast<int>(*parsed);
+}
+
+std::string host_name() {
+  char buf[256] = {0};
+  gethostname(buf, sizeof buf - 1);
+  return buf;
+}
+
+// Minimal AdamW state for the fused ATen kernel (the one torch.optim.AdamW(fused=True) runs).
+struct AdamW {
+  std::vector<at::Tensor> params, exp_avg, exp_avg_sq, steps;
+  double lr, weight_decay;
+  AdamW(std::vector<at::Tensor> ps, double lr_, double wd) : params(std::move(ps)), lr(lr_), weight_decay(wd) {
+    for (const auto& p : params) {
+      exp_avg.push_back(at::zeros_like(p, p.options().requires_grad(false)));
+      exp_avg_sq.push_back(at::zeros_like(p, p.options().requires_grad(false)));
+      steps.push_back(at::zeros({}, p.options().dtype(at::kFloat).requires_grad(false)));
+    }
+  }
+  void step() {
+    std::vector<at::Tensor> grads;
+    grads.reserve(params.size());
+    for (const auto& p : params) grads.push_back(p.grad());
+    at::NoGradGuard no_grad;
+    // The kernel reads the step count for bias correction but leaves counting to the caller.
+    at::_foreach_add_(steps, 1);
+    at::_fused_adamw_(params, grads, exp_avg, exp_avg_sq, {}, steps, lr, 0.9, 0.999, weight_decay, 1e-8,
+                      /*amsgrad=*/false, /*maximize=*/false);
+  }
+};
+
+// Global L2 norm of the averaged gradient; scales gradients down to max_norm when it is exceeded
+// (max_norm 0: no clipping), as torch.nn.utils.clip_grad_norm_ does.
+double clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm) {
+  std::vector<at::Tensor> grads;
+  for (const auto& p : params) grads.push_back(p.grad());
+  at::NoGradGuard no_grad;
+  const auto norms = at::_foreach_norm(grads, 2);
+  const auto total = at::linalg_vector_norm(at::stack(norms).to(at::kFloat), 2);
+  if (max_norm > 0) {
+    const auto coef = at::clamp_max(max_norm / (total + 1e-6), 1.0);
+    at::_foreach_mul_(grads, coef.to(grads.front().scalar_type()));
+  }
+  return total.item<double>();
+}
+
+at::Tensor to_device(const std::vector<std::int64_t>& values, int rows, int cols, const at::Device& device) {
+  auto cpu = at::from_blob(const_cast<std::int64_t*>(values.data()), {rows, cols}, at::kLong).clone();
+  return device.is_cpu() ? cpu : cpu.to(device, /*non_blocking=*/false);
+}
+
+// The per-micro-batch factor on the summed token loss. With DDP's mean over W ranks, the
+// global_tokens rule back-propagates W * sum / N so that the averaged gradient is that of
+// sum over all tokens / N (DESIGN.md); the other two are the wrong variants users hit.
+double loss_scale(LossNorm rule, int world, int grad_accum, std::int64_t n_global, std::int64_t n_rank, std::int64_t n_micro) {
+  switch (rule) {
+    case LossNorm::global_tokens: return static_cast<double>(world) / static_cast<double>(n_global);
+    case LossNorm::mean_of_micro_means: return 1.0 / (static_cast<double>(n_micro) * grad_accum);
+    case LossNorm::local_tokens: return 1.0 / static_cast<double>(n_rank);
+  }
+  return 0;
+}
+
+void print_step_line(const Config& cfg, const results::StepSample& s, std::int64_t global_tokens, int world) {
+  const double tps = static_cast<double>(global_tokens) / s.step_time_s;
+  std::printf("step %4d/%d%s | loss %.4f | %s tok/s (%s per rank) | %8.1f ms | mem %s | N %lld | norm %.3f\n",
+              s.step + 1, cfg.total_steps(), s.warmup ? " (warmup)" : "         ", s.loss, format_si(tps).c_str(),
+              format_si(tps / world).c_str(), s.step_time_s * 1e3, format_bytes(static_cast<double>(s.mem_allocated_peak)).c_str(),
+              static_cast<long long>(s.global_predicted), s.grad_norm);
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+RankEnv RankEnv::from_environment() {
+  RankEnv e;
+  e.rank = env_int("RANK", 0);
+  e.world_size = env_int("WORLD_SIZE", 1);
+  e.local_rank = env_int("LOCAL_RANK", e.rank);
+  e.local_world_size = env_int("LOCAL_WORLD_SIZE", e.world_size);
+  e.master_addr = getenv_or("MASTER_ADDR", "127.0.0.1");
+  e.master_port = env_int("MASTER_PORT", e.world_size == 1 ? std::optional<int>(0) : std::nullopt);
+  if (e.rank < 0 || e.rank >= e.world_size)
+    throw UsageError("RANK=" + std::to_string(e.rank) + " is outside WORLD_SIZE=" + std::to_string(e.world_size));
+  return e;
+}
+
+results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe& probe) {
+  results::RankReport report;
+  report.rank = env.rank;
+  report.local_rank = env.local_rank;
+  report.world_size = env.world_size;
+  report.host = host_name();
+  report.phase = "setup";
+  std::unique_ptr<ddp::Communicator> comm;
+  try {
+    const auto t_setup = Clock::now();
+    const bool cuda = cfg.device == "cuda";
+    const at::Device device = cuda ? at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank)) : at::Device(at::kCPU);
+    report.device = device.str();
+    if (cuda) ddp::set_cuda_device(env.local_rank);
+    const auto options = at::TensorOptions().device(device).dtype(cuda ? at::kBFloat16 : at::kFloat);
+
+    LlamaModel model(cfg, options);
+    const auto trainable = model.trainable();
+    report.parameters = model.parameter_count(false);
+    report.trainable_parameters = model.parameter_count(true);
+
+    report.phase = "rendezvous";
+    ddp::Rendezvous rv{env.master_addr, env.master_port, env.rank, env.world_size, std::chrono::seconds(cfg.timeout_s)};
+    comm = ddp::Communicator::connect(cuda ? "nccl" : "gloo", rv, env.local_rank);
+    // Every rank starts from rank 0's weights, as torch DDP guarantees at construction.
+    {
+      at::NoGradGuard no_grad;
+      for (const auto& p : model.parameters()) {
+        auto t = p.tensor.detach();
+        comm->broadcast(t, 0);
+      }
+    }
+    ddp::GradReducer reducer(*comm, trainable, static_cast<std::int64_t>(cfg.bucket_cap_mb) << 20);
+    report.buckets = reducer.bucket_count();
+    for (int b = 0; b < reducer.bucket_count(); ++b) report.bucket_bytes += reducer.bucket_bytes(b);
+    AdamW optimizer(trainable, cfg.lr, cfg.weight_decay);
+    const auto shape = preset_shape(cfg.preset);
+    SyntheticData data(cfg.seed, shape.vocab, cfg.seq_len, cfg.lengths);
+    ddp::synchronize(cfg.device, env.local_rank);
+    report.setup_s = std::chrono::duration<double>(Clock::now() - t_setup).count();
+
+    const int W = env.world_size, G = cfg.grad_accum;
+    for (int step = 0; step < cfg.total_steps(); ++step) {
+      report.phase = "step " + std::to_string(step);
+      ddp::reset_memory_peaks(cfg.device, env.local_rank);
+      const auto t0 = Clock::now();
+      std::vector<TokenBatch> micro;
+      std::int64_t n_rank = 0, real_rank = 0;
+      for (int m = 0; m < G; ++m) {
+        micro.push_back(data.micro_batch(step, env.rank, m, G, cfg.micro_batch));
+        n_rank += micro.back().predicted_tokens();
+        real_rank += micro.back().real_tokens();
+      }
+      // N, the loss's divisor, counted once per optimizer step over all ranks and micro-batches;
+      // the global count of real tokens rides along for the live log.
+      auto counts = at::tensor(std::vector<std::int64_t>{n_rank, real_rank}, at::kLong).to(device);
+      comm->allreduce_sum(counts);
+      const auto counts_cpu = counts.cpu();
+      const std::int64_t n_global = counts_cpu[0].item<std::int64_t>();
+      const std::int64_t real_global = counts_cpu[1].item<std::int64_t>();
+
+      reducer.zero_grad();
+      auto loss_acc = at::zeros({}, at::TensorOptions().dtype(at::kDouble).device(device));
+      results::StepSample sample;
+      sample.step = step;
+      sample.warmup = step < cfg.warmup;
+      for (int m = 0; m < G; ++m) {
+        reducer.set_sync(m == G - 1);
+        const auto& mb = micro[static_cast<std::size_t>(m)];
+        const auto tokens = to_device(mb.tokens, mb.rows, mb.seq_len, device);
+        const auto labels = to_device(mb.labels, mb.rows, mb.seq_len, device);
+        const double scale = loss_scale(cfg.loss_norm, W, G, n_global, n_rank, mb.predicted_tokens());
+        const auto loss_sum = model.loss_sum(tokens, labels);
+        (loss_sum * scale).backward();
+        // What this rank adds to the step's loss once DDP has averaged over ranks.
+        loss_acc += loss_sum.detach().to(at::kDouble) * (scale / W);
+        sample.tokens += mb.real_tokens();
+        sample.padded_tokens += mb.padded_tokens();
+      }
+      reducer.finish();
+      if (probe.on_grads) {
+        std::vector<double> flat;
+        for (const auto& p : trainable) {
+          auto g = p.grad().detach().to(at::kDouble).cpu().contiguous();
+          flat.insert(flat.end(), g.data_ptr<double>(), g.data_ptr<double>() + g.numel());
+        }
+        probe.on_grads(step, flat);
+      }
+      sample.grad_norm = clip_grad_norm(trainable, cfg.max_grad_norm);
+      optimizer.step();
+      comm->allreduce_sum(loss_acc);
+      sample.loss = loss_acc.item<double>();
+      ddp::synchronize(cfg.device, env.local_rank);
+      sample.step_time_s = std::chrono::duration<double>(Clock::now() - t0).count();
+      sample.predicted_tokens = n_rank;
+      sample.global_predicted = n_global;
+      const auto mem = ddp::memory_peaks(cfg.device, env.local_rank);
+      sample.mem_allocated_peak = mem.allocated;
+      sample.mem_reserved_peak = mem.reserved;
+      report.steps.push_back(sample);
+      if (probe.live_log && env.rank == 0) print_step_line(cfg, sample, real_global, W);
+    }
+    report.phase = "shutdown";
+    comm->shutdown();
+    report.phase = "done";
+  } catch (const std::exception& e) {
+    report.status = "failed";
+    report.error = e.what();
+    // Keep only the first line of c10 errors: their backtraces drown the reason.
+    if (auto nl = report.error.find('\n'); nl != std::string::npos) report.error.resize(nl);
+    if (comm) {
+      try {
+        comm->shutdown();
+      } catch (...) {
+        // Already failing; the original error is what the user needs.
+      }
+    }
+  }
+  return report;
+}
+
+}  // namespace ddpbench::train

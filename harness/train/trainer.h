@@ -1,0 +1,37 @@
+// The built-in DDP trainer, one rank of it. Free of LibTorch headers so that the CLI and the tests
+// drive it without compiling ATen.
+#pragma once
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "results/results.h"
+#include "train/config.h"
+
+namespace ddpbench::train {
+
+// Where this process sits, as the launcher (or torchrun) describes it in the environment.
+struct RankEnv {
+  int rank = 0;
+  int local_rank = 0;
+  int world_size = 1;
+  int local_world_size = 1;
+  std::string master_addr = "127.0.0.1";
+  int master_port = 0;
+  static RankEnv from_environment();  // UsageError when a variable is missing or malformed
+};
+
+// Hooks for tests and diagnostics; a default Probe costs nothing.
+struct Probe {
+  // Called on every rank after the gradients of an optimizer step are averaged, before clipping
+  // and the optimizer: the trainable gradients flattened in parameter order, in fp64.
+  std::function<void(int step, const std::vector<double>& grads)> on_grads;
+  bool live_log = true;  // rank 0 prints one line per step
+};
+
+// Runs warmup + steps optimizer steps and returns this rank's measurements. A failure does not
+// throw: the report says status "failed", the phase (setup, rendezvous, step N) and the error. The
+// process group is shut down on every path.
+results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe& probe = {});
+
+}  // namespace ddpbench::train

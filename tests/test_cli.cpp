@@ -1,0 +1,170 @@
+// The command line as a user meets it: one clear line and exit 2 for bad input, and real DDP runs
+// through the launcher (2 Gloo ranks as separate processes) that leave a result document behind.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "common/strings.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Result {
+  int status = -1;
+  std::string output;  // stdout and stderr together
+  std::string err;     // stderr alone
+};
+
+Result run(const std::string& args, const fs::path& cwd) {
+  const fs::path err_file = cwd / "stderr.txt";
+  const std::string cmd = "cd '" + cwd.string() + "' && '" DDPBENCH_BINARY "' " + args + " 2>'" + err_file.string() + "'";
+  Result r;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return r;
+  std::array<char, 4096> buf{};
+  std::size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
+  const int st = pclose(p);
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  std::ifstream in(err_file);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  r.err = ss.str();
+  r.output += r.err;
+  return r;
+}
+
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("ddpbench_cli_" + std::to_string(::getpid()) + "_" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  nlohmann::json load(const std::string& rel) { return nlohmann::json::parse(ddpbench::read_file((dir_ / rel).string())); }
+  fs::path dir_;
+};
+
+std::size_t lines(const std::string& s) {
+  std::size_t n = 0;
+  for (char c : s) n += c == '\n';
+  return n;
+}
+
+TEST_F(Cli, BadFlagValuesGiveOneClearLineAndExitTwo) {
+  const std::vector<std::pair<std::string, std::string>> cases{
+      {"train --nproc 0", "--nproc"},
+      {"train --lengths uniform:9:3", "MIN (9) must not exceed MAX (3)"},
+      {"train --preset huge", "unknown preset 'huge'"},
+      {"train --micro-batch two", "--micro-batch"},
+      {"train --no-such-flag", "--no-such-flag"},
+      {"run no/such/suite.toml", "no/such/suite.toml"},
+      {"frobnicate", "frobnicate"},
+  };
+  for (const auto& [args, expected] : cases) {
+    SCOPED_TRACE(args);
+    const auto r = run(args, dir_);
+    EXPECT_EQ(r.status, 2);
+    EXPECT_EQ(lines(r.err), 1u) << r.err;
+    EXPECT_NE(r.err.find(expected), std::string::npos) << r.err;
+  }
+}
+
+TEST_F(Cli, HelpExitsZeroForEverySubcommand) {
+  for (const char* sub : {"", "train", "run", "doctor"}) {
+    SCOPED_TRACE(sub);
+    const auto r = run(std::string(sub) + " --help", dir_);
+    EXPECT_EQ(r.status, 0);
+    EXPECT_NE(r.output.find("Usage"), std::string::npos);
+  }
+  EXPECT_NE(run("train --help", dir_).output.find("--grad-accum"), std::string::npos);
+}
+
+TEST_F(Cli, TrainTwoGlooRanksWritesAResultDocument) {
+  const auto r = run("train --nproc 2 --grad-accum 2 --seq-len 32 --lengths uniform:8:32 --warmup 1 --steps 3 --out out.json", dir_);
+  ASSERT_EQ(r.status, 0) << r.output;
+  // The live log: one line per step, from rank 0 only.
+  EXPECT_EQ(lines(r.output.substr(0, r.output.find("done:"))) - 1, 4u) << r.output;
+  const auto doc = load("out.json");
+  EXPECT_EQ(doc["schema_version"], 1);
+  EXPECT_EQ(doc["status"]["state"], "ok");
+  EXPECT_EQ(doc["config"]["nproc"], 2);
+  ASSERT_EQ(doc["steps"].size(), 4u);
+  EXPECT_TRUE(doc["steps"][0]["warmup"].get<bool>());
+  ASSERT_EQ(doc["ranks"].size(), 2u);
+  EXPECT_EQ(doc["summary"]["measured_steps"], 3);
+  EXPECT_GT(doc["summary"]["tokens_per_s"].get<double>(), 0);
+  EXPECT_EQ(doc["ranks"][1]["predicted_tokens_per_step"].size(), 4u);
+  EXPECT_FALSE(doc["fingerprint"]["cpu_model"].get<std::string>().empty());
+  // Per-rank logs exist for both ranks.
+  std::size_t logs = 0;
+  for (const auto& e : fs::recursive_directory_iterator(dir_ / "runs"))
+    logs += e.path().filename().string().rfind("rank", 0) == 0 && e.path().extension() == ".log";
+  EXPECT_EQ(logs, 2u);
+}
+
+TEST_F(Cli, SameSeedSameConfigGivesTheSameLossCurveAcrossRuns) {
+  const std::string args = "train --nproc 2 --seq-len 32 --lengths uniform:8:32 --warmup 0 --steps 4 --lr 1e-2 --mode full";
+  ASSERT_EQ(run(args + " --out a.json", dir_).status, 0);
+  ASSERT_EQ(run(args + " --out b.json", dir_).status, 0);
+  ASSERT_EQ(run(args + " --seed 7 --out c.json", dir_).status, 0);
+  auto losses = [&](const char* f) {
+    std::vector<double> l;
+    const auto doc = load(f);
+    for (const auto& s : doc["steps"]) l.push_back(s["loss"].get<double>());
+    return l;
+  };
+  EXPECT_EQ(losses("a.json").size(), 4u);
+  EXPECT_EQ(losses("a.json"), losses("b.json"));
+  EXPECT_NE(losses("a.json"), losses("c.json"));
+}
+
+TEST_F(Cli, RunWithoutArgumentsRunsTheCpuSmokeSuite) {
+  const auto r = run("run", dir_);
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("scaling"), std::string::npos);
+  const fs::path runs = dir_ / "runs";
+  ASSERT_TRUE(fs::exists(runs));
+  const auto run_dir = fs::directory_iterator(runs)->path();
+  const auto index = nlohmann::json::parse(ddpbench::read_file((run_dir / "run.json").string()));
+  EXPECT_EQ(index["suite"], "smoke-cpu");
+  ASSERT_EQ(index["cells"].size(), 4u);
+  for (const auto& c : index["cells"]) {
+    EXPECT_EQ(c["status"], "ok") << c.dump();
+    const auto doc = nlohmann::json::parse(ddpbench::read_file((run_dir / c["file"].get<std::string>()).string()));
+    EXPECT_EQ(doc["status"]["state"], "ok");
+  }
+  const auto csv = ddpbench::read_file((run_dir / "results.csv").string());
+  EXPECT_NE(csv.find("tokens_per_s_per_gpu"), std::string::npos);
+}
+
+TEST_F(Cli, RunDryRunListsTheMatrix) {
+  std::ofstream(dir_ / "s.toml") << "name = \"t\"\n[defaults]\nnproc = [1, 2]\nseq_len = [32, 64]\n[[workload]]\nname = \"w\"\n";
+  const auto r = run("run s.toml --dry-run", dir_);
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("4 cell(s)"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("w/builtin/n2/b2/g1/s64"), std::string::npos) << r.output;
+  const auto bad = run("run s.toml --filter nothing-matches", dir_);
+  EXPECT_EQ(bad.status, 2);
+}
+
+TEST_F(Cli, DoctorDescribesTheEnvironment) {
+  const auto r = run("doctor --nproc 2", dir_);
+  ASSERT_EQ(r.status, 0) << r.output;
+  for (const char* what : {"libtorch", "nccl", "hardware", "rank 1"}) EXPECT_NE(r.output.find(what), std::string::npos) << what;
+  const auto j = run("doctor --json", dir_);
+  ASSERT_EQ(j.status, 0);
+  EXPECT_NO_THROW((void)nlohmann::json::parse(j.output.substr(0, j.output.rfind('}') + 1)));
+}
+
+}  // namespace

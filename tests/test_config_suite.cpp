@@ -1,0 +1,706 @@
+// Trainer configuration (settings table, lengths, presets, JSON, FLOP count) and suite files (matrix
+// expansion, error locations, the suites shipped in suites/).
+#include <gtest/gtest.h>
+
+#include "test_helpers.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/error.h"
+#include "suite/suite.h"
+#include "train/config.h"
+
+#ifndef DDPBENCH_SOURCE_DIR
+#define DDPBENCH_SOURCE_DIR "."
+#endif
+
+namespace ddpbench {
+namespace {
+
+using train::Config;
+using train::Lengths;
+using Values = std::vector<std::pair<std::string, std::string>>;
+
+using testing_helpers::contains;
+using testing_helpers::message_of;
+
+bool starts_with(const std::string& text, const std::string& prefix) { return text.rfind(prefix, 0) == 0; }
+
+// ---------------------------------------------------------------------------------------------
+// Lengths
+
+TEST(Lengths, FixedFollowsSeqLen) {
+  const auto l = Lengths::parse("fixed", 96);
+  EXPECT_FALSE(l.uniform);
+  EXPECT_EQ(l.min, 96);
+  EXPECT_EQ(l.max, 96);
+  EXPECT_EQ(l.to_string(), "fixed");
+}
+
+TEST(Lengths, Uniform) {
+  const auto l = Lengths::parse("uniform:16:64", 64);
+  EXPECT_TRUE(l.uniform);
+  EXPECT_EQ(l.min, 16);
+  EXPECT_EQ(l.max, 64);
+  EXPECT_EQ(l.to_string(), "uniform:16:64");
+  EXPECT_EQ(Lengths::parse(l.to_string(), 64).to_string(), "uniform:16:64");
+}
+
+TEST(Lengths, MinAboveMaxNamesBoth) {
+  const auto msg = message_of<UsageError>([] { Lengths::parse("uniform:9:3", 128); });
+  EXPECT_TRUE(contains(msg, "MIN")) << msg;
+  EXPECT_TRUE(contains(msg, "MAX")) << msg;
+  EXPECT_TRUE(contains(msg, "9")) << msg;
+  EXPECT_TRUE(contains(msg, "3")) << msg;
+  EXPECT_TRUE(starts_with(msg, "--lengths")) << msg;
+}
+
+TEST(Lengths, MaxBeyondSeqLen) {
+  const auto msg = message_of<UsageError>([] { Lengths::parse("uniform:2:999", 128); });
+  EXPECT_TRUE(contains(msg, "999")) << msg;
+  EXPECT_TRUE(contains(msg, "128")) << msg;
+  // The edge itself is allowed.
+  EXPECT_NO_THROW(Lengths::parse("uniform:2:128", 128));
+}
+
+TEST(Lengths, MinBelowTwo) {
+  const auto msg = message_of<UsageError>([] { Lengths::parse("uniform:1:8", 128); });
+  EXPECT_TRUE(contains(msg, "MIN")) << msg;
+}
+
+TEST(Lengths, NonNumbersAndGarbage) {
+  const auto msg = message_of<UsageError>([] { Lengths::parse("uniform:a:b", 128); });
+  EXPECT_TRUE(contains(msg, "uniform:a:b")) << msg;
+  const auto msg2 = message_of<UsageError>([] { Lengths::parse("banana", 128); });
+  EXPECT_TRUE(contains(msg2, "banana")) << msg2;
+  EXPECT_THROW(Lengths::parse("uniform:16", 128), UsageError);
+  EXPECT_THROW(Lengths::parse("uniform:16:32:64", 128), UsageError);
+  EXPECT_THROW(Lengths::parse("", 128), UsageError);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Presets
+
+TEST(Presets, Shapes) {
+  const auto one = train::preset_shape("1b");
+  EXPECT_EQ(one.name, "1b");
+  EXPECT_EQ(one.hidden, 2048);
+  EXPECT_EQ(one.layers, 16);
+  EXPECT_EQ(one.heads, 32);
+  EXPECT_EQ(one.kv_heads, 8);
+  EXPECT_EQ(one.mlp, 8192);
+  EXPECT_EQ(one.vocab, 128256);
+  EXPECT_EQ(one.head_dim(), 64);
+
+  const auto eight = train::preset_shape("8b");
+  EXPECT_EQ(eight.hidden, 4096);
+  EXPECT_EQ(eight.layers, 32);
+  EXPECT_EQ(eight.heads, 32);
+  EXPECT_EQ(eight.kv_heads, 8);
+  EXPECT_EQ(eight.mlp, 14336);
+  EXPECT_EQ(eight.vocab, 128256);
+
+  const auto m350 = train::preset_shape("350m");
+  EXPECT_EQ(m350.hidden, 1024);
+  EXPECT_EQ(m350.layers, 16);
+  EXPECT_EQ(m350.heads, 16);
+  EXPECT_EQ(m350.kv_heads, 16);
+  EXPECT_EQ(m350.mlp, 4096);
+  EXPECT_EQ(m350.vocab, 32000);
+
+  const auto tiny = train::preset_shape("tiny");
+  EXPECT_EQ(tiny.hidden, 64);
+  EXPECT_EQ(tiny.layers, 2);
+  EXPECT_EQ(tiny.heads, 4);
+  EXPECT_EQ(tiny.kv_heads, 2);
+  EXPECT_EQ(tiny.vocab, 256);
+}
+
+TEST(Presets, EveryNameResolvesToAConsistentShape) {
+  const auto& names = train::preset_names();
+  EXPECT_EQ(names, (std::vector<std::string>{"tiny", "350m", "1b", "8b"}));
+  for (const auto& n : names) {
+    const auto s = train::preset_shape(n);
+    EXPECT_EQ(s.name, n);
+    EXPECT_EQ(s.hidden % s.heads, 0) << n;
+    EXPECT_EQ(s.heads % s.kv_heads, 0) << n;  // grouped-query attention needs whole groups
+  }
+}
+
+TEST(Presets, UnknownNamesTheChoices) {
+  const auto msg = message_of<UsageError>([] { train::preset_shape("70b"); });
+  EXPECT_TRUE(contains(msg, "70b")) << msg;
+  for (const auto& n : {"tiny", "350m", "1b", "8b"}) EXPECT_TRUE(contains(msg, n)) << msg;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Settings
+
+TEST(Settings, FlagNames) {
+  EXPECT_EQ(train::flag_of("micro_batch"), "--micro-batch");
+  EXPECT_EQ(train::flag_of("grad_accum"), "--grad-accum");
+  EXPECT_EQ(train::flag_of("nproc"), "--nproc");
+  EXPECT_EQ(train::flag_of("timeout_s"), "--timeout");
+  // Every key of the table has a distinct flag.
+  std::set<std::string> flags;
+  for (const auto& s : train::settings()) EXPECT_TRUE(flags.insert(train::flag_of(s.key)).second) << s.key;
+}
+
+TEST(Settings, ApplyEveryKind) {
+  Config c;
+  train::apply_settings(c, {{"micro_batch", "8"},
+                            {"nproc", "4"},
+                            {"grad_accum", "3"},
+                            {"preset", "1b"},
+                            {"mode", "full"},
+                            {"device", "cuda"},
+                            {"lr", "3e-5"},
+                            {"seed", "42"},
+                            {"loss_norm", "local-tokens"},
+                            {"timeout_s", "60"}});
+  EXPECT_EQ(c.micro_batch, 8);
+  EXPECT_EQ(c.nproc, 4);
+  EXPECT_EQ(c.grad_accum, 3);
+  EXPECT_EQ(c.preset, "1b");
+  EXPECT_EQ(c.mode, train::Mode::full);
+  EXPECT_EQ(c.device, "cuda");
+  EXPECT_DOUBLE_EQ(c.lr, 3e-5);
+  EXPECT_EQ(c.seed, 42u);
+  EXPECT_EQ(c.loss_norm, train::LossNorm::local_tokens);
+  EXPECT_EQ(c.timeout_s, 60);
+  EXPECT_EQ(c.global_batch_sequences(), 4 * 8 * 3);
+  EXPECT_NO_THROW(train::validate(c));
+}
+
+TEST(Settings, BadNumbersNameTheFlagAndValue) {
+  Config c;
+  auto msg = message_of<UsageError>([&] { train::apply_settings(c, {{"nproc", "x"}}); });
+  EXPECT_TRUE(starts_with(msg, "--nproc: 'x'")) << msg;
+  msg = message_of<UsageError>([&] { train::apply_settings(c, {{"micro_batch", "2.5"}}); });
+  EXPECT_TRUE(starts_with(msg, "--micro-batch: '2.5'")) << msg;
+  msg = message_of<UsageError>([&] { train::apply_settings(c, {{"lr", "fast"}}); });
+  EXPECT_TRUE(starts_with(msg, "--lr: 'fast'")) << msg;
+  msg = message_of<UsageError>([&] { train::apply_settings(c, {{"nproc", "99999999999"}}); });
+  EXPECT_TRUE(starts_with(msg, "--nproc:")) << msg;  // beyond int
+  msg = message_of<UsageError>([&] { train::apply_settings(c, {{"seed", "-1"}}); });
+  EXPECT_TRUE(starts_with(msg, "--seed:")) << msg;  // unsigned
+  EXPECT_THROW(train::apply_settings(c, {{"mode", "half"}}), UsageError);
+  EXPECT_THROW(train::apply_settings(c, {{"preset", "13b"}}), UsageError);
+  EXPECT_THROW(train::apply_settings(c, {{"loss_norm", "mean"}}), UsageError);
+}
+
+TEST(Settings, ValidateRejectsOutOfRange) {
+  Config c;
+  EXPECT_NO_THROW(train::validate(c));
+  train::apply_settings(c, {{"nproc", "0"}});
+  const auto msg = message_of<UsageError>([&] { train::validate(c); });
+  EXPECT_TRUE(starts_with(msg, "--nproc:")) << msg;
+
+  Config d;
+  d.micro_batch = 0;
+  EXPECT_TRUE(starts_with(message_of<UsageError>([&] { train::validate(d); }), "--micro-batch:"));
+  Config e;
+  e.device = "tpu";
+  EXPECT_TRUE(contains(message_of<UsageError>([&] { train::validate(e); }), "tpu"));
+  Config f;
+  f.steps = 0;
+  EXPECT_TRUE(starts_with(message_of<UsageError>([&] { train::validate(f); }), "--steps:"));
+  Config g;
+  g.trainer = "deepspeed";
+  EXPECT_TRUE(contains(message_of<UsageError>([&] { train::validate(g); }), "deepspeed"));
+}
+
+TEST(Settings, UnknownKeyRejected) {
+  Config c;
+  const auto msg = message_of<UsageError>([&] { train::apply_settings(c, {{"nproc", "2"}, {"bogus_key", "1"}}); });
+  EXPECT_TRUE(contains(msg, "bogus_key")) << msg;
+  EXPECT_EQ(c.nproc, 1) << "nothing applies when a key is unknown";
+}
+
+TEST(Settings, SeqLenAloneMovesFixedLengths) {
+  Config c;
+  train::apply_settings(c, {{"seq_len", "512"}});
+  EXPECT_EQ(c.seq_len, 512);
+  EXPECT_FALSE(c.lengths.uniform);
+  EXPECT_EQ(c.lengths.min, 512);
+  EXPECT_EQ(c.lengths.max, 512);
+  EXPECT_NO_THROW(train::validate(c));
+
+  // Shrinking works too: the fixed lengths must not stay at the old, longer seq_len.
+  train::apply_settings(c, {{"seq_len", "32"}});
+  EXPECT_EQ(c.lengths.max, 32);
+  EXPECT_NO_THROW(train::validate(c));
+}
+
+TEST(Settings, LengthsApplyAfterSeqLenWhateverTheOrder) {
+  Config c;  // seq_len 128: uniform:16:256 only fits once seq_len is 256
+  train::apply_settings(c, {{"lengths", "uniform:16:256"}, {"seq_len", "256"}});
+  EXPECT_EQ(c.seq_len, 256);
+  EXPECT_TRUE(c.lengths.uniform);
+  EXPECT_EQ(c.lengths.min, 16);
+  EXPECT_EQ(c.lengths.max, 256);
+  EXPECT_NO_THROW(train::validate(c));
+
+  Config d;
+  train::apply_settings(d, {{"lengths", "fixed"}, {"seq_len", "64"}});
+  EXPECT_EQ(d.lengths.max, 64);
+}
+
+TEST(Settings, LoraTargets) {
+  Config c;
+  EXPECT_EQ(c.lora_targets, train::lora_module_names());
+  EXPECT_EQ(c.lora_targets.size(), 7u);
+  train::apply_settings(c, {{"lora_targets", "q_proj,v_proj"}});
+  EXPECT_EQ(c.lora_targets, (std::vector<std::string>{"q_proj", "v_proj"}));
+  EXPECT_NO_THROW(train::validate(c));
+
+  train::apply_settings(c, {{"lora_targets", "q_proj,attn_proj"}});
+  const auto msg = message_of<UsageError>([&] { train::validate(c); });
+  EXPECT_TRUE(starts_with(msg, "--lora-targets:")) << msg;
+  EXPECT_TRUE(contains(msg, "attn_proj")) << msg;
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON
+
+Config unusual_config() {
+  Config c;
+  c.trainer = "hf";
+  c.preset = "350m";
+  c.mode = train::Mode::full;
+  c.impl = "baseline";
+  c.device = "cuda";
+  c.nproc = 4;
+  c.micro_batch = 3;
+  c.grad_accum = 5;
+  c.seq_len = 256;
+  c.lengths = Lengths{true, 8, 200};
+  c.steps = 7;
+  c.warmup = 1;
+  c.seed = 0xFFFFFFFFFFFFFFF1ull;
+  c.lr = 3.3e-5;
+  c.weight_decay = 0.01;
+  c.max_grad_norm = 0.5;
+  c.lora_rank = 4;
+  c.lora_alpha = 7.5;
+  c.lora_targets = {"v_proj", "q_proj"};
+  c.loss_norm = train::LossNorm::mean_of_micro_means;
+  c.bucket_cap_mb = 50;
+  c.timeout_s = 99;
+  return c;
+}
+
+void expect_same(const Config& a, const Config& b) {
+  EXPECT_EQ(a.trainer, b.trainer);
+  EXPECT_EQ(a.preset, b.preset);
+  EXPECT_EQ(a.mode, b.mode);
+  EXPECT_EQ(a.impl, b.impl);
+  EXPECT_EQ(a.device, b.device);
+  EXPECT_EQ(a.nproc, b.nproc);
+  EXPECT_EQ(a.micro_batch, b.micro_batch);
+  EXPECT_EQ(a.grad_accum, b.grad_accum);
+  EXPECT_EQ(a.seq_len, b.seq_len);
+  EXPECT_EQ(a.lengths.uniform, b.lengths.uniform);
+  EXPECT_EQ(a.lengths.min, b.lengths.min);
+  EXPECT_EQ(a.lengths.max, b.lengths.max);
+  EXPECT_EQ(a.steps, b.steps);
+  EXPECT_EQ(a.warmup, b.warmup);
+  EXPECT_EQ(a.seed, b.seed);
+  EXPECT_EQ(a.lr, b.lr);  // exact: the ranks must train with the very same numbers
+  EXPECT_EQ(a.weight_decay, b.weight_decay);
+  EXPECT_EQ(a.max_grad_norm, b.max_grad_norm);
+  EXPECT_EQ(a.lora_rank, b.lora_rank);
+  EXPECT_EQ(a.lora_alpha, b.lora_alpha);
+  EXPECT_EQ(a.lora_targets, b.lora_targets);
+  EXPECT_EQ(a.loss_norm, b.loss_norm);
+  EXPECT_EQ(a.bucket_cap_mb, b.bucket_cap_mb);
+  EXPECT_EQ(a.timeout_s, b.timeout_s);
+}
+
+TEST(ConfigJson, RoundTripsEveryField) {
+  const Config c = unusual_config();
+  expect_same(train::config_from_json(train::to_json(c)), c);
+  // As the ranks receive it: serialised text.
+  expect_same(train::config_from_json(nlohmann::json::parse(train::to_json(c).dump())), c);
+  // And the defaults.
+  expect_same(train::config_from_json(train::to_json(Config{})), Config{});
+}
+
+TEST(ConfigJson, RoundTripsEveryLossNorm) {
+  for (auto n : {train::LossNorm::global_tokens, train::LossNorm::mean_of_micro_means, train::LossNorm::local_tokens}) {
+    Config c;
+    c.loss_norm = n;
+    EXPECT_EQ(train::config_from_json(train::to_json(c)).loss_norm, n);
+    EXPECT_EQ(train::parse_loss_norm(train::to_string(n)), n);
+  }
+  EXPECT_EQ(train::to_json(Config{})["loss_norm"], "global-tokens");
+}
+
+TEST(ConfigJson, CarriesGlobalBatch) {
+  const auto j = train::to_json(unusual_config());
+  EXPECT_EQ(j.at("global_batch_sequences").get<int>(), 4 * 3 * 5);
+  EXPECT_EQ(j.at("lengths").get<std::string>(), "uniform:8:200");
+  EXPECT_EQ(j.at("mode").get<std::string>(), "full");
+}
+
+TEST(ConfigJson, MissingOrWrongFieldIsUsageError) {
+  const auto full = train::to_json(unusual_config());
+  for (const char* field : {"nproc", "lengths", "lora_targets", "seed", "mode"}) {
+    auto j = full;
+    j.erase(field);
+    const auto msg = message_of<UsageError>([&] { train::config_from_json(j); });
+    EXPECT_TRUE(contains(msg, field)) << field << ": " << msg;
+  }
+  auto j = full;
+  j["nproc"] = "two";
+  EXPECT_THROW(train::config_from_json(j), UsageError);
+  j = full;
+  j["mode"] = "half";
+  EXPECT_THROW(train::config_from_json(j), UsageError);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model FLOPs (DESIGN.md, Metrics)
+
+// Non-embedding matmul parameters of Llama-3.2-1B, by hand: q and o are d x d, k and v d x kv,
+// gate/up/down d x mlp, plus the untied LM head d x vocab.
+constexpr std::int64_t kD = 2048, kLayers = 16, kHeads = 32, kKvHeads = 8, kMlp = 8192, kVocab = 128256;
+constexpr std::int64_t kKv = kKvHeads * (kD / kHeads);  // 512
+constexpr std::int64_t kN1b = kLayers * (2 * kD * kD + 2 * kD * kKv + 3 * kD * kMlp) + kD * kVocab;
+
+TEST(Flops, MatmulParameters1b) {
+  static_assert(kN1b == 1'235'746'816);
+  EXPECT_EQ(train::matmul_parameters(train::preset_shape("1b")), kN1b);
+}
+
+TEST(Flops, FullFineTuning) {
+  Config c;
+  c.preset = "1b";
+  c.mode = train::Mode::full;
+  c.seq_len = 2048;
+  const double attention = 12.0 * kLayers * kD * 2048.0;
+  EXPECT_DOUBLE_EQ(train::model_flops_per_token(c), 6.0 * static_cast<double>(kN1b) + attention);
+  EXPECT_EQ(train::lora_parameters(c), 0);
+
+  // The attention term grows with the sequence length; the parameter term does not.
+  c.seq_len = 4096;
+  EXPECT_DOUBLE_EQ(train::model_flops_per_token(c), 6.0 * static_cast<double>(kN1b) + 2 * attention);
+}
+
+TEST(Flops, Lora) {
+  Config c;
+  c.preset = "1b";
+  c.mode = train::Mode::lora;
+  c.lora_rank = 16;
+  c.seq_len = 2048;
+  ASSERT_EQ(c.lora_targets.size(), 7u);
+  // r x (in + out) per adapted module: q, o: d->d; k, v: d->kv; gate, up: d->mlp; down: mlp->d.
+  constexpr std::int64_t r = 16;
+  constexpr std::int64_t per_layer =
+      2 * r * (kD + kD) + 2 * r * (kD + kKv) + 2 * r * (kD + kMlp) + r * (kMlp + kD);
+  constexpr std::int64_t n_lora = kLayers * per_layer;
+  static_assert(n_lora == 11'272'192);
+  EXPECT_EQ(train::lora_parameters(c), n_lora);
+  const double attention = 12.0 * kLayers * kD * 2048.0;
+  EXPECT_DOUBLE_EQ(train::model_flops_per_token(c),
+                   4.0 * static_cast<double>(kN1b) + 6.0 * static_cast<double>(n_lora) + attention);
+
+  // Fewer targets, fewer adapter parameters.
+  c.lora_targets = {"q_proj", "v_proj"};
+  EXPECT_EQ(train::lora_parameters(c), kLayers * (r * (kD + kD) + r * (kD + kKv)));
+  EXPECT_LT(train::model_flops_per_token(c),
+            4.0 * static_cast<double>(kN1b) + 6.0 * static_cast<double>(n_lora) + attention);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Suites
+
+// Line 1 is the first line of the literal.
+const char* kSuite = R"(name = "unit"
+description = "two workloads"
+
+[defaults]
+preset = "tiny"
+nproc = [1, 2]
+micro_batch = [2, 4]
+seq_len = 64
+lr = 1e-3
+
+[[workload]]
+name = "lora-a"
+mode = "lora"
+lr = 5e-4
+lora_targets = ["q_proj", "v_proj"]
+
+[[workload]]
+name = "full-b"
+mode = "full"
+seq_len = 32
+)";
+
+const suite::Cell& cell_named(const suite::Suite& s, const std::string& name) {
+  for (const auto& c : s.cells)
+    if (c.name == name) return c;
+  throw std::runtime_error("no cell " + name);
+}
+
+TEST(Suite, ExpandsTheMatrix) {
+  const auto s = suite::parse_suite(kSuite, "unit.toml");
+  EXPECT_EQ(s.name, "unit");
+  EXPECT_EQ(s.description, "two workloads");
+  ASSERT_EQ(s.cells.size(), 8u);
+  std::set<std::string> names;
+  for (const auto& c : s.cells) names.insert(c.name);
+  const std::set<std::string> expected{
+      "lora-a/builtin/n1/b2/g1/s64", "lora-a/builtin/n1/b4/g1/s64", "lora-a/builtin/n2/b2/g1/s64",
+      "lora-a/builtin/n2/b4/g1/s64", "full-b/builtin/n1/b2/g1/s32", "full-b/builtin/n1/b4/g1/s32",
+      "full-b/builtin/n2/b2/g1/s32", "full-b/builtin/n2/b4/g1/s32",
+  };
+  EXPECT_EQ(names, expected);
+
+  for (const auto& c : s.cells) {
+    // The name is what the config says.
+    EXPECT_EQ(c.name, c.workload + "/" + c.config.trainer + "/n" + std::to_string(c.config.nproc) + "/b" +
+                          std::to_string(c.config.micro_batch) + "/g" + std::to_string(c.config.grad_accum) +
+                          "/s" + std::to_string(c.config.seq_len));
+    EXPECT_EQ(c.config.preset, "tiny");
+    EXPECT_NO_THROW(train::validate(c.config));
+  }
+}
+
+TEST(Suite, WorkloadOverridesDefaults) {
+  const auto s = suite::parse_suite(kSuite, "unit.toml");
+  const auto& lora = cell_named(s, "lora-a/builtin/n2/b4/g1/s64").config;
+  EXPECT_EQ(lora.mode, train::Mode::lora);
+  EXPECT_DOUBLE_EQ(lora.lr, 5e-4);  // the workload's, not the default 1e-3
+  EXPECT_EQ(lora.seq_len, 64);
+  EXPECT_EQ(lora.nproc, 2);
+  EXPECT_EQ(lora.micro_batch, 4);
+  EXPECT_EQ(lora.lora_targets, (std::vector<std::string>{"q_proj", "v_proj"}));  // a TOML list
+
+  const auto& full = cell_named(s, "full-b/builtin/n1/b2/g1/s32").config;
+  EXPECT_EQ(full.mode, train::Mode::full);
+  EXPECT_DOUBLE_EQ(full.lr, 1e-3);  // the default
+  EXPECT_EQ(full.seq_len, 32);      // the workload's
+  EXPECT_FALSE(full.lengths.uniform);
+  EXPECT_EQ(full.lengths.max, 32);  // fixed lengths follow the workload's seq_len
+  EXPECT_EQ(full.lora_targets, train::lora_module_names());  // not leaked from the other workload
+}
+
+TEST(Suite, WorkloadScalarReplacesDefaultList) {
+  const auto s = suite::parse_suite(R"(name = "x"
+[defaults]
+nproc = [1, 2, 4]
+[[workload]]
+name = "w"
+nproc = 2
+micro_batch = [1, 3]
+)",
+                                    "x.toml");
+  ASSERT_EQ(s.cells.size(), 2u);
+  for (const auto& c : s.cells) EXPECT_EQ(c.config.nproc, 2);
+  EXPECT_EQ(cell_named(s, "w/builtin/n2/b3/g1/s128").config.micro_batch, 3);
+}
+
+// The UsageError of parse_suite(text, "s.toml").
+std::string suite_error(const std::string& text) {
+  return message_of<UsageError>([&] { suite::parse_suite(text, "s.toml"); });
+}
+
+TEST(SuiteErrors, UnknownSettingAtItsLine) {
+  const auto msg = suite_error(R"(name = "x"
+[defaults]
+preset = "tiny"
+micro_bach = 2
+[[workload]]
+name = "w"
+)");
+  EXPECT_TRUE(starts_with(msg, "s.toml:4:")) << msg;
+  EXPECT_TRUE(contains(msg, "micro_bach")) << msg;
+
+  const auto msg2 = suite_error(R"(name = "x"
+[[workload]]
+name = "w"
+mode = "lora"
+colour = "red"
+)");
+  EXPECT_TRUE(starts_with(msg2, "s.toml:5:")) << msg2;
+  EXPECT_TRUE(contains(msg2, "colour")) << msg2;
+}
+
+TEST(SuiteErrors, ListOnNonMatrixKey) {
+  const auto msg = suite_error(R"(name = "x"
+
+[defaults]
+lr = [1, 2]
+[[workload]]
+name = "w"
+)");
+  EXPECT_TRUE(starts_with(msg, "s.toml:4:")) << msg;
+  EXPECT_TRUE(contains(msg, "lr")) << msg;
+}
+
+TEST(SuiteErrors, EmptyMatrixList) {
+  const auto msg = suite_error(R"(name = "x"
+[defaults]
+nproc = []
+[[workload]]
+name = "w"
+)");
+  EXPECT_TRUE(starts_with(msg, "s.toml:3:")) << msg;
+}
+
+TEST(SuiteErrors, BadValueInWorkload) {
+  // The value is only judged once the workload's cells are built (defaults merged in), so the error
+  // points at the workload's [[workload]] line and names the workload and the flag.
+  const auto msg = suite_error(R"(name = "x"
+[defaults]
+preset = "tiny"
+
+[[workload]]
+name = "ok"
+
+[[workload]]
+name = "broken"
+nproc = 0
+)");
+  EXPECT_TRUE(starts_with(msg, "s.toml:8:")) << msg;
+  EXPECT_TRUE(contains(msg, "broken")) << msg;
+  EXPECT_TRUE(contains(msg, "--nproc")) << msg;
+}
+
+TEST(SuiteErrors, BadNumberInWorkload) {
+  const auto msg = suite_error(R"(name = "x"
+[[workload]]
+name = "w"
+micro_batch = "many"
+)");
+  EXPECT_TRUE(starts_with(msg, "s.toml:2:")) << msg;
+  EXPECT_TRUE(contains(msg, "--micro-batch")) << msg;
+  EXPECT_TRUE(contains(msg, "many")) << msg;
+}
+
+TEST(SuiteErrors, TomlSyntax) {
+  const auto msg = suite_error(R"(name = "x"
+[defaults]
+preset = "tiny
+[[workload]]
+name = "w"
+)");
+  EXPECT_TRUE(starts_with(msg, "s.toml:3:")) << msg;
+
+  const auto msg2 = suite_error(R"(name = "x"
+[defaults]
+nproc = 1
+nproc = 2
+[[workload]]
+name = "w"
+)");
+  EXPECT_TRUE(starts_with(msg2, "s.toml:4:")) << msg2;  // a key given twice
+}
+
+TEST(SuiteErrors, MissingNames) {
+  auto msg = suite_error(R"(description = "no name"
+[[workload]]
+name = "w"
+)");
+  EXPECT_TRUE(starts_with(msg, "s.toml:")) << msg;
+  EXPECT_TRUE(contains(msg, "name")) << msg;
+
+  msg = suite_error(R"(name = "x"
+[[workload]]
+name = "w"
+
+[[workload]]
+mode = "full"
+)");
+  EXPECT_TRUE(starts_with(msg, "s.toml:5:")) << msg;  // the workload without a name
+  EXPECT_TRUE(contains(msg, "name")) << msg;
+}
+
+TEST(SuiteErrors, NoWorkloads) {
+  const auto msg = suite_error(R"(name = "x"
+[defaults]
+preset = "tiny"
+)");
+  EXPECT_TRUE(starts_with(msg, "s.toml:")) << msg;
+  EXPECT_TRUE(contains(msg, "workload")) << msg;
+}
+
+TEST(SuiteErrors, UnknownTopLevelKeyAndDuplicateCells) {
+  auto msg = suite_error(R"(name = "x"
+nprocs = 2
+[[workload]]
+name = "w"
+)");
+  EXPECT_TRUE(starts_with(msg, "s.toml:2:")) << msg;
+  EXPECT_TRUE(contains(msg, "nprocs")) << msg;
+
+  msg = suite_error(R"(name = "x"
+[[workload]]
+name = "w"
+[[workload]]
+name = "w"
+)");
+  EXPECT_TRUE(starts_with(msg, "s.toml:4:")) << msg;  // the second workload of that name
+  EXPECT_TRUE(contains(msg, "duplicate")) << msg;
+}
+
+TEST(SuiteErrors, MissingFileIsUsageError) {
+  const auto msg = message_of<UsageError>([] { suite::load_suite("/nonexistent/ddpbench/suite.toml"); });
+  EXPECT_TRUE(contains(msg, "/nonexistent/ddpbench/suite.toml")) << msg;
+}
+
+TEST(Suite, MatrixKeys) {
+  EXPECT_EQ(suite::matrix_keys(),
+            (std::vector<std::string>{"trainer", "nproc", "micro_batch", "grad_accum", "seq_len"}));
+}
+
+TEST(ShippedSuites, SmokeCpu) {
+  const auto s = suite::load_suite(std::string(DDPBENCH_SOURCE_DIR) + "/suites/smoke-cpu.toml");
+  EXPECT_EQ(s.name, "smoke-cpu");
+  ASSERT_EQ(s.cells.size(), 4u);
+  std::set<int> nprocs;
+  std::set<train::Mode> modes;
+  for (const auto& c : s.cells) {
+    EXPECT_EQ(c.config.device, "cpu") << c.name;
+    EXPECT_EQ(c.config.preset, "tiny") << c.name;
+    EXPECT_TRUE(c.config.lengths.uniform) << c.name;  // uneven lengths exercise the loss rule
+    EXPECT_NO_THROW(train::validate(c.config)) << c.name;
+    nprocs.insert(c.config.nproc);
+    modes.insert(c.config.mode);
+  }
+  EXPECT_EQ(nprocs, (std::set<int>{1, 2}));
+  EXPECT_EQ(modes, (std::set<train::Mode>{train::Mode::lora, train::Mode::full}));
+  EXPECT_EQ(cell_named(s, "lora-tiny/builtin/n2/b2/g2/s64").config.lora_rank, 8);
+}
+
+TEST(ShippedSuites, SmokeGpu) {
+  const auto s = suite::load_suite(std::string(DDPBENCH_SOURCE_DIR) + "/suites/smoke-gpu.toml");
+  EXPECT_EQ(s.name, "smoke-gpu");
+  ASSERT_EQ(s.cells.size(), 4u);
+  std::set<int> nprocs;
+  for (const auto& c : s.cells) {
+    EXPECT_EQ(c.config.device, "cuda") << c.name;
+    EXPECT_NO_THROW(train::validate(c.config)) << c.name;
+    nprocs.insert(c.config.nproc);
+    if (c.workload == "lora-1b") {
+      EXPECT_EQ(c.config.preset, "1b");
+      EXPECT_EQ(c.config.mode, train::Mode::lora);
+    } else {
+      EXPECT_EQ(c.workload, "full-350m");
+      EXPECT_EQ(c.config.preset, "350m");
+      EXPECT_EQ(c.config.mode, train::Mode::full);
+      EXPECT_DOUBLE_EQ(c.config.lr, 3e-5);
+    }
+  }
+  EXPECT_EQ(nprocs, (std::set<int>{1, 2}));
+}
+
+}  // namespace
+}  // namespace ddpbench
