@@ -62,7 +62,9 @@ class TempDir : public ::testing::Test {
 constexpr int kVocab = 256;
 constexpr int kSeq = 64;
 
-SyntheticData uneven(std::uint64_t seed = 7) { return SyntheticData(seed, kVocab, kSeq, Lengths{true, 16, 64}); }
+SyntheticData uneven(std::uint64_t seed = 7, const std::string& kind = "markov") {
+  return SyntheticData(seed, kVocab, kSeq, Lengths{true, 16, 64}, kind);
+}
 
 void append(TokenBatch& to, const TokenBatch& b) {
   to.rows += b.rows;
@@ -146,7 +148,7 @@ TEST(SyntheticData, UniformLengthsStayInRangeAndVary) {
 }
 
 TEST(SyntheticData, PaddingAndTokenRanges) {
-  const auto data = uneven();
+  const auto data = uneven(7, "random");
   const auto b = data.rows(4, 100, 64);
   ASSERT_EQ(b.tokens.size(), static_cast<std::size_t>(64 * kSeq));
   ASSERT_EQ(b.labels.size(), b.tokens.size());
@@ -172,10 +174,37 @@ TEST(SyntheticData, PaddingAndTokenRanges) {
   EXPECT_GT(seen.size(), 200u) << "tokens should cover most of the vocabulary";
 
   // A tiny vocabulary: ids 1..vocab-1, all of them used.
-  const SyntheticData small(3, 3, 16, Lengths{false, 16, 16});
+  const SyntheticData small(3, 3, 16, Lengths{false, 16, 16}, "random");
   std::set<std::int64_t> ids;
   for (auto t : small.rows(0, 0, 8).tokens) ids.insert(t);
   EXPECT_EQ(ids, (std::set<std::int64_t>{1, 2}));
+}
+
+// The learnable generator: every token has at most kMarkovSuccessors successors, so a model that
+// learns the chain can reach ln(kMarkovSuccessors); random data has no such structure.
+TEST(SyntheticData, MarkovChainHasFewSuccessorsPerToken) {
+  std::map<std::int64_t, std::set<std::int64_t>> successors;
+  std::map<std::int64_t, std::set<std::int64_t>> random_successors;
+  for (int step = 0; step < 4; ++step) {
+    const auto m = uneven(7, "markov").rows(step, 0, 32);
+    const auto r = uneven(7, "random").rows(step, 0, 32);
+    for (int row = 0; row < 32; ++row) {
+      for (int t = 1; t < m.lengths[row]; ++t) {
+        const auto i = static_cast<std::size_t>(row) * kSeq + t;
+        successors[m.tokens[i - 1]].insert(m.tokens[i]);
+      }
+      for (int t = 1; t < r.lengths[row]; ++t) {
+        const auto i = static_cast<std::size_t>(row) * kSeq + t;
+        random_successors[r.tokens[i - 1]].insert(r.tokens[i]);
+      }
+    }
+  }
+  std::size_t most = 0, random_most = 0;
+  for (const auto& [tok, next] : successors) most = std::max(most, next.size());
+  for (const auto& [tok, next] : random_successors) random_most = std::max(random_most, next.size());
+  EXPECT_LE(most, static_cast<std::size_t>(train::kMarkovSuccessors));
+  EXPECT_GE(most, 2u);
+  EXPECT_GT(random_most, static_cast<std::size_t>(train::kMarkovSuccessors));
 }
 
 TEST(SyntheticData, TokenCounts) {

@@ -8,8 +8,15 @@
 #include "common/error.h"
 #include "common/strings.h"
 #include "ddp/device.h"
+
+#ifndef DDPBENCH_SOURCE_DIR
+#define DDPBENCH_SOURCE_DIR "."
+#endif
 #include "results/fingerprint.h"
 #include "results/results.h"
+#include "train/batches.h"
+#include "train/checkpoint.h"
+#include "train/hf_config.h"
 
 namespace ddpbench::cli {
 
@@ -37,19 +44,73 @@ std::string self_executable() {
   return p.string();
 }
 
+EqualWorkInputs prepare_equal_work_inputs(const train::Config& cfg, const std::string& dir, int world_size) {
+  make_dirs(dir);
+  EqualWorkInputs in{dir + "/checkpoint", dir + "/tokens.bin"};
+  train::write_initial_checkpoint(cfg, in.checkpoint);
+  train::dump_synthetic_data(cfg, train::preset_shape(cfg.preset).vocab, world_size, in.data_file);
+  return in;
+}
+
+std::vector<std::string> rank_command(const train::Config& cfg, const std::string& config_path, const std::string& ranks_dir) {
+  if (cfg.trainer == "hf") {
+    const std::string script = getenv_or("DDPBENCH_HF_TRAINER", std::string(DDPBENCH_SOURCE_DIR) + "/harness/hf/hf_trainer.py");
+    if (!std::filesystem::exists(script))
+      throw UsageError("--trainer hf: the reference trainer " + script + " is missing (set DDPBENCH_HF_TRAINER)");
+    return {getenv_or("DDPBENCH_PYTHON", "python3"), script, "--config", config_path, "--out", ranks_dir};
+  }
+  return {self_executable(), "_worker", "--config", config_path, "--out", ranks_dir};
+}
+
+namespace {
+
+// Checked before any rank starts, so that a wrong folder is one line and exit 2, not N failed ranks.
+void check_inputs(const train::Config& cfg) {
+  if (!cfg.checkpoint.empty()) {
+    const std::string path = cfg.checkpoint + "/config.json";
+    if (!std::filesystem::exists(path)) throw UsageError("--checkpoint: " + path + " does not exist");
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(read_file(path));
+    } catch (const std::exception& e) {
+      throw UsageError("--checkpoint: " + path + ": " + e.what());
+    }
+    const auto have = train::shape_from_hf_config(j, path);
+    const auto want = train::preset_shape(cfg.preset);
+    if (have.hidden != want.hidden || have.layers != want.layers || have.heads != want.heads ||
+        have.kv_heads != want.kv_heads || have.mlp != want.mlp || have.vocab != want.vocab)
+      throw UsageError("--checkpoint: " + path + " holds a model of hidden " + std::to_string(have.hidden) + ", " +
+                       std::to_string(have.layers) + " layers, vocab " + std::to_string(have.vocab) +
+                       ", not the shape of preset " + cfg.preset);
+  }
+  if (!cfg.data_file.empty() && !std::filesystem::exists(cfg.data_file))
+    throw UsageError("--data-file: " + cfg.data_file + " does not exist");
+}
+
+}  // namespace
+
 CellResult run_cell(const CellRequest& req) {
+  check_inputs(req.config);
   make_dirs(req.dir);
   const std::string ranks_dir = req.dir + "/ranks";
   make_dirs(ranks_dir);
+  train::Config config = req.config;
+  if (config.trainer != "builtin" && (config.checkpoint.empty() || config.data_file.empty())) {
+    const auto in = prepare_equal_work_inputs(config, req.dir + "/inputs", config.nproc * req.topology.nnodes);
+    if (config.checkpoint.empty()) config.checkpoint = in.checkpoint;
+    if (config.data_file.empty()) config.data_file = in.data_file;
+  }
   const std::string config_path = req.dir + "/config.json";
-  write_file_atomic(config_path, train::to_json(req.config).dump(2) + "\n");
+  write_file_atomic(config_path, train::to_json(config).dump(2) + "\n");
 
   launch::Spec spec;
   spec.topology = req.topology;
-  spec.topology.nproc_per_node = req.config.nproc;
-  spec.argv = {self_executable(), "_worker", "--config", config_path, "--out", ranks_dir};
+  spec.topology.nproc_per_node = config.nproc;
+  spec.argv = rank_command(config, config_path, ranks_dir);
+  // Python holds its output back otherwise, and the live log and the heartbeat need it.
+  spec.extra_env["PYTHONUNBUFFERED"] = "1";
   spec.log_dir = req.dir + "/logs";
-  spec.timeout = std::chrono::seconds(req.config.timeout_s);
+  spec.timeout = std::chrono::seconds(config.timeout_s);
   spec.echo_rank0 = req.echo_rank0;
   const auto outcome = launch::run(spec);
 
@@ -69,10 +130,10 @@ CellResult run_cell(const CellRequest& req) {
   results::RunContext ctx;
   ctx.run_id = req.run_id;
   ctx.cell = req.cell;
-  ctx.config = train::to_json(req.config);
+  ctx.config = train::to_json(config);
   ctx.fingerprint = results::to_json(fp);
   ctx.hardware_key = results::hardware_key(fp);
-  ctx.flops_per_token = train::model_flops_per_token(req.config);
+  ctx.flops_per_token = train::model_flops_per_token(config);
   if (!outcome.ok) {
     ctx.launcher_status = "failed";
     ctx.launcher_reason = outcome.reason;

@@ -25,7 +25,20 @@ struct CellResult {
   nlohmann::json document;
 };
 
+// A trainer other than the built-in one starts from a checkpoint and a token file; where the
+// configuration names none, run_cell makes them here first (prepare_equal_work_inputs).
 CellResult run_cell(const CellRequest& request);
+
+struct EqualWorkInputs {
+  std::string checkpoint;  // folder
+  std::string data_file;
+};
+// The built-in trainer's initial weights for cfg as a Hugging Face checkpoint, and the synthetic
+// batches of the whole run as a token file, under dir.
+EqualWorkInputs prepare_equal_work_inputs(const train::Config& cfg, const std::string& dir, int world_size);
+
+// The argv one rank runs for cfg.trainer, after the launcher's environment is set.
+std::vector<std::string> rank_command(const train::Config& cfg, const std::string& config_path, const std::string& ranks_dir);
 
 // "20261128-013502-4f2a": sortable, unique enough for one machine.
 std::string new_run_id();

@@ -13,5 +13,6 @@ void add_train_command(CLI::App& app, Action& action);
 void add_worker_command(CLI::App& app, Action& action);
 void add_run_command(CLI::App& app, Action& action);
 void add_doctor_command(CLI::App& app, Action& action);
+void add_prepare_command(CLI::App& app, Action& action);
 
 }  // namespace ddpbench::cli

@@ -103,6 +103,7 @@ void validate(const Config& c) {
   require(c.max_grad_norm >= 0, "--max-grad-norm: must not be negative");
   require(c.bucket_cap_mb >= 1, "--bucket-cap-mb: must be at least 1");
   require(c.timeout_s >= 1, "--timeout: must be at least 1 second");
+  require(c.data == "markov" || c.data == "random", "--data: unknown generator '" + c.data + "' (choose markov or random)");
   if (c.mode == Mode::lora) {
     require(c.lora_rank >= 1, "--lora-rank: must be at least 1, got " + std::to_string(c.lora_rank));
     require(c.lora_alpha > 0, "--lora-alpha: must be positive");
@@ -128,6 +129,8 @@ nlohmann::json to_json(const Config& c) {
       {"lora_rank", c.lora_rank},     {"lora_alpha", c.lora_alpha},
       {"lora_targets", c.lora_targets}, {"loss_norm", to_string(c.loss_norm)},
       {"bucket_cap_mb", c.bucket_cap_mb}, {"timeout_s", c.timeout_s},
+      {"data", c.data},               {"data_file", c.data_file},
+      {"checkpoint", c.checkpoint},   {"grad_ckpt", c.grad_ckpt},
       {"global_batch_sequences", c.global_batch_sequences()},
   };
 }
@@ -157,6 +160,10 @@ Config config_from_json(const nlohmann::json& j) {
     c.loss_norm = parse_loss_norm(j.at("loss_norm").get<std::string>());
     c.bucket_cap_mb = j.at("bucket_cap_mb").get<int>();
     c.timeout_s = j.at("timeout_s").get<int>();
+    c.data = j.at("data").get<std::string>();
+    c.data_file = j.at("data_file").get<std::string>();
+    c.checkpoint = j.at("checkpoint").get<std::string>();
+    c.grad_ckpt = j.at("grad_ckpt").get<bool>();
     return c;
   } catch (const nlohmann::json::exception& e) {
     throw UsageError(std::string("config: ") + e.what());
@@ -245,6 +252,17 @@ const std::vector<Setting>& settings() {
        [](Config& c, const std::string& v) { c.loss_norm = parse_loss_norm(v); }},
       DDPBENCH_NUMBER("bucket_cap_mb", bucket_cap_mb, "gradient bucket size in MiB"),
       DDPBENCH_NUMBER("timeout_s", timeout_s, "seconds before every rank is torn down"),
+      {"data", "synthetic data: markov (learnable sparse Markov chain) or random (uniform tokens)",
+       [](Config& c, const std::string& v) { c.data = v; }},
+      {"data_file", "read token batches from this token file instead (see `ddpbench prepare`)",
+       [](Config& c, const std::string& v) { c.data_file = v; }},
+      {"checkpoint", "start from this Hugging Face checkpoint folder instead of random weights",
+       [](Config& c, const std::string& v) { c.checkpoint = v; }},
+      {"grad_ckpt", "gradient checkpointing: true or false",
+       [](Config& c, const std::string& v) {
+         if (v != "true" && v != "false") throw UsageError("--grad-ckpt: '" + v + "' is neither true nor false");
+         c.grad_ckpt = v == "true";
+       }},
   };
   return table;
 }

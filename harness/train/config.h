@@ -69,6 +69,10 @@ struct Config {
   LossNorm loss_norm = LossNorm::global_tokens;
   int bucket_cap_mb = 25;
   int timeout_s = 1800;
+  std::string data = "markov";  // markov (learnable) | random (uniform tokens, for pure speed runs)
+  std::string data_file;         // a token file (token_file.h) instead of the synthetic generator
+  std::string checkpoint;        // a Hugging Face checkpoint folder instead of random weights
+  bool grad_ckpt = false;        // recompute each decoder layer in backward instead of storing it
 
   int total_steps() const { return warmup + steps; }
   int global_batch_sequences() const { return nproc * micro_batch * grad_accum; }

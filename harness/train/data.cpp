@@ -1,5 +1,6 @@
 #include "train/data.h"
 
+#include <algorithm>
 #include <numeric>
 
 namespace ddpbench::train {
@@ -25,8 +26,19 @@ std::int64_t TokenBatch::predicted_tokens() const {
   return n;
 }
 
-SyntheticData::SyntheticData(std::uint64_t seed, int vocab, int seq_len, Lengths lengths)
-    : seed_(seed), vocab_(vocab), seq_len_(seq_len), lengths_(lengths) {}
+SyntheticData::SyntheticData(std::uint64_t seed, int vocab, int seq_len, Lengths lengths, const std::string& kind)
+    : seed_(seed), vocab_(vocab), seq_len_(seq_len), lengths_(lengths), markov_(kind == "markov") {
+  if (!markov_) return;
+  const int states = std::min(kMarkovStates, vocab - 1);
+  active_.reserve(static_cast<std::size_t>(states));
+  for (int i = 0; i < states; ++i)
+    active_.push_back(1 + static_cast<std::int64_t>(key(seed_, 0x4D41524B, static_cast<std::uint64_t>(i), 0) %
+                                                   static_cast<std::uint64_t>(vocab_ - 1)));
+}
+
+std::uint64_t SyntheticData::successor(std::int64_t token, std::uint64_t choice) const {
+  return key(seed_, 0x53554343, static_cast<std::uint64_t>(token), choice) % active_.size();
+}
 
 int SyntheticData::length_of(int step, std::int64_t row) const {
   if (!lengths_.uniform) return seq_len_;
@@ -51,8 +63,14 @@ TokenBatch SyntheticData::rows(int step, std::int64_t first, int count) const {
     const std::int64_t row = first + r;
     const int len = length_of(step, row);
     b.lengths[r] = len;
+    std::int64_t prev = 0;
     for (int t = 0; t < len; ++t) {
-      const auto tok = token_at(step, row, t);
+      std::int64_t tok = token_at(step, row, t);
+      if (markov_) {
+        const auto draw = key(seed_, static_cast<std::uint64_t>(step), static_cast<std::uint64_t>(row), static_cast<std::uint64_t>(t));
+        tok = t == 0 ? active_[draw % active_.size()] : active_[successor(prev, draw % kMarkovSuccessors)];
+      }
+      prev = tok;
       b.tokens[static_cast<std::size_t>(r) * seq_len_ + t] = tok;
       b.labels[static_cast<std::size_t>(r) * seq_len_ + t] = tok;
     }

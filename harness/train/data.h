@@ -3,6 +3,7 @@
 // the same sequences: the basis of the loss-normalisation equivalence tests.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "train/config.h"
@@ -26,9 +27,13 @@ struct TokenBatch {
   std::int64_t predicted_tokens() const;  // labels that count in the loss: sum of (length - 1)
 };
 
+// kind "random": every token uniform over the vocabulary, nothing to learn (pure speed runs).
+// kind "markov": a sparse Markov chain over an active subset of the vocabulary (at most 4096 ids,
+// each with 4 equally likely successors), so the loss falls from ln(vocab) towards ln(4) as a model
+// learns it, and two loss curves that match mean something.
 class SyntheticData {
  public:
-  SyntheticData(std::uint64_t seed, int vocab, int seq_len, Lengths lengths);
+  SyntheticData(std::uint64_t seed, int vocab, int seq_len, Lengths lengths, const std::string& kind = "markov");
 
   // Micro-batch `micro` of `rank` at optimizer step `step`: rows (rank * grad_accum + micro) *
   // micro_batch ... + micro_batch - 1 of the step's global batch, so each rank reads its own shard.
@@ -40,11 +45,18 @@ class SyntheticData {
   int length_of(int step, std::int64_t row) const;
   std::int64_t token_at(int step, std::int64_t row, int position) const;
 
+  std::uint64_t successor(std::int64_t token, std::uint64_t choice) const;
+
   std::uint64_t seed_;
   int vocab_;
   int seq_len_;
   Lengths lengths_;
+  bool markov_;
+  std::vector<std::int64_t> active_;  // the Markov chain's states
 };
+
+inline constexpr int kMarkovStates = 4096;
+inline constexpr int kMarkovSuccessors = 4;
 
 // Counter-based hashing (splitmix64 finaliser): the same inputs give the same value on any machine.
 std::uint64_t mix64(std::uint64_t x);

@@ -5,7 +5,18 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <filesystem>
+#include <map>
+
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include "common/error.h"
+#include "common/strings.h"
+#include "train/checkpoint.h"
 #include "train/data.h"
+#include "train/hf_config.h"
+#include "train/safetensors.h"
 
 namespace ddpbench::train {
 
@@ -26,6 +37,38 @@ at::Tensor rotate_half(const at::Tensor& x) {
   const auto half = x.size(-1) / 2;
   return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
 }
+
+// Gradient checkpointing of one decoder layer: forward without keeping activations, then in backward
+// run the layer again with autograd on and back-propagate through it. The nested backward
+// accumulates parameter gradients (and fires the DDP reducer's hooks) as a normal backward would.
+struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
+  using Body = std::function<at::Tensor(const at::Tensor&)>;
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input, Body body) {
+    ctx->saved_data["body"] = c10::IValue::make_capsule(c10::make_intrusive<BodyHolder>(std::move(body)));
+    ctx->save_for_backward({input});
+    at::NoGradGuard no_grad;
+    return body_of(ctx)(input);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
+    auto input = ctx->get_saved_variables()[0].detach().requires_grad_(true);
+    at::Tensor output;
+    {
+      at::AutoGradMode enable(true);
+      output = body_of(ctx)(input);
+    }
+    torch::autograd::backward({output}, {grads[0]});
+    return {input.grad(), at::Tensor()};
+  }
+
+ private:
+  struct BodyHolder : torch::CustomClassHolder {
+    explicit BodyHolder(Body b) : body(std::move(b)) {}
+    Body body;
+  };
+  static const Body& body_of(torch::autograd::AutogradContext* ctx) {
+    return static_cast<BodyHolder*>(ctx->saved_data["body"].toCapsule().get())->body;
+  }
+};
 
 }  // namespace
 
@@ -122,15 +165,25 @@ at::Tensor LlamaModel::attention(const Layer& L, const at::Tensor& x, const at::
   return L.o(out.transpose(1, 2).reshape({B, T, shape_.hidden}));
 }
 
+at::Tensor LlamaModel::layer_forward(const Layer& L, const at::Tensor& h_in, const at::Tensor& cos, const at::Tensor& sin) const {
+  auto h = h_in + attention(L, rms_norm(h_in, L.input_norm), cos, sin);
+  const auto x = rms_norm(h, L.post_attention_norm);
+  return h + L.down(at::silu(L.gate(x)) * L.up(x));
+}
+
 at::Tensor LlamaModel::loss_sum(const at::Tensor& tokens, const at::Tensor& labels) const {
   const auto options = embed_.options();
   const auto T = tokens.size(1);
   const auto [cos, sin] = rope_tables(T, options);
   auto h = at::embedding(embed_, tokens);
   for (const auto& L : layers_) {
-    h = h + attention(L, rms_norm(h, L.input_norm), cos, sin);
-    const auto x = rms_norm(h, L.post_attention_norm);
-    h = h + L.down(at::silu(L.gate(x)) * L.up(x));
+    if (cfg_.grad_ckpt && h.requires_grad()) {
+      h = CheckpointedLayer::apply(h, [this, &L, cos = cos, sin = sin](const at::Tensor& x) {
+        return layer_forward(L, x, cos, sin);
+      });
+    } else {
+      h = layer_forward(L, h, cos, sin);
+    }
   }
   const auto logits = at::linear(rms_norm(h, final_norm_), lm_head_);
   // Shift the labels rather than the logits: no copy of the largest activation.
@@ -151,6 +204,104 @@ std::int64_t LlamaModel::parameter_count(bool trainable_only) const {
   for (const auto& p : params_)
     if (!trainable_only || p.tensor.requires_grad()) n += p.tensor.numel();
   return n;
+}
+
+}  // namespace ddpbench::train
+
+namespace ddpbench::train {
+
+namespace {
+
+constexpr const char* kPeftPrefix = "base_model.model.";
+
+bool is_lora_name(const std::string& name) { return name.find(".lora_") != std::string::npos; }
+
+std::string safetensors_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "F32";
+    case at::kBFloat16: return "BF16";
+    case at::kHalf: return "F16";
+    case at::kDouble: return "F64";
+    default: throw RunError(std::string("no safetensors dtype for ") + c10::toString(t));
+  }
+}
+
+at::ScalarType scalar_type_of(const std::string& dtype, const std::string& where) {
+  if (dtype == "F32") return at::kFloat;
+  if (dtype == "BF16") return at::kBFloat16;
+  if (dtype == "F16") return at::kHalf;
+  if (dtype == "F64") return at::kDouble;
+  throw UsageError(where + ": tensor dtype " + dtype + " is not a floating-point type the model can load");
+}
+
+void write_tensors(const std::string& path, const std::vector<std::pair<std::string, at::Tensor>>& named) {
+  std::vector<at::Tensor> keep;  // CPU copies that the records point into
+  std::vector<safetensors::TensorData> records;
+  for (const auto& [name, t] : named) {
+    keep.push_back(t.detach().to(at::kCPU).contiguous());
+    const auto& c = keep.back();
+    records.push_back({name, safetensors_dtype(c.scalar_type()), c.sizes().vec(), c.data_ptr(),
+                       static_cast<std::size_t>(c.numel()) * c.element_size()});
+  }
+  safetensors::write(path, records, {{"format", "pt"}});
+}
+
+}  // namespace
+
+void LlamaModel::save_hf(const std::string& dir) const {
+  std::filesystem::create_directories(dir);
+  const std::string dtype = embed_.scalar_type() == at::kBFloat16 ? "bfloat16" : "float32";
+  write_file_atomic(dir + "/config.json", hf_llama_config(shape_, dtype).dump(2) + "\n");
+  std::vector<std::pair<std::string, at::Tensor>> base, adapters;
+  for (const auto& p : params_) {
+    if (is_lora_name(p.name)) adapters.emplace_back(kPeftPrefix + p.name, p.tensor);
+    else base.emplace_back(p.name, p.tensor);
+  }
+  write_tensors(dir + "/model.safetensors", base);
+  if (!adapters.empty()) {
+    write_file_atomic(dir + "/adapter_config.json",
+                      peft_lora_config(cfg_.lora_rank, cfg_.lora_alpha, cfg_.lora_targets).dump(2) + "\n");
+    write_tensors(dir + "/adapter_model.safetensors", adapters);
+  }
+}
+
+void LlamaModel::load_hf(const std::string& dir) {
+  const std::string config_path = dir + "/config.json";
+  nlohmann::json config;
+  try {
+    config = nlohmann::json::parse(read_file(config_path));
+  } catch (const std::exception& e) {
+    throw UsageError("--checkpoint: " + config_path + ": " + e.what());
+  }
+  const auto shape = shape_from_hf_config(config, config_path);
+  if (shape.hidden != shape_.hidden || shape.layers != shape_.layers || shape.heads != shape_.heads ||
+      shape.kv_heads != shape_.kv_heads || shape.mlp != shape_.mlp || shape.vocab != shape_.vocab)
+    throw UsageError("--checkpoint: " + config_path + " describes another model shape than preset " + cfg_.preset);
+  const safetensors::File base(dir + "/model.safetensors");
+  const std::string adapter_path = dir + "/adapter_model.safetensors";
+  std::unique_ptr<safetensors::File> adapters;
+  if (std::filesystem::exists(adapter_path)) adapters = std::make_unique<safetensors::File>(adapter_path);
+  at::NoGradGuard no_grad;
+  for (auto& p : params_) {
+    const bool lora = is_lora_name(p.name);
+    if (lora && !adapters) continue;
+    const auto& file = lora ? *adapters : base;
+    const std::string key = lora ? kPeftPrefix + p.name : p.name;
+    const auto* rec = file.find(key);
+    if (!rec) throw UsageError("--checkpoint: " + dir + " has no tensor " + key);
+    if (rec->shape != p.tensor.sizes().vec())
+      throw UsageError("--checkpoint: tensor " + key + " has shape " + c10::str(at::IntArrayRef(rec->shape)) +
+                       ", the model's is " + c10::str(p.tensor.sizes()));
+    const auto src = at::from_blob(const_cast<void*>(rec->data), rec->shape,
+                                   at::TensorOptions().dtype(scalar_type_of(rec->dtype, dir)));
+    p.tensor.copy_(src);
+  }
+}
+
+void write_initial_checkpoint(const Config& cfg, const std::string& dir) {
+  const auto options = at::TensorOptions().dtype(cfg.device == "cuda" ? at::kBFloat16 : at::kFloat);
+  const LlamaModel model(cfg, options);
+  model.save_hf(dir);
 }
 
 }  // namespace ddpbench::train

@@ -28,6 +28,12 @@ class LlamaModel {
   // shifted by one inside (position t predicts label t + 1).
   at::Tensor loss_sum(const at::Tensor& tokens, const at::Tensor& labels) const;
 
+  // Hugging Face format: config.json + model.safetensors, and for LoRA PEFT's adapter_config.json +
+  // adapter_model.safetensors. Loading checks every shape; LoRA adapters absent from the folder
+  // keep their seeded initialisation.
+  void save_hf(const std::string& dir) const;
+  void load_hf(const std::string& dir);
+
   const std::vector<NamedTensor>& parameters() const { return params_; }
   std::vector<at::Tensor> trainable() const;
   std::int64_t parameter_count(bool trainable_only) const;
@@ -47,6 +53,7 @@ class LlamaModel {
 
   Linear make_linear(const std::string& prefix, std::int64_t in, std::int64_t out, at::TensorOptions options);
   at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight) const;
+  at::Tensor layer_forward(const Layer& layer, const at::Tensor& h, const at::Tensor& cos, const at::Tensor& sin) const;
   at::Tensor attention(const Layer& layer, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const;
   std::pair<at::Tensor, at::Tensor> rope_tables(std::int64_t seq_len, at::TensorOptions options) const;
 

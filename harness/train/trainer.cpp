@@ -11,6 +11,7 @@
 #include "common/strings.h"
 #include "ddp/ddp.h"
 #include "ddp/device.h"
+#include "train/batches.h"
 #include "train/data.h"
 #include "train/model.h"
 
@@ -133,6 +134,7 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
     const auto options = at::TensorOptions().device(device).dtype(cuda ? at::kBFloat16 : at::kFloat);
 
     LlamaModel model(cfg, options);
+    if (!cfg.checkpoint.empty()) model.load_hf(cfg.checkpoint);
     const auto trainable = model.trainable();
     report.parameters = model.parameter_count(false);
     report.trainable_parameters = model.parameter_count(true);
@@ -153,7 +155,7 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
     for (int b = 0; b < reducer.bucket_count(); ++b) report.bucket_bytes += reducer.bucket_bytes(b);
     AdamW optimizer(trainable, cfg.lr, cfg.weight_decay);
     const auto shape = preset_shape(cfg.preset);
-    SyntheticData data(cfg.seed, shape.vocab, cfg.seq_len, cfg.lengths);
+    const auto batches = BatchSource::make(cfg, shape.vocab, env.world_size);
     ddp::synchronize(cfg.device, env.local_rank);
     report.setup_s = std::chrono::duration<double>(Clock::now() - t_setup).count();
 
@@ -165,7 +167,7 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
       std::vector<TokenBatch> micro;
       std::int64_t n_rank = 0, real_rank = 0;
       for (int m = 0; m < G; ++m) {
-        micro.push_back(data.micro_batch(step, env.rank, m, G, cfg.micro_batch));
+        micro.push_back(batches->micro_batch(step, env.rank, m));
         n_rank += micro.back().predicted_tokens();
         real_rank += micro.back().real_tokens();
       }

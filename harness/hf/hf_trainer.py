@@ -1,0 +1,613 @@
+#!/usr/bin/env python3
+"""ddpbench's external reference trainer: Hugging Face Transformers + PEFT under torch DDP.
+
+One rank of a DDP fine-tuning run, started by ddpbench's launcher (or torchrun) exactly like the
+built-in worker:
+
+    python3 harness/hf/hf_trainer.py --config CELL/config.json --out CELL/ranks
+
+with RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT in the
+environment. It does the same work as the built-in trainer (harness/train/trainer.cpp) on the same
+weights (the config's "checkpoint", a Hugging Face Llama folder, with an optional PEFT adapter) and
+the same token batches (the config's "data_file", harness/train/token_file.h), and writes
+<out>/rank<RANK>.json in the built-in trainer's rank-report schema (harness/results/results.h).
+Exit status: 0 on success, 1 on failure (after writing the failed report).
+"""
+
+import argparse
+import array
+import contextlib
+import json
+import math
+import mmap
+import os
+import resource
+import socket
+import struct
+import sys
+import threading
+import time
+import traceback
+from datetime import timedelta
+
+T_START = time.perf_counter()  # setup_s counts from here: imports, model load, rendezvous, DDP wrap
+
+SCHEMA_VERSION = 1
+IGNORE_INDEX = -100
+PAD_TOKEN = 0
+TOKEN_MAGIC = b"DDPBTOK1"
+TOKEN_HEADER = struct.Struct("<8sIIQQ")  # magic, version, vocab, documents, tokens
+LOSS_NORMS = ("global-tokens", "mean-of-micro-means", "local-tokens")
+
+
+_KEEP_ALIVE = []  # what must outlive main() on the failure path
+
+
+class ConfigError(Exception):
+    """A problem with the configuration or its inputs; its message is shown as it is."""
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+
+
+def _need(cfg, key, kinds, path):
+    if key not in cfg:
+        raise ConfigError(f"config {path}: missing field '{key}'")
+    value = cfg[key]
+    # bool is an int in Python: keep true/false out of numeric fields and numbers out of flags.
+    if isinstance(value, bool) and bool not in kinds:
+        raise ConfigError(f"config {path}: field '{key}' must be {kinds[0].__name__}, got {value!r}")
+    if not isinstance(value, kinds):
+        raise ConfigError(f"config {path}: field '{key}' must be {kinds[0].__name__}, got {value!r}")
+    return value
+
+
+# The fields this trainer reads (the rest of train::to_json, e.g. preset, impl, lengths, data, is
+# ignored: the checkpoint fixes the shape and the token file the data).
+REQUIRED_FIELDS = {
+    "device": (str,),
+    "mode": (str,),
+    "micro_batch": (int,),
+    "grad_accum": (int,),
+    "seq_len": (int,),
+    "steps": (int,),
+    "warmup": (int,),
+    "lr": (float, int),
+    "weight_decay": (float, int),
+    "max_grad_norm": (float, int),
+    "loss_norm": (str,),
+    "bucket_cap_mb": (int,),
+    "timeout_s": (int,),
+    "checkpoint": (str,),
+    "data_file": (str,),
+    "grad_ckpt": (bool,),
+}
+LORA_FIELDS = {"lora_rank": (int,), "lora_alpha": (float, int), "lora_targets": (list,)}
+
+
+def load_config(path):
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            cfg = json.load(f)
+    except OSError as e:
+        raise ConfigError(f"config {path}: cannot read: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config {path}: not valid JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"config {path}: expected a JSON object")
+    for key, kinds in REQUIRED_FIELDS.items():
+        _need(cfg, key, kinds, path)
+    if cfg["mode"] not in ("lora", "full"):
+        raise ConfigError(f"config {path}: mode '{cfg['mode']}' is neither lora nor full")
+    if cfg["mode"] == "lora":
+        for key, kinds in LORA_FIELDS.items():
+            _need(cfg, key, kinds, path)
+    if cfg["device"] not in ("cpu", "cuda"):
+        raise ConfigError(f"config {path}: device '{cfg['device']}' is neither cpu nor cuda")
+    if cfg["loss_norm"] not in LOSS_NORMS:
+        raise ConfigError(f"config {path}: loss_norm '{cfg['loss_norm']}' is not one of {', '.join(LOSS_NORMS)}")
+    for key in ("micro_batch", "grad_accum", "steps", "bucket_cap_mb", "timeout_s"):
+        if cfg[key] < 1:
+            raise ConfigError(f"config {path}: {key} must be at least 1, got {cfg[key]}")
+    if cfg["seq_len"] < 2:
+        raise ConfigError(f"config {path}: seq_len must be at least 2, got {cfg['seq_len']}")
+    if cfg["warmup"] < 0:
+        raise ConfigError(f"config {path}: warmup must not be negative, got {cfg['warmup']}")
+    if not cfg["checkpoint"]:
+        raise ConfigError("the hf trainer needs a checkpoint: set checkpoint (--checkpoint) to a Hugging Face "
+                          "checkpoint folder (config.json + model.safetensors)")
+    if not cfg["data_file"]:
+        raise ConfigError("the hf trainer needs a token file: set data_file (--data-file) to a ddpbench token file")
+    if not os.path.isdir(cfg["checkpoint"]):
+        raise ConfigError(f"checkpoint {cfg['checkpoint']}: not a folder")
+    if not os.path.isfile(os.path.join(cfg["checkpoint"], "config.json")):
+        raise ConfigError(f"checkpoint {cfg['checkpoint']}: no config.json in it")
+    return cfg
+
+
+def env_int(name, fallback=None):
+    value = os.environ.get(name)
+    if value is None:
+        if fallback is not None:
+            return fallback
+        raise ConfigError(f"environment variable {name} is not set (start ranks with `ddpbench` or torchrun)")
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}='{value}' is not a whole number") from None
+
+
+class RankEnv:
+    def __init__(self):
+        self.rank = env_int("RANK", 0)
+        self.world_size = env_int("WORLD_SIZE", 1)
+        self.local_rank = env_int("LOCAL_RANK", self.rank)
+        self.local_world_size = env_int("LOCAL_WORLD_SIZE", self.world_size)
+        if not 0 <= self.rank < self.world_size:
+            raise ConfigError(f"RANK={self.rank} is outside WORLD_SIZE={self.world_size}")
+
+
+def prepare_rendezvous_env(world_size):
+    """torch's env:// rendezvous needs MASTER_ADDR/PORT; a lone rank may go without (as the built-in)."""
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ:
+        if world_size != 1:
+            raise ConfigError("environment variable MASTER_PORT is not set (start ranks with `ddpbench` or torchrun)")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+
+
+# --------------------------------------------------------------------------------------------
+# Token file (harness/train/token_file.h)
+
+
+def _u32_array(data):
+    """Little-endian u32 bytes -> array of unsigned 32-bit ints in host order."""
+    code = next(c for c in ("I", "L") if array.array(c).itemsize == 4)
+    out = array.array(code)
+    out.frombytes(data)
+    if sys.byteorder != "little":
+        out.byteswap()
+    return out
+
+
+class TokenFile:
+    """Reads a "ddpbench tokens v1" file and serves batches with the header's mapping: row g of the
+    global batch of step s is document (s * global_batch + g) mod D, cut to seq_len or right-padded
+    with token 0 and label -100."""
+
+    def __init__(self, path):
+        import torch
+
+        self.path = path
+        try:
+            self._file = open(path, "rb")
+        except OSError as e:
+            raise ConfigError(f"data_file {path}: cannot open: {e.strerror}") from None
+        size = os.fstat(self._file.fileno()).st_size
+        if size < TOKEN_HEADER.size:
+            raise ConfigError(f"data_file {path}: {size} bytes, too short for a token file header")
+        self._mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        magic, version, vocab, docs, tokens = TOKEN_HEADER.unpack_from(self._mm, 0)
+        if magic != TOKEN_MAGIC:
+            raise ConfigError(f"data_file {path}: not a ddpbench token file (magic {magic!r})")
+        if version != 1:
+            raise ConfigError(f"data_file {path}: version {version}, this reader knows version 1")
+        if docs == 0:
+            raise ConfigError(f"data_file {path}: holds no documents")
+        expected = TOKEN_HEADER.size + 4 * docs + 4 * tokens
+        if size != expected:
+            raise ConfigError(f"data_file {path}: {size} bytes, the header says {expected} "
+                              f"({docs} documents, {tokens} tokens)")
+        self.vocab = vocab
+        self.documents = docs
+        self.tokens = tokens
+        self._tokens_at = TOKEN_HEADER.size + 4 * docs
+        lengths = _u32_array(self._mm[TOKEN_HEADER.size:self._tokens_at])
+        lengths = torch.frombuffer(lengths, dtype=torch.int32).to(torch.int64) & 0xFFFFFFFF
+        if int(lengths.min()) < 2:
+            bad = int(torch.nonzero(lengths < 2)[0, 0])
+            raise ConfigError(f"data_file {path}: document {bad} has {int(lengths[bad])} tokens (at least 2 needed)")
+        if int(lengths.sum()) != tokens:
+            raise ConfigError(f"data_file {path}: document lengths sum to {int(lengths.sum())}, the header says {tokens}")
+        self._lengths = lengths
+        self._offsets = torch.cumsum(lengths, 0) - lengths
+
+    def document(self, index, limit=None):
+        import torch
+
+        n = int(self._lengths[index])
+        if limit is not None:
+            n = min(n, limit)
+        start = self._tokens_at + 4 * int(self._offsets[index])
+        ids = _u32_array(self._mm[start:start + 4 * n])
+        return torch.frombuffer(ids, dtype=torch.int32).to(torch.int64) & 0xFFFFFFFF
+
+    def rows(self, step, global_batch, first, count, seq_len):
+        """Global-batch rows [first, first + count) of optimizer step `step`: (tokens, labels,
+        lengths), tokens and labels int64 [count, seq_len]."""
+        import torch
+
+        tokens = torch.full((count, seq_len), PAD_TOKEN, dtype=torch.int64)
+        labels = torch.full((count, seq_len), IGNORE_INDEX, dtype=torch.int64)
+        lengths = []
+        for i in range(count):
+            doc = (step * global_batch + first + i) % self.documents
+            ids = self.document(doc, seq_len)
+            n = ids.numel()
+            tokens[i, :n] = ids
+            labels[i, :n] = ids
+            lengths.append(n)
+        return tokens, labels, lengths
+
+    def close(self):
+        self._mm.close()
+        self._file.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Output
+
+
+def format_si(value, precision=1):
+    """As ddpbench::format_si: 12345 -> "12.3k"."""
+    suffix = ["", "k", "M", "G", "T", "P"]
+    i = 0
+    v = value
+    round_up = 1000.0 - 0.5 * 10.0 ** (-precision)
+    while abs(v) >= (1000.0 if i == 0 else round_up) and i < 5:
+        v /= 1000.0
+        i += 1
+    return f"{v:.{0 if i == 0 else precision}f}{suffix[i]}"
+
+
+def format_bytes(value):
+    """As ddpbench::format_bytes: 1536 -> "1.50 KiB"."""
+    suffix = ["B", "KiB", "MiB", "GiB", "TiB"]
+    i = 0
+    while value >= 1024.0 and i < 4:
+        value /= 1024.0
+        i += 1
+    return f"{value:.{0 if i == 0 else 2}f} {suffix[i]}"
+
+
+def print_step_line(cfg, sample, global_tokens, world):
+    """The built-in trainer's live line (print_step_line in trainer.cpp)."""
+    total = cfg["warmup"] + cfg["steps"]
+    t = sample["step_time_s"]
+    tps = global_tokens / t if t > 0 else math.inf
+    print("step %4d/%d%s | loss %.4f | %s tok/s (%s per rank) | %8.1f ms | mem %s | N %d | norm %.3f"
+          % (sample["step"] + 1, total, " (warmup)" if sample["warmup"] else "         ", sample["loss"],
+             format_si(tps), format_si(tps / world), t * 1e3, format_bytes(float(sample["mem_allocated_peak"])),
+             sample["global_predicted_tokens"], sample["grad_norm"]),
+          flush=True)
+
+
+def json_number(x):
+    # JSON has no NaN or infinity: the C++ side writes them as null (and reads null back as NaN).
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def new_report(env):
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "rank": env.rank if env else env_int_safe("RANK", 0),
+        "local_rank": env.local_rank if env else env_int_safe("LOCAL_RANK", 0),
+        "world_size": env.world_size if env else env_int_safe("WORLD_SIZE", 1),
+        "host": socket.gethostname(),
+        "device": "",
+        "status": "ok",
+        "phase": "setup",
+        "error": "",
+        "setup_s": 0.0,
+        "buckets": 0,
+        "bucket_bytes": 0,
+        "parameters": 0,
+        "trainable_parameters": 0,
+        "steps": [],
+    }
+
+
+def env_int_safe(name, fallback):
+    try:
+        return int(os.environ.get(name, fallback))
+    except ValueError:
+        return fallback
+
+
+def write_report(out_dir, report):
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"rank{report['rank']}.json")
+    doc = dict(report)
+    doc["steps"] = [{k: json_number(v) for k, v in s.items()} for s in report["steps"]]
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(doc, indent=1) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def error_text(e):
+    text = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {e}".rstrip(": ")
+    # Keep only the first line (as the built-in trainer does with c10 errors and their backtraces).
+    return text.strip().split("\n", 1)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+
+
+def loss_scale(rule, world, grad_accum, n_global, n_rank, n_micro):
+    """The per-micro-batch factor on the summed token loss (loss_scale in trainer.cpp)."""
+    if rule == "global-tokens":
+        return world / n_global
+    if rule == "mean-of-micro-means":
+        return 1.0 / (n_micro * grad_accum)
+    return 1.0 / n_rank  # local-tokens
+
+
+def memory_peaks(torch, cuda, device):
+    if cuda:
+        return int(torch.cuda.max_memory_allocated(device)), int(torch.cuda.max_memory_reserved(device))
+    rss = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    return rss, rss
+
+
+def bucket_layout(ddp_model):
+    """(buckets, bytes) of DDP's gradient buckets, from its logging data; (0, 0) if unavailable."""
+    try:
+        sizes = str(ddp_model._get_ddp_logging_data().get("bucket_sizes", ""))
+        values = [int(x) for x in sizes.replace(" ", "").split(",") if x]
+        return len(values), sum(values)
+    except Exception:  # a private API: its absence must not fail a run
+        return 0, 0
+
+
+@contextlib.contextmanager
+def base_model_folder(checkpoint, has_adapter):
+    """The folder to load the base model from. Transformers loads an adapter it finds beside the
+    weights by itself (frozen, in the base dtype); the adapter must come through PEFT instead, so the
+    base loads from a temporary folder of links to everything but the adapter files."""
+    if not has_adapter:
+        yield checkpoint
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="ddpbench-hf-base-") as folder:
+        for name in os.listdir(checkpoint):
+            if not name.startswith("adapter_"):
+                os.symlink(os.path.abspath(os.path.join(checkpoint, name)), os.path.join(folder, name))
+        yield folder
+
+
+def run(cfg, env, report):
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    threads = os.environ.get("OMP_NUM_THREADS")
+    if threads and threads.isdigit() and int(threads) > 0:
+        torch.set_num_threads(int(threads))
+    cuda = cfg["device"] == "cuda"
+    if cuda:
+        if not torch.cuda.is_available():
+            raise ConfigError("device cuda: torch sees no CUDA device")
+        torch.cuda.set_device(env.local_rank)
+        device = torch.device("cuda", env.local_rank)
+    else:
+        device = torch.device("cpu")
+    report["device"] = str(device)
+    dtype = torch.bfloat16 if cuda else torch.float32
+
+    data = TokenFile(cfg["data_file"])
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # rank logs are files: no progress bars in them
+
+    checkpoint = cfg["checkpoint"]
+    has_adapter = os.path.isfile(os.path.join(checkpoint, "adapter_config.json"))
+    # On a GPU the weights load straight onto it (one device: no dispatch hooks), not through host memory.
+    with base_model_folder(checkpoint, has_adapter) as base_folder:
+        model, loading = AutoModelForCausalLM.from_pretrained(
+            base_folder, dtype=dtype, attn_implementation="sdpa", device_map={"": env.local_rank} if cuda else None,
+            output_loading_info=True)
+    # Equal work means equal weights: a weight the checkpoint lacks would be drawn at random here.
+    for kind in ("missing_keys", "mismatched_keys"):
+        keys = sorted(str(k) for k in (loading.get(kind) or ()))
+        if keys:
+            more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+            raise ConfigError(f"checkpoint {checkpoint}: {kind.replace('_', ' ')} in model.safetensors: "
+                              f"{', '.join(keys[:3])}{more}")
+    model.config.use_cache = False
+    vocab = int(model.config.vocab_size)
+    if data.vocab > vocab:
+        raise ConfigError(f"data_file {cfg['data_file']}: vocabulary {data.vocab} is larger than the model's {vocab}")
+    if cfg["grad_ckpt"]:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg["mode"] == "lora":
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        if cfg["grad_ckpt"]:
+            model.enable_input_require_grads()
+        if has_adapter:
+            model = PeftModel.from_pretrained(model, checkpoint, is_trainable=True)
+        else:
+            torch.manual_seed(int(cfg.get("seed", 0)))  # DDP broadcasts rank 0's adapters anyway
+            lora = LoraConfig(r=cfg["lora_rank"], lora_alpha=cfg["lora_alpha"], target_modules=list(cfg["lora_targets"]),
+                              lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+            model = get_peft_model(model, lora)
+    else:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    model.to(device)
+    model.train()
+    report["parameters"] = sum(p.numel() for p in model.parameters())
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    report["trainable_parameters"] = sum(p.numel() for p in trainable)
+    if not trainable:
+        raise ConfigError(f"checkpoint {checkpoint}: no trainable parameters in mode {cfg['mode']}")
+
+    report["phase"] = "rendezvous"
+    prepare_rendezvous_env(env.world_size)
+    timeout = timedelta(seconds=cfg["timeout_s"])
+    if cuda:
+        dist.init_process_group("nccl", rank=env.rank, world_size=env.world_size, timeout=timeout, device_id=device)
+    else:
+        dist.init_process_group("gloo", rank=env.rank, world_size=env.world_size, timeout=timeout)
+    # DDP's construction broadcasts rank 0's weights, so every rank starts from the same ones.
+    ddp_model = torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[env.local_rank] if cuda else None, bucket_cap_mb=cfg["bucket_cap_mb"],
+        gradient_as_bucket_view=True)
+    optimizer = torch.optim.AdamW(trainable, lr=float(cfg["lr"]), betas=(0.9, 0.999), eps=1e-8,
+                                  weight_decay=float(cfg["weight_decay"]), fused=True)
+    if cuda:
+        torch.cuda.synchronize(device)
+    report["setup_s"] = time.perf_counter() - T_START
+
+    W, G, mb = env.world_size, cfg["grad_accum"], cfg["micro_batch"]
+    seq_len, rule, max_norm = cfg["seq_len"], cfg["loss_norm"], float(cfg["max_grad_norm"])
+    # The global batch counts all ranks (nproc per node x nodes), as BatchSource::make does.
+    global_batch = W * mb * G
+    total = cfg["warmup"] + cfg["steps"]
+    for step in range(total):
+        report["phase"] = f"step {step}"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        t0 = time.perf_counter()
+        micro = []
+        n_rank = real_rank = 0
+        for m in range(G):
+            first = (env.rank * G + m) * mb
+            tokens, labels, lengths = data.rows(step, global_batch, first, mb, seq_len)
+            top = int(tokens.max())
+            if top >= vocab:
+                raise ConfigError(f"data_file {cfg['data_file']}: token id {top} is outside the model's vocabulary {vocab}")
+            n_micro = sum(n - 1 for n in lengths)
+            micro.append((tokens.to(device), labels.to(device), lengths, n_micro))
+            n_rank += n_micro
+            real_rank += sum(lengths)
+        # N, the loss's divisor, counted once per optimizer step over all ranks and micro-batches;
+        # the global count of real tokens rides along for the live log.
+        counts = torch.tensor([n_rank, real_rank], dtype=torch.int64, device=device)
+        dist.all_reduce(counts)
+        n_global, real_global = (int(x) for x in counts.cpu().tolist())
+
+        optimizer.zero_grad(set_to_none=False)
+        loss_acc = torch.zeros((), dtype=torch.float64, device=device)
+        sample = {"step": step, "warmup": step < cfg["warmup"], "loss": 0.0, "tokens": 0, "padded_tokens": 0,
+                  "predicted_tokens": n_rank, "global_predicted_tokens": n_global, "step_time_s": 0.0,
+                  "grad_norm": 0.0, "mem_allocated_peak": 0, "mem_reserved_peak": 0}
+        for m, (tokens, labels, lengths, n_micro) in enumerate(micro):
+            scale = loss_scale(rule, W, G, n_global, n_rank, n_micro)
+            sync = m == G - 1
+            with ddp_model.no_sync() if not sync else contextlib.nullcontext():
+                # No labels (the loss is computed here, summed) and no attention mask: right padding
+                # under causal attention, as in the built-in trainer.
+                logits = ddp_model(input_ids=tokens, use_cache=False).logits
+                # Shift the labels, not the logits (LlamaModel::loss_sum).
+                shifted = torch.cat([labels[:, 1:], torch.full((labels.size(0), 1), IGNORE_INDEX,
+                                                               dtype=labels.dtype, device=device)], dim=1)
+                loss_sum = F.cross_entropy(logits.float().view(-1, logits.size(-1)), shifted.view(-1),
+                                           ignore_index=IGNORE_INDEX, reduction="sum")
+                (loss_sum * scale).backward()
+            # What this rank adds to the step's loss once DDP has averaged over ranks.
+            loss_acc += loss_sum.detach().double() * (scale / W)
+            del logits, loss_sum
+            sample["tokens"] += sum(lengths)
+            sample["padded_tokens"] += tokens.numel()
+        if max_norm > 0:
+            norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in trainable])
+        optimizer.step()
+        dist.all_reduce(loss_acc)
+        sample["loss"] = float(loss_acc.item())
+        sample["grad_norm"] = float(norm.item())
+        if cuda:
+            torch.cuda.synchronize(device)
+        sample["step_time_s"] = time.perf_counter() - t0
+        sample["mem_allocated_peak"], sample["mem_reserved_peak"] = memory_peaks(torch, cuda, device)
+        report["steps"].append(sample)
+        if env.rank == 0:
+            print_step_line(cfg, sample, real_global, W)
+
+    # DDP rebuilds its buckets after the first iteration: read the layout it ended with.
+    report["buckets"], report["bucket_bytes"] = bucket_layout(ddp_model)
+    report["phase"] = "shutdown"
+    dist.barrier()  # no rank tears down while a peer still finishes its last collective
+    dist.destroy_process_group()
+    # DDP's reducer still holds the process group; it is destroyed when ddp_model is freed, and
+    # ~ProcessGroupGloo joins its worker threads while holding the GIL. A worker that is still
+    # releasing the tensors of a finished collective (our Python tensors: that takes the GIL) would
+    # deadlock that join, so the main thread lets go of the GIL for a moment first.
+    time.sleep(0.2)
+    del ddp_model, model, optimizer, trainable
+    report["phase"] = "done"
+
+
+def _shutdown_best_effort(seconds=15.0):
+    """Tears the process group down after a failure; a peer stuck in a collective must not keep
+    this process alive, so a watchdog ends it if the teardown hangs."""
+    try:
+        import torch.distributed as dist
+    except Exception:
+        return
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    timer = threading.Timer(seconds, lambda: os._exit(1))
+    timer.daemon = True
+    timer.start()
+    try:
+        dist.destroy_process_group()
+    except Exception:
+        pass
+    timer.cancel()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="ddpbench reference trainer (Transformers + PEFT + torch DDP), one rank")
+    parser.add_argument("--config", required=True, help="the cell's config.json")
+    parser.add_argument("--out", required=True, help="folder for rank<RANK>.json")
+    args = parser.parse_args(argv)
+
+    env = None
+    report = new_report(None)
+    try:
+        env = RankEnv()
+        report.update(rank=env.rank, local_rank=env.local_rank, world_size=env.world_size)
+        cfg = load_config(args.config)
+        run(cfg, env, report)
+    except BaseException as e:  # KeyboardInterrupt/SystemExit too: the report must say why
+        report["status"] = "failed"
+        report["error"] = error_text(e) or type(e).__name__
+        if os.environ.get("DDPBENCH_HF_TRACEBACK"):
+            traceback.print_exc()
+        try:
+            write_report(args.out, report)
+        except Exception as w:
+            print(f"rank {report['rank']}: cannot write the report: {w}", file=sys.stderr, flush=True)
+        print(f"rank {report['rank']} failed in {report['phase']}: {report['error']}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        _shutdown_best_effort()
+        # The traceback holds the model, DDP and a process group whose worker threads may sit in a
+        # collective that a failed peer never joins: freeing them could block until the collective
+        # timeout. Keep them alive; the script leaves without running destructors (see below).
+        _KEEP_ALIVE.append(e)
+        return 1
+    write_report(args.out, report)
+    return 0
+
+
+if __name__ == "__main__":
+    status = main()
+    if status != 0:
+        # A failed rank's report is written; exit without destructors (see main).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
