@@ -5,15 +5,12 @@
 #include "test_helpers.h"
 
 #include <cmath>
-#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <map>
 #include <set>
 #include <string>
 #include <vector>
-
-#include <unistd.h>
 
 #include "common/error.h"
 #include "common/strings.h"
@@ -25,36 +22,13 @@
 namespace ddpbench {
 namespace {
 
-namespace fs = std::filesystem;
 using train::Lengths;
 using train::SyntheticData;
 using train::TokenBatch;
 
 using testing_helpers::contains;
 using testing_helpers::message_of;
-
-// A fresh folder under the system temp directory, removed with the fixture.
-class TempDir : public ::testing::Test {
- protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("ddpbench-test-" + std::to_string(::getpid()) + "-" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-  std::vector<std::string> entries() const {
-    std::vector<std::string> out;
-    for (const auto& e : fs::directory_iterator(dir_)) out.push_back(e.path().filename().string());
-    return out;
-  }
-  fs::path dir_;
-};
+using testing_helpers::TempDirTest;
 
 // ---------------------------------------------------------------------------------------------
 // Synthetic data
@@ -564,7 +538,7 @@ TEST(Results, LongCsv) {
   for (const auto& row : no_peak) EXPECT_NE(split(row, ',')[12], "mfu");
 }
 
-using ResultFiles = TempDir;
+using ResultFiles = TempDirTest;
 
 TEST_F(ResultFiles, LoadRunDocument) {
   const auto doc = results::make_run_document(csv_context(1e12), two_ranks());
@@ -608,7 +582,7 @@ TEST_F(ResultFiles, LoadRunDocument) {
 // ---------------------------------------------------------------------------------------------
 // File and text helpers
 
-using Files = TempDir;
+using Files = TempDirTest;
 
 TEST_F(Files, WriteAtomicReplacesAndLeavesNoTemp) {
   const auto p = path("out.json");

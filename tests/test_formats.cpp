@@ -7,15 +7,12 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <limits>
 #include <map>
 #include <string>
 #include <vector>
-
-#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
@@ -29,37 +26,14 @@
 namespace ddpbench {
 namespace {
 
-namespace fs = std::filesystem;
 namespace st = train::safetensors;
 using nlohmann::json;
 using testing_helpers::contains;
 using testing_helpers::message_of;
+using testing_helpers::TempDirTest;
 using train::TokenBatch;
 using train::TokenFile;
 using train::write_token_file;
-
-// A fresh folder under the system temp directory, removed with the fixture.
-class FormatFiles : public ::testing::Test {
- protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() /
-           ("ddpbench-formats-" + std::to_string(::getpid()) + "-" + info->test_suite_name() + "-" + info->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-  std::vector<std::string> entries() const {
-    std::vector<std::string> out;
-    for (const auto& e : fs::directory_iterator(dir_)) out.push_back(e.path().filename().string());
-    return out;
-  }
-  fs::path dir_;
-};
 
 std::string read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -84,7 +58,7 @@ void append(std::string& bytes, T v) {
 // ---------------------------------------------------------------------------------------------
 // Token files
 
-using TokenFileTest = FormatFiles;
+using TokenFileTest = TempDirTest;
 
 // Document d: tokens 10*d+1, 10*d+2, ... (all distinct, none is the padding id), of varied lengths.
 std::vector<std::vector<std::uint32_t>> sample_documents() {
@@ -271,7 +245,7 @@ TEST_F(TokenFileTest, TokenIdsAtOrAboveTheVocabularyAreCaughtWhenRead) {
 // ---------------------------------------------------------------------------------------------
 // safetensors
 
-using SafetensorsTest = FormatFiles;
+using SafetensorsTest = TempDirTest;
 
 TEST(SafetensorsDtype, Sizes) {
   const std::map<std::string, std::size_t> sizes{{"F64", 8}, {"F32", 4}, {"F16", 2}, {"BF16", 2}, {"I64", 8},

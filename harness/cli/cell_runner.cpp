@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <random>
 
+#include "cli/profile_report.h"
 #include "common/error.h"
 #include "common/strings.h"
 #include "ddp/device.h"
@@ -141,6 +142,15 @@ CellResult run_cell(const CellRequest& req) {
   }
   CellResult result;
   result.document = results::make_run_document(ctx, reports);
+  if (config.profile) {
+    std::vector<int> ranks;
+    for (const auto& r : outcome.ranks) ranks.push_back(r.global_rank);
+    profile::AnalysisOptions options;
+    options.warmup = config.warmup;
+    auto prof = analyze_activity(ranks_dir, ranks, options);
+    result.document["profile"] = std::move(prof.json);
+    result.profile_screens = std::move(prof.rendered);
+  }
   result.ok = outcome.ok && result.document["status"]["state"] == "ok" &&
               static_cast<int>(reports.size()) == static_cast<int>(outcome.ranks.size());
   if (!result.ok) {

@@ -7,6 +7,7 @@
 #include "cli/train_flags.h"
 #include "common/error.h"
 #include "common/strings.h"
+#include "profile/activity.h"
 #include "train/trainer.h"
 
 namespace ddpbench::cli {
@@ -57,6 +58,10 @@ int train_main(const TrainArgs& a) {
   const auto result = run_cell(req);
   if (!a.out.empty()) write_file_atomic(a.out, result.document.dump(2) + "\n");
   const auto& s = result.document["summary"];
+  if (result.ok && result.document.contains("profile")) {
+    for (const auto& screen : result.profile_screens) std::printf("\n%s", screen.c_str());
+    std::printf("\ntraces (Perfetto, Holistic Trace Analysis): %s/ranks/rank<k>.trace.json\n", req.dir.c_str());
+  }
   if (result.ok) {
     std::printf("done: %s tok/s (%s per rank), step p50 %.1f ms p95 %.1f ms, peak %s, final loss %.4f\n",
                 format_si(s["tokens_per_s"].get<double>()).c_str(), format_si(s["tokens_per_s_per_gpu"].get<double>()).c_str(),
@@ -83,7 +88,12 @@ int worker_main(const WorkerArgs& a) {
     throw UsageError(a.config + ": " + e.what());
   }
   const auto env = train::RankEnv::from_environment();
-  const auto report = train::run_rank(cfg, env);
+  train::Probe probe;
+  // The launcher's process analyses the activity once every rank is done; a rank only writes it.
+  probe.on_activity = [&](profile::RankActivity&& activity) {
+    write_file_atomic(a.out + "/rank" + std::to_string(env.rank) + ".activity.json", profile::to_json(activity).dump() + "\n");
+  };
+  const auto report = train::run_rank(cfg, env, probe);
   write_file_atomic(a.out + "/rank" + std::to_string(env.rank) + ".json", results::to_json(report).dump(1) + "\n");
   if (report.status != "ok") {
     std::fprintf(stderr, "rank %d failed in %s: %s\n", env.rank, report.phase.c_str(), report.error.c_str());

@@ -17,7 +17,8 @@ TrainFlags::TrainFlags(CLI::App& sub) {
       }
       help += " [" + shown + "]";
     }
-    sub.add_option(train::flag_of(s.key), *value, help);
+    if (s.is_switch) sub.add_flag(train::flag_of(s.key) + "{true}", *value, s.help);
+    else sub.add_option(train::flag_of(s.key), *value, help);
     values_.emplace_back(s.key, value);
   }
 }

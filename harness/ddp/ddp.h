@@ -12,6 +12,8 @@
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 
+#include "profile/phases.h"
+
 namespace ddpbench::ddp {
 
 struct Rendezvous {
@@ -65,6 +67,8 @@ class GradReducer {
   GradReducer& operator=(const GradReducer&) = delete;
 
   void zero_grad();           // zero every bucket; parameters keep their gradient views
+  // Marks each bucket's all-reduce launch as an "allreduce" range (NVTX, and the collector's).
+  void set_phases(const profile::Phases* phases) { phases_ = phases; }
   void set_sync(bool sync);   // false on accumulation micro-steps: no communication at all
   void finish();              // launch buckets not launched yet, wait for all: grads are averaged
   int bucket_count() const { return static_cast<int>(buckets_.size()); }
@@ -89,6 +93,7 @@ class GradReducer {
   std::vector<std::size_t> bucket_of_param_;
   std::size_t next_to_launch_ = 0;
   bool sync_ = true;
+  const profile::Phases* phases_ = nullptr;
 };
 
 }  // namespace ddpbench::ddp

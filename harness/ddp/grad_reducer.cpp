@@ -2,6 +2,7 @@
 
 #include "common/error.h"
 #include "ddp/ddp.h"
+#include "profile/activity.h"
 
 namespace ddpbench::ddp {
 
@@ -115,10 +116,12 @@ void GradReducer::on_grad_ready(std::size_t param_index) {
 void GradReducer::launch_ready_buckets() {
   while (next_to_launch_ < buckets_.size() && buckets_[next_to_launch_].pending == 0) {
     auto& bucket = buckets_[next_to_launch_];
+    if (phases_) phases_->push(profile::kAllreduceRange);
     // Average, as torch DDP does: divide before summing so large worlds cannot overflow bf16.
     bucket.flat.div_(comm_.world_size());
     bucket.work = comm_.allreduce_sum_async(bucket.flat);
     bucket.launched = true;
+    if (phases_) phases_->pop(profile::kAllreduceRange);
     ++next_to_launch_;
   }
 }

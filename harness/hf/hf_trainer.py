@@ -474,11 +474,16 @@ def run(cfg, env, report):
     # The global batch counts all ranks (nproc per node x nodes), as BatchSource::make does.
     global_batch = W * mb * G
     total = cfg["warmup"] + cfg["steps"]
+    ranges = NvtxRanges(cuda)
     for step in range(total):
         report["phase"] = f"step {step}"
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()
+        # The same NVTX phase ranges as the built-in trainer, so that `ddpbench profile
+        # --step-marker step` can cut this trainer's trace into steps the same way.
+        ranges.push("step")
+        ranges.push("data")
         micro = []
         n_rank = real_rank = 0
         for m in range(G):
@@ -496,6 +501,7 @@ def run(cfg, env, report):
         counts = torch.tensor([n_rank, real_rank], dtype=torch.int64, device=device)
         dist.all_reduce(counts)
         n_global, real_global = (int(x) for x in counts.cpu().tolist())
+        ranges.pop()
 
         optimizer.zero_grad(set_to_none=False)
         loss_acc = torch.zeros((), dtype=torch.float64, device=device)
@@ -508,29 +514,36 @@ def run(cfg, env, report):
             with ddp_model.no_sync() if not sync else contextlib.nullcontext():
                 # No labels (the loss is computed here, summed) and no attention mask: right padding
                 # under causal attention, as in the built-in trainer.
+                ranges.push("forward")
                 logits = ddp_model(input_ids=tokens, use_cache=False).logits
                 # Shift the labels, not the logits (LlamaModel::loss_sum).
                 shifted = torch.cat([labels[:, 1:], torch.full((labels.size(0), 1), IGNORE_INDEX,
                                                                dtype=labels.dtype, device=device)], dim=1)
                 loss_sum = F.cross_entropy(logits.float().view(-1, logits.size(-1)), shifted.view(-1),
                                            ignore_index=IGNORE_INDEX, reduction="sum")
+                ranges.pop()
+                ranges.push("backward")
                 (loss_sum * scale).backward()
+                ranges.pop()
             # What this rank adds to the step's loss once DDP has averaged over ranks.
             loss_acc += loss_sum.detach().double() * (scale / W)
             del logits, loss_sum
             sample["tokens"] += sum(lengths)
             sample["padded_tokens"] += tokens.numel()
+        ranges.push("optimizer")
         if max_norm > 0:
             norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm)
         else:
             norm = torch.nn.utils.get_total_norm([p.grad for p in trainable])
         optimizer.step()
+        ranges.pop()
         dist.all_reduce(loss_acc)
         sample["loss"] = float(loss_acc.item())
         sample["grad_norm"] = float(norm.item())
         if cuda:
             torch.cuda.synchronize(device)
         sample["step_time_s"] = time.perf_counter() - t0
+        ranges.pop()
         sample["mem_allocated_peak"], sample["mem_reserved_peak"] = memory_peaks(torch, cuda, device)
         report["steps"].append(sample)
         if env.rank == 0:
@@ -548,6 +561,22 @@ def run(cfg, env, report):
     time.sleep(0.2)
     del ddp_model, model, optimizer, trainable
     report["phase"] = "done"
+
+
+class NvtxRanges:
+    """NVTX push/pop on CUDA (a no-op elsewhere): what a CUPTI collector or Nsight sees as phases."""
+
+    def __init__(self, enabled):
+        import torch
+        self._nvtx = torch.cuda.nvtx if enabled else None
+
+    def push(self, name):
+        if self._nvtx is not None:
+            self._nvtx.range_push(name)
+
+    def pop(self):
+        if self._nvtx is not None:
+            self._nvtx.range_pop()
 
 
 def _shutdown_best_effort(seconds=15.0):

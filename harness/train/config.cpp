@@ -103,6 +103,7 @@ void validate(const Config& c) {
   require(c.max_grad_norm >= 0, "--max-grad-norm: must not be negative");
   require(c.bucket_cap_mb >= 1, "--bucket-cap-mb: must be at least 1");
   require(c.timeout_s >= 1, "--timeout: must be at least 1 second");
+  require(!c.profile || c.device == "cuda", "--profile: needs --device cuda (CUPTI records GPU activity)");
   require(c.data == "markov" || c.data == "random", "--data: unknown generator '" + c.data + "' (choose markov or random)");
   if (c.mode == Mode::lora) {
     require(c.lora_rank >= 1, "--lora-rank: must be at least 1, got " + std::to_string(c.lora_rank));
@@ -131,6 +132,7 @@ nlohmann::json to_json(const Config& c) {
       {"bucket_cap_mb", c.bucket_cap_mb}, {"timeout_s", c.timeout_s},
       {"data", c.data},               {"data_file", c.data_file},
       {"checkpoint", c.checkpoint},   {"grad_ckpt", c.grad_ckpt},
+      {"profile", c.profile},
       {"global_batch_sequences", c.global_batch_sequences()},
   };
 }
@@ -164,6 +166,7 @@ Config config_from_json(const nlohmann::json& j) {
     c.data_file = j.at("data_file").get<std::string>();
     c.checkpoint = j.at("checkpoint").get<std::string>();
     c.grad_ckpt = j.at("grad_ckpt").get<bool>();
+    c.profile = j.value("profile", false);
     return c;
   } catch (const nlohmann::json::exception& e) {
     throw UsageError(std::string("config: ") + e.what());
@@ -220,6 +223,11 @@ T parse_number(const std::string& key, const std::string& v) {
   }
 }
 
+bool parse_bool(const std::string& key, const std::string& v) {
+  if (v != "true" && v != "false") throw UsageError(flag_of(key) + ": '" + v + "' is neither true nor false");
+  return v == "true";
+}
+
 #define DDPBENCH_NUMBER(key, field, help) \
   Setting { key, help, [](Config& c, const std::string& v) { c.field = parse_number<decltype(c.field)>(key, v); } }
 
@@ -258,11 +266,10 @@ const std::vector<Setting>& settings() {
        [](Config& c, const std::string& v) { c.data_file = v; }},
       {"checkpoint", "start from this Hugging Face checkpoint folder instead of random weights",
        [](Config& c, const std::string& v) { c.checkpoint = v; }},
-      {"grad_ckpt", "gradient checkpointing: true or false",
-       [](Config& c, const std::string& v) {
-         if (v != "true" && v != "false") throw UsageError("--grad-ckpt: '" + v + "' is neither true nor false");
-         c.grad_ckpt = v == "true";
-       }},
+      {"grad_ckpt", "gradient checkpointing: recompute each layer in backward",
+       [](Config& c, const std::string& v) { c.grad_ckpt = parse_bool("grad_ckpt", v); }, true},
+      {"profile", "record GPU activity (CUPTI, NVTX) and break each step down",
+       [](Config& c, const std::string& v) { c.profile = parse_bool("profile", v); }, true},
   };
   return table;
 }

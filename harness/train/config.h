@@ -73,6 +73,7 @@ struct Config {
   std::string data_file;         // a token file (token_file.h) instead of the synthetic generator
   std::string checkpoint;        // a Hugging Face checkpoint folder instead of random weights
   bool grad_ckpt = false;        // recompute each decoder layer in backward instead of storing it
+  bool profile = false;          // record GPU activity with the in-process CUPTI collector
 
   int total_steps() const { return warmup + steps; }
   int global_batch_sequences() const { return nproc * micro_batch * grad_accum; }
@@ -88,6 +89,7 @@ struct Setting {
   std::string key;   // snake_case, as in suite files and JSON; the flag is --kebab-case
   std::string help;
   void (*apply)(Config&, const std::string& value);
+  bool is_switch = false;  // a flag without a value on the command line ("true" when given)
 };
 const std::vector<Setting>& settings();
 std::string flag_of(const std::string& key);  // micro_batch -> --micro-batch

@@ -11,14 +11,13 @@
 #include <optional>
 #include <set>
 #include <string_view>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 #include <utility>
 
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/mapped_file.h"
 
 namespace ddpbench::train::safetensors {
 
@@ -152,121 +151,95 @@ void write(const std::string& path, const std::vector<TensorData>& tensors, cons
   out.commit(path);
 }
 
-File::File(const std::string& path) : path_(path) {
+File::File(const std::string& path)
+    : path_(path), map_(path, path + ": ", 8, "too short for the 8-byte header length") {
   const std::string where = path + ": ";
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw UsageError(where + "cannot open: " + std::strerror(errno));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    const int err = errno;
-    ::close(fd);
-    throw UsageError(where + "cannot stat: " + std::strerror(err));
-  }
-  size_ = static_cast<std::size_t>(st.st_size);
-  if (size_ < 8) {
-    ::close(fd);
-    throw UsageError(where + "truncated: " + std::to_string(size_) + " bytes, too short for the 8-byte header length");
-  }
-  void* map = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
-  const int map_err = errno;
-  ::close(fd);  // the mapping keeps the file open
-  if (map == MAP_FAILED) throw RunError(where + "cannot mmap: " + std::strerror(map_err));
-  base_ = static_cast<const unsigned char*>(map);
-
-  // The destructor does not run when the constructor throws: unmap here.
+  const unsigned char* const base = map_.data();
+  const std::size_t size = map_.size();
+  std::uint64_t length = 0;
+  std::memcpy(&length, base, sizeof length);
+  if (length < 2 || length > kMaxHeaderBytes)
+    throw UsageError(where + "implausible header length " + std::to_string(length) + " (not a safetensors file?)");
+  if (length > size - 8)
+    throw UsageError(where + "truncated: the header is " + std::to_string(length) + " bytes but the file has only " +
+                     std::to_string(size) + " bytes");
+  json header;
   try {
-    std::uint64_t length = 0;
-    std::memcpy(&length, base_, sizeof length);
-    if (length < 2 || length > kMaxHeaderBytes)
-      throw UsageError(where + "implausible header length " + std::to_string(length) + " (not a safetensors file?)");
-    if (length > size_ - 8)
-      throw UsageError(where + "truncated: the header is " + std::to_string(length) + " bytes but the file has only " +
-                       std::to_string(size_) + " bytes");
-    json header;
-    try {
-      header = json::parse(base_ + 8, base_ + 8 + length);
-    } catch (const json::exception& e) {
-      throw UsageError(where + "the header is not valid JSON: " + e.what());
-    }
-    if (!header.is_object()) throw UsageError(where + "the header is not a JSON object");
-
-    const std::uint64_t buffer = size_ - 8 - length;
-    std::vector<std::pair<std::uint64_t, std::uint64_t>> spans;
-    for (const auto& [name, entry] : header.items()) {
-      if (name == kMetadataKey) {
-        if (!entry.is_object()) throw UsageError(where + "__metadata__ is not an object");
-        for (const auto& [key, value] : entry.items()) {
-          if (!value.is_string()) throw UsageError(where + "__metadata__ value of '" + key + "' is not a string");
-          metadata_[key] = value.get<std::string>();
-        }
-        continue;
-      }
-      const std::string what = where + "tensor '" + name + "': ";
-      if (!entry.is_object()) throw UsageError(what + "the entry is not an object");
-      const auto dtype = entry.find("dtype"), shape = entry.find("shape"), offsets = entry.find("data_offsets");
-      if (dtype == entry.end() || !dtype->is_string()) throw UsageError(what + "missing or non-string 'dtype'");
-      if (shape == entry.end() || !shape->is_array()) throw UsageError(what + "missing or non-array 'shape'");
-      if (offsets == entry.end() || !offsets->is_array() || offsets->size() != 2 || !(*offsets)[0].is_number_unsigned() ||
-          !(*offsets)[1].is_number_unsigned())
-        throw UsageError(what + "'data_offsets' is not a pair of non-negative integers");
-      TensorData t;
-      t.name = name;
-      t.dtype = dtype->get<std::string>();
-      const auto element = size_of(t.dtype);
-      if (!element) throw UsageError(what + "unknown dtype '" + t.dtype + "'");
-      for (const auto& d : *shape) {
-        if (!d.is_number_unsigned()) throw UsageError(what + "'shape' holds something other than a non-negative integer");
-        const auto u = d.get<std::uint64_t>();
-        if (u > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) throw UsageError(what + "a dimension is too large");
-        t.shape.push_back(static_cast<std::int64_t>(u));
-      }
-      const auto begin = (*offsets)[0].get<std::uint64_t>(), end = (*offsets)[1].get<std::uint64_t>();
-      if (begin > end) throw UsageError(what + "data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) + "] run backwards");
-      if (end > buffer)
-        throw UsageError(what + "truncated: data_offsets end at byte " + std::to_string(end) + " but the data buffer has " +
-                         std::to_string(buffer) + " bytes");
-      const auto expected = byte_count(t.shape, *element);
-      if (!expected || *expected != end - begin)
-        throw UsageError(what + "data_offsets span " + std::to_string(end - begin) + " bytes but shape " + shape_text(t.shape) +
-                         " of " + t.dtype + " needs " + (expected ? std::to_string(*expected) : std::string("more than 2^64")));
-      t.data = base_ + 8 + length + begin;
-      t.bytes = static_cast<std::size_t>(end - begin);
-      tensors_.push_back(std::move(t));
-      spans.emplace_back(begin, end);
-    }
-
-    // File order is the order of the data; the JSON object's key order carries no meaning.
-    std::vector<std::size_t> order(tensors_.size());
-    for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
-    std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return spans[a] < spans[b]; });
-    // Contiguous from 0 to the end of the file, as the reference implementation requires.
-    std::uint64_t cursor = 0;
-    const std::string* previous = nullptr;
-    for (std::size_t i : order) {
-      const auto [begin, end] = spans[i];
-      const std::string& name = tensors_[i].name;
-      if (begin < cursor) throw UsageError(where + "tensor '" + name + "' overlaps tensor '" + *previous + "'");
-      if (begin > cursor)
-        throw UsageError(where + "gap of " + std::to_string(begin - cursor) + " bytes before tensor '" + name + "' in the data buffer");
-      cursor = end;
-      previous = &name;
-    }
-    if (cursor != buffer)
-      throw UsageError(where + std::to_string(buffer - cursor) + " bytes after the last tensor's data (corrupt or not a safetensors file)");
-
-    std::vector<TensorData> sorted;
-    sorted.reserve(tensors_.size());
-    for (std::size_t i : order) sorted.push_back(std::move(tensors_[i]));
-    tensors_ = std::move(sorted);
-    for (std::size_t i = 0; i < tensors_.size(); ++i) index_[tensors_[i].name] = i;
-  } catch (...) {
-    ::munmap(const_cast<unsigned char*>(base_), size_);
-    throw;
+    header = json::parse(base + 8, base + 8 + length);
+  } catch (const json::exception& e) {
+    throw UsageError(where + "the header is not valid JSON: " + e.what());
   }
-}
+  if (!header.is_object()) throw UsageError(where + "the header is not a JSON object");
 
-File::~File() {
-  if (base_ != nullptr) ::munmap(const_cast<unsigned char*>(base_), size_);
+  const std::uint64_t buffer = size - 8 - length;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> spans;
+  for (const auto& [name, entry] : header.items()) {
+    if (name == kMetadataKey) {
+      if (!entry.is_object()) throw UsageError(where + "__metadata__ is not an object");
+      for (const auto& [key, value] : entry.items()) {
+        if (!value.is_string()) throw UsageError(where + "__metadata__ value of '" + key + "' is not a string");
+        metadata_[key] = value.get<std::string>();
+      }
+      continue;
+    }
+    const std::string what = where + "tensor '" + name + "': ";
+    if (!entry.is_object()) throw UsageError(what + "the entry is not an object");
+    const auto dtype = entry.find("dtype"), shape = entry.find("shape"), offsets = entry.find("data_offsets");
+    if (dtype == entry.end() || !dtype->is_string()) throw UsageError(what + "missing or non-string 'dtype'");
+    if (shape == entry.end() || !shape->is_array()) throw UsageError(what + "missing or non-array 'shape'");
+    if (offsets == entry.end() || !offsets->is_array() || offsets->size() != 2 || !(*offsets)[0].is_number_unsigned() ||
+        !(*offsets)[1].is_number_unsigned())
+      throw UsageError(what + "'data_offsets' is not a pair of non-negative integers");
+    TensorData t;
+    t.name = name;
+    t.dtype = dtype->get<std::string>();
+    const auto element = size_of(t.dtype);
+    if (!element) throw UsageError(what + "unknown dtype '" + t.dtype + "'");
+    for (const auto& d : *shape) {
+      if (!d.is_number_unsigned()) throw UsageError(what + "'shape' holds something other than a non-negative integer");
+      const auto u = d.get<std::uint64_t>();
+      if (u > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) throw UsageError(what + "a dimension is too large");
+      t.shape.push_back(static_cast<std::int64_t>(u));
+    }
+    const auto begin = (*offsets)[0].get<std::uint64_t>(), end = (*offsets)[1].get<std::uint64_t>();
+    if (begin > end) throw UsageError(what + "data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) + "] run backwards");
+    if (end > buffer)
+      throw UsageError(what + "truncated: data_offsets end at byte " + std::to_string(end) + " but the data buffer has " +
+                       std::to_string(buffer) + " bytes");
+    const auto expected = byte_count(t.shape, *element);
+    if (!expected || *expected != end - begin)
+      throw UsageError(what + "data_offsets span " + std::to_string(end - begin) + " bytes but shape " + shape_text(t.shape) +
+                       " of " + t.dtype + " needs " + (expected ? std::to_string(*expected) : std::string("more than 2^64")));
+    t.data = base + 8 + length + begin;
+    t.bytes = static_cast<std::size_t>(end - begin);
+    tensors_.push_back(std::move(t));
+    spans.emplace_back(begin, end);
+  }
+
+  // File order is the order of the data; the JSON object's key order carries no meaning.
+  std::vector<std::size_t> order(tensors_.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return spans[a] < spans[b]; });
+  // Contiguous from 0 to the end of the file, as the reference implementation requires.
+  std::uint64_t cursor = 0;
+  const std::string* previous = nullptr;
+  for (std::size_t i : order) {
+    const auto [begin, end] = spans[i];
+    const std::string& name = tensors_[i].name;
+    if (begin < cursor) throw UsageError(where + "tensor '" + name + "' overlaps tensor '" + *previous + "'");
+    if (begin > cursor)
+      throw UsageError(where + "gap of " + std::to_string(begin - cursor) + " bytes before tensor '" + name + "' in the data buffer");
+    cursor = end;
+    previous = &name;
+  }
+  if (cursor != buffer)
+    throw UsageError(where + std::to_string(buffer - cursor) + " bytes after the last tensor's data (corrupt or not a safetensors file)");
+
+  std::vector<TensorData> sorted;
+  sorted.reserve(tensors_.size());
+  for (std::size_t i : order) sorted.push_back(std::move(tensors_[i]));
+  tensors_ = std::move(sorted);
+  for (std::size_t i = 0; i < tensors_.size(); ++i) index_[tensors_[i].name] = i;
 }
 
 const TensorData* File::find(const std::string& name) const {

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "common/mapped_file.h"
+
 namespace ddpbench::train::safetensors {
 
 // Bytes per element of F64 F32 F16 BF16 I64 I32 I16 I8 U8 BOOL; UsageError for any other name.
@@ -34,7 +36,6 @@ void write(const std::string& path, const std::vector<TensorData>& tensors, cons
 class File {
  public:
   explicit File(const std::string& path);
-  ~File();
   File(const File&) = delete;
   File& operator=(const File&) = delete;
 
@@ -46,8 +47,7 @@ class File {
 
  private:
   std::string path_;
-  const unsigned char* base_ = nullptr;
-  std::size_t size_ = 0;
+  MappedFile map_;  // tensors_ point into it
   std::vector<TensorData> tensors_;
   std::map<std::string, std::size_t> index_;  // name -> position in tensors_
   std::map<std::string, std::string> metadata_;

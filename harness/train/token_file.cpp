@@ -2,13 +2,8 @@
 
 #include <algorithm>
 #include <bit>
-#include <cerrno>
 #include <cstring>
-#include <fcntl.h>
 #include <limits>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "common/error.h"
 #include "common/strings.h"
@@ -72,73 +67,47 @@ void write_token_file(const std::string& path, std::uint32_t vocab, const std::v
   write_file_atomic(path, bytes);
 }
 
-TokenFile::TokenFile(const std::string& path) : path_(path) {
+TokenFile::TokenFile(const std::string& path)
+    : path_(path), map_(path, "token file " + path + ": ", kHeaderBytes, "shorter than the 32-byte header") {
   const std::string where = "token file " + path + ": ";
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw UsageError(where + "cannot open: " + std::strerror(errno));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    const int err = errno;
-    ::close(fd);
-    throw UsageError(where + "cannot stat: " + std::strerror(err));
+  const unsigned char* const base = map_.data();
+  const std::size_t size = map_.size();
+  if (std::memcmp(base, kMagic, sizeof kMagic) != 0) throw UsageError(where + "bad magic (not a ddpbench token file)");
+  header_.version = load<std::uint32_t>(base + 8);
+  header_.vocab = load<std::uint32_t>(base + 12);
+  header_.documents = load<std::uint64_t>(base + 16);
+  header_.tokens = load<std::uint64_t>(base + 24);
+  if (header_.version != 1) throw UsageError(where + "unsupported version " + std::to_string(header_.version) + " (expected 1)");
+  if (header_.vocab == 0) throw UsageError(where + "vocabulary size is 0");
+  if (header_.documents == 0) throw UsageError(where + "no documents");
+  // Sizes are compared in u32 words so that a corrupt count cannot overflow the arithmetic.
+  const std::uint64_t words = (size - kHeaderBytes) / 4;
+  const std::string declared = "the header declares " + std::to_string(header_.documents) + " documents and " +
+                               std::to_string(header_.tokens) + " tokens but the file has " + std::to_string(size) + " bytes";
+  if (header_.documents > words || header_.tokens > words - header_.documents) throw UsageError(where + "truncated: " + declared);
+  if ((size - kHeaderBytes) % 4 != 0 || header_.tokens != words - header_.documents)
+    throw UsageError(where + "trailing bytes: " + declared);
+  // One entry past the last document, so that every length is a difference of two offsets.
+  offsets_.resize(header_.documents + 1);
+  std::uint64_t offset = 0;
+  for (std::uint64_t d = 0; d < header_.documents; ++d) {
+    const auto len = load<std::uint32_t>(base + kHeaderBytes + 4 * d);
+    if (len < 2) throw UsageError(where + "document " + std::to_string(d) + " has length " + std::to_string(len) + " (at least 2)");
+    offsets_[d] = offset;
+    offset += len;
+    if (offset > header_.tokens) break;
   }
-  size_ = static_cast<std::size_t>(st.st_size);
-  if (size_ < kHeaderBytes) {
-    ::close(fd);
-    throw UsageError(where + "truncated: " + std::to_string(size_) + " bytes, shorter than the 32-byte header");
-  }
-  void* map = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
-  const int map_err = errno;
-  ::close(fd);  // the mapping keeps the file open
-  if (map == MAP_FAILED) throw RunError(where + "cannot mmap: " + std::strerror(map_err));
-  base_ = static_cast<const unsigned char*>(map);
-
-  // From here the destructor will not run on a throw, so validation failures unmap first.
-  try {
-    if (std::memcmp(base_, kMagic, sizeof kMagic) != 0) throw UsageError(where + "bad magic (not a ddpbench token file)");
-    header_.version = load<std::uint32_t>(base_ + 8);
-    header_.vocab = load<std::uint32_t>(base_ + 12);
-    header_.documents = load<std::uint64_t>(base_ + 16);
-    header_.tokens = load<std::uint64_t>(base_ + 24);
-    if (header_.version != 1) throw UsageError(where + "unsupported version " + std::to_string(header_.version) + " (expected 1)");
-    if (header_.vocab == 0) throw UsageError(where + "vocabulary size is 0");
-    if (header_.documents == 0) throw UsageError(where + "no documents");
-    // Sizes are compared in u32 words so that a corrupt count cannot overflow the arithmetic.
-    const std::uint64_t words = (size_ - kHeaderBytes) / 4;
-    const std::string declared = "the header declares " + std::to_string(header_.documents) + " documents and " +
-                                 std::to_string(header_.tokens) + " tokens but the file has " + std::to_string(size_) + " bytes";
-    if (header_.documents > words || header_.tokens > words - header_.documents) throw UsageError(where + "truncated: " + declared);
-    if ((size_ - kHeaderBytes) % 4 != 0 || header_.tokens != words - header_.documents)
-      throw UsageError(where + "trailing bytes: " + declared);
-    // One entry past the last document, so that every length is a difference of two offsets.
-    offsets_.resize(header_.documents + 1);
-    std::uint64_t offset = 0;
-    for (std::uint64_t d = 0; d < header_.documents; ++d) {
-      const auto len = load<std::uint32_t>(base_ + kHeaderBytes + 4 * d);
-      if (len < 2) throw UsageError(where + "document " + std::to_string(d) + " has length " + std::to_string(len) + " (at least 2)");
-      offsets_[d] = offset;
-      offset += len;
-      if (offset > header_.tokens) break;
-    }
-    if (offset != header_.tokens)
-      throw UsageError(where + "document lengths " + (offset > header_.tokens ? "exceed" : "sum to less than") +
-                       " the declared " + std::to_string(header_.tokens) + " tokens");
-    offsets_[header_.documents] = offset;
-  } catch (...) {
-    ::munmap(const_cast<unsigned char*>(base_), size_);
-    throw;
-  }
-}
-
-TokenFile::~TokenFile() {
-  if (base_ != nullptr) ::munmap(const_cast<unsigned char*>(base_), size_);
+  if (offset != header_.tokens)
+    throw UsageError(where + "document lengths " + (offset > header_.tokens ? "exceed" : "sum to less than") +
+                     " the declared " + std::to_string(header_.tokens) + " tokens");
+  offsets_[header_.documents] = offset;
 }
 
 std::vector<std::uint32_t> TokenFile::document(std::uint64_t index) const {
   if (index >= header_.documents)
     throw RunError("token file " + path_ + ": document " + std::to_string(index) + " out of range (" +
                    std::to_string(header_.documents) + " documents)");
-  const unsigned char* p = base_ + kHeaderBytes + 4 * (header_.documents + offsets_[index]);
+  const unsigned char* p = map_.data() + kHeaderBytes + 4 * (header_.documents + offsets_[index]);
   std::vector<std::uint32_t> doc(offsets_[index + 1] - offsets_[index]);
   std::memcpy(doc.data(), p, doc.size() * sizeof(std::uint32_t));
   // Token ids are checked as they are read rather than at open, which would touch every page.
@@ -165,7 +134,7 @@ TokenBatch TokenFile::rows(int step, std::int64_t global_batch, std::int64_t fir
     const std::uint64_t index = (base + static_cast<std::uint64_t>(first + r) % docs) % docs;
     const std::uint64_t begin = offsets_[index];
     const int len = static_cast<int>(std::min<std::uint64_t>(offsets_[index + 1] - begin, static_cast<std::uint64_t>(seq_len)));
-    const unsigned char* p = base_ + kHeaderBytes + 4 * (docs + begin);
+    const unsigned char* p = map_.data() + kHeaderBytes + 4 * (docs + begin);
     b.lengths[r] = len;
     for (int t = 0; t < len; ++t) {
       const auto tok = load<std::uint32_t>(p + 4 * static_cast<std::size_t>(t));

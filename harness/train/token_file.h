@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "common/mapped_file.h"
 #include "train/data.h"
 
 namespace ddpbench::train {
@@ -40,7 +41,6 @@ void write_token_file(const std::string& path, std::uint32_t vocab, const std::v
 class TokenFile {
  public:
   explicit TokenFile(const std::string& path);  // UsageError naming the path for a bad file
-  ~TokenFile();
   TokenFile(const TokenFile&) = delete;
   TokenFile& operator=(const TokenFile&) = delete;
 
@@ -51,9 +51,8 @@ class TokenFile {
 
  private:
   std::string path_;
+  MappedFile map_;
   TokenFileHeader header_;
-  const unsigned char* base_ = nullptr;
-  std::size_t size_ = 0;
   std::vector<std::uint64_t> offsets_;  // token offset of each document
 };
 

@@ -11,6 +11,9 @@
 #include "common/strings.h"
 #include "ddp/ddp.h"
 #include "ddp/device.h"
+#include "profile/activity.h"
+#include "profile/in_process.h"
+#include "profile/phases.h"
 #include "train/batches.h"
 #include "train/data.h"
 #include "train/model.h"
@@ -151,6 +154,10 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
       }
     }
     ddp::GradReducer reducer(*comm, trainable, static_cast<std::int64_t>(cfg.bucket_cap_mb) << 20);
+    std::unique_ptr<profile::InProcessProfiler> profiler;
+    if (cfg.profile) profiler = std::make_unique<profile::InProcessProfiler>();
+    const profile::Phases phases(profiler ? profiler->sink() : profile::Phases::Sink{});
+    reducer.set_phases(&phases);
     report.buckets = reducer.bucket_count();
     for (int b = 0; b < reducer.bucket_count(); ++b) report.bucket_bytes += reducer.bucket_bytes(b);
     AdamW optimizer(trainable, cfg.lr, cfg.weight_decay);
@@ -164,6 +171,10 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
       report.phase = "step " + std::to_string(step);
       ddp::reset_memory_peaks(cfg.device, env.local_rank);
       const auto t0 = Clock::now();
+      std::optional<profile::Phases::Scope> step_scope;
+      step_scope.emplace(phases, profile::kStepRange);
+      std::optional<profile::Phases::Scope> data_scope;
+      data_scope.emplace(phases, profile::kDataRange);
       std::vector<TokenBatch> micro;
       std::int64_t n_rank = 0, real_rank = 0;
       for (int m = 0; m < G; ++m) {
@@ -179,6 +190,7 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
       const std::int64_t n_global = counts_cpu[0].item<std::int64_t>();
       const std::int64_t real_global = counts_cpu[1].item<std::int64_t>();
 
+      data_scope.reset();
       reducer.zero_grad();
       auto loss_acc = at::zeros({}, at::TensorOptions().dtype(at::kDouble).device(device));
       results::StepSample sample;
@@ -187,17 +199,31 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
       for (int m = 0; m < G; ++m) {
         reducer.set_sync(m == G - 1);
         const auto& mb = micro[static_cast<std::size_t>(m)];
-        const auto tokens = to_device(mb.tokens, mb.rows, mb.seq_len, device);
-        const auto labels = to_device(mb.labels, mb.rows, mb.seq_len, device);
+        at::Tensor tokens, labels;
+        {
+          const auto scope = phases.scope(profile::kDataRange);
+          tokens = to_device(mb.tokens, mb.rows, mb.seq_len, device);
+          labels = to_device(mb.labels, mb.rows, mb.seq_len, device);
+        }
         const double scale = loss_scale(cfg.loss_norm, W, G, n_global, n_rank, mb.predicted_tokens());
-        const auto loss_sum = model.loss_sum(tokens, labels);
-        (loss_sum * scale).backward();
+        at::Tensor loss_sum;
+        {
+          const auto scope = phases.scope(profile::kForwardRange);
+          loss_sum = model.loss_sum(tokens, labels);
+        }
+        {
+          const auto scope = phases.scope(profile::kBackwardRange);
+          (loss_sum * scale).backward();
+        }
         // What this rank adds to the step's loss once DDP has averaged over ranks.
         loss_acc += loss_sum.detach().to(at::kDouble) * (scale / W);
         sample.tokens += mb.real_tokens();
         sample.padded_tokens += mb.padded_tokens();
       }
-      reducer.finish();
+      {
+        const auto scope = phases.scope(profile::kAllreduceRange);
+        reducer.finish();
+      }
       if (probe.on_grads) {
         std::vector<double> flat;
         for (const auto& p : trainable) {
@@ -206,11 +232,15 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
         }
         probe.on_grads(step, flat);
       }
-      sample.grad_norm = clip_grad_norm(trainable, cfg.max_grad_norm);
-      optimizer.step();
+      {
+        const auto scope = phases.scope(profile::kOptimizerRange);
+        sample.grad_norm = clip_grad_norm(trainable, cfg.max_grad_norm);
+        optimizer.step();
+      }
       comm->allreduce_sum(loss_acc);
       sample.loss = loss_acc.item<double>();
       ddp::synchronize(cfg.device, env.local_rank);
+      step_scope.reset();
       sample.step_time_s = std::chrono::duration<double>(Clock::now() - t0).count();
       sample.predicted_tokens = n_rank;
       sample.global_predicted = n_global;
@@ -219,6 +249,10 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
       sample.mem_reserved_peak = mem.reserved;
       report.steps.push_back(sample);
       if (probe.live_log && env.rank == 0) print_step_line(cfg, sample, real_global, W);
+    }
+    if (profiler) {
+      auto activity = profiler->finish(env.rank, env.world_size);
+      if (probe.on_activity) probe.on_activity(std::move(activity));
     }
     report.phase = "shutdown";
     comm->shutdown();

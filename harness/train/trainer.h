@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "profile/activity.h"
 #include "results/results.h"
 #include "train/config.h"
 
@@ -27,6 +28,8 @@ struct Probe {
   // and the optimizer: the trainable gradients flattened in parameter order, in fp64.
   std::function<void(int step, const std::vector<double>& grads)> on_grads;
   bool live_log = true;  // rank 0 prints one line per step
+  // With cfg.profile: the GPU activity this rank recorded, handed over once training is done.
+  std::function<void(profile::RankActivity&&)> on_activity;
 };
 
 // Runs warmup + steps optimizer steps and returns this rank's measurements. A failure does not

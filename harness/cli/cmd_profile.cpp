@@ -1,0 +1,95 @@
+#include <cstdio>
+#include <filesystem>
+
+#include "cli/cell_runner.h"
+#include "cli/commands.h"
+#include "cli/profile_report.h"
+#include "common/error.h"
+#include "common/strings.h"
+#include "launch/launch.h"
+
+#ifndef DDPBENCH_INJECTION_LIBRARY
+#define DDPBENCH_INJECTION_LIBRARY ""
+#endif
+#ifndef DDPBENCH_CUPTI_LIBRARY
+#define DDPBENCH_CUPTI_LIBRARY ""
+#endif
+
+namespace ddpbench::cli {
+
+namespace {
+
+struct ProfileArgs {
+  int nproc = 1;
+  std::string step_marker = "step";
+  int warmup = 1;
+  std::string runs_dir = "runs";
+  int timeout_s = 1800;
+  std::vector<std::string> command;
+};
+
+std::string existing(const std::string& what, const std::string& env_name, const std::string& built_in) {
+  const std::string path = getenv_or(env_name.c_str(), built_in);
+  if (path.empty() || !std::filesystem::exists(path))
+    throw UsageError(what + " not found" + (path.empty() ? "" : " at " + path) + " (set " + env_name +
+                     "; ddpbench needs a CUDA toolkit with CUPTI at build time)");
+  return path;
+}
+
+int profile_main(const ProfileArgs& a) {
+  if (a.command.empty()) throw UsageError("name the command to profile after --, e.g. ddpbench profile -- python3 train.py");
+  if (a.nproc < 1) throw UsageError("--nproc: must be at least 1");
+  const std::string injection = existing("the CUPTI injection library", "DDPBENCH_INJECTION", DDPBENCH_INJECTION_LIBRARY);
+  const std::string cupti = existing("libcupti", "DDPBENCH_CUPTI", DDPBENCH_CUPTI_LIBRARY);
+  const std::string dir = a.runs_dir + "/" + new_run_id() + "-profile";
+  const std::string activity_dir = dir + "/activity";
+  make_dirs(activity_dir);
+
+  launch::Spec spec;
+  spec.topology.nproc_per_node = a.nproc;
+  spec.argv = a.command;
+  spec.log_dir = dir + "/logs";
+  spec.timeout = std::chrono::seconds(a.timeout_s);
+  spec.extra_env["CUDA_INJECTION64_PATH"] = injection;
+  // CUPTI sees NVTX ranges (the step marker of another trainer) only as the NVTX injection.
+  spec.extra_env["NVTX_INJECTION64_PATH"] = cupti;
+  spec.extra_env["DDPBENCH_PROFILE_DIR"] = activity_dir;
+  spec.extra_env["PYTHONUNBUFFERED"] = "1";
+  std::printf("ddpbench profile: %d rank(s) of `%s` under CUPTI -> %s\n", a.nproc, a.command.front().c_str(), dir.c_str());
+  std::fflush(stdout);
+  const auto outcome = launch::run(spec);
+
+  std::vector<int> ranks;
+  for (const auto& r : outcome.ranks) ranks.push_back(r.global_rank);
+  profile::AnalysisOptions options;
+  options.step_marker = a.step_marker;
+  options.warmup = a.warmup;
+  const auto report = analyze_activity(activity_dir, ranks, options);
+  write_file_atomic(dir + "/profile.json", report.json.dump(2) + "\n");
+  for (const auto& screen : report.rendered) std::printf("\n%s", screen.c_str());
+  std::printf("\nprofile: %s/profile.json, traces: %s/rank<k>.trace.json\n", dir.c_str(), activity_dir.c_str());
+  if (!report.json["missing"].empty())
+    std::fprintf(stderr, "ddpbench profile: no activity from rank(s) %s (did they use the GPU and exit normally?)\n",
+                 report.json["missing"].dump().c_str());
+  if (!outcome.ok) {
+    std::fprintf(stderr, "ddpbench profile: %s\n", outcome.reason.c_str());
+    return 1;
+  }
+  return report.json["missing"].empty() ? 0 : 1;
+}
+
+}  // namespace
+
+void add_profile_command(CLI::App& app, Action& action) {
+  auto args = std::make_shared<ProfileArgs>();
+  auto* sub = app.add_subcommand("profile", "Profile any trainer (e.g. a Python one) under the launcher and the CUPTI injection collector");
+  sub->add_option("--nproc", args->nproc, "ranks to start [1]");
+  sub->add_option("--step-marker", args->step_marker, "NVTX range that marks a step (re:REGEX for a pattern) [step]");
+  sub->add_option("--warmup", args->warmup, "leading steps left out of the summary [1]");
+  sub->add_option("--runs-dir", args->runs_dir, "folder for run folders [runs]");
+  sub->add_option("--timeout", args->timeout_s, "seconds before every rank is torn down [1800]");
+  sub->add_option("command", args->command, "the command each rank runs, after --")->required();
+  sub->callback([args, &action] { action = [args] { return profile_main(*args); }; });
+}
+
+}  // namespace ddpbench::cli

@@ -1,0 +1,171 @@
+// Interval analysis of one rank's activity, per step: where the step's time went on the GPU.
+//
+// Inside a step window [s, e), every record clipped to the window, with
+//   C = union of compute kernels (name not starting with "nccl"; case-sensitive),
+//   M = union of communication kernels (name starting with "nccl"),
+//   B = union of all kernels, memcpys and memsets on every stream (GPU busy):
+//     compute_ns         = |C|
+//     comm_ns            = |M|
+//     exposed_comm_ns    = |M \ C|       communicating while no compute kernel runs
+//     overlapped_comm_ns = |M ∩ C|       = comm_ns - exposed_comm_ns
+//     other_ns           = |B| - |C ∪ M| memcpy/memset with no kernel running
+//     idle_ns            = (e - s) - |B|
+//     overlap            = |M ∩ C| / |M| (Holistic Trace Analysis's ratio; NaN when |M| = 0)
+// and, since |C ∪ M| = |C| + |M \ C|, exactly (integer nanoseconds, no rounding):
+//     compute_ns + exposed_comm_ns + other_ns + idle_ns == step_ns.
+// memory_ops_ns (= |memcpy ∪ memset|) is reported beside it and is not part of that sum: copies that
+// run under a kernel are already in compute or communication time.
+//
+// Cost: each class of interval is sorted and merged once, O(n log n); a window's figures are then
+// binary searches over running sums, so many steps do not multiply the work.
+#pragma once
+#include <cstdint>
+#include <limits>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "profile/activity.h"
+
+namespace ddpbench::profile {
+
+// A step: [start, end) in ns on the collector's clock; name is the range's (empty for the whole-trace
+// window).
+struct Window {
+  std::uint64_t start = 0, end = 0;
+  std::string name;
+};
+
+// Step windows, sorted by start: the ranges named marker, or, where marker starts with "re:", those whose
+// name the ECMAScript regex after it finds a match in (std::regex_search: anchor with ^...$ for a whole
+// name). An activity with no ranges at all (a trainer without NVTX) gets one window from its first to
+// its last GPU record; none when it has no GPU record either. UsageError for an empty marker, a bad
+// regex, or ranges of which none matches (the message lists names seen, since that is a wrong marker,
+// not a trace without steps).
+std::vector<Window> step_windows(const RankActivity& activity, const std::string& marker = kStepRange);
+
+// The trainer's phases whose host time is reported per step, in this order.
+inline constexpr const char* kPhaseNames[] = {kDataRange, kForwardRange, kBackwardRange, kAllreduceRange,
+                                              kOptimizerRange};
+
+// Per-step quantities; the same layout holds one step (integers), a sum over steps, or medians (double).
+template <typename T>
+struct StepQuantities {
+  T step_ns{};
+  T busy_ns{};
+  T compute_ns{};
+  T comm_ns{};
+  T exposed_comm_ns{};
+  T overlapped_comm_ns{};
+  T other_ns{};
+  T memory_ops_ns{};
+  T idle_ns{};
+  T host_gaps{};    // idle stretches longer than the gap threshold (the GPU waiting for the host)
+  T host_gap_ns{};  // their total length
+  T kernels{};      // kernels that start in the window
+};
+
+// Calls f(name, member) for each quantity, in declaration order; names are the JSON keys.
+template <typename Q, typename F>
+void for_each_quantity(Q& q, F&& f) {
+  f("step_ns", q.step_ns);
+  f("busy_ns", q.busy_ns);
+  f("compute_ns", q.compute_ns);
+  f("comm_ns", q.comm_ns);
+  f("exposed_comm_ns", q.exposed_comm_ns);
+  f("overlapped_comm_ns", q.overlapped_comm_ns);
+  f("other_ns", q.other_ns);
+  f("memory_ops_ns", q.memory_ops_ns);
+  f("idle_ns", q.idle_ns);
+  f("host_gaps", q.host_gaps);
+  f("host_gap_ns", q.host_gap_ns);
+  f("kernels", q.kernels);
+}
+
+struct StepBreakdown : StepQuantities<std::uint64_t> {
+  int index = 0;        // position among the windows, warm-up included
+  bool warmup = false;  // left out of the summary, the top kernels and the straggler view
+  std::string name;
+  std::uint64_t start = 0, end = 0;
+  double overlap = std::numeric_limits<double>::quiet_NaN();
+  // Host time of each phase in kPhaseNames inside the window: the union of that name's ranges, so
+  // that nested ranges of one name (per-bucket allreduce inside the step's allreduce) count once.
+  std::map<std::string, std::uint64_t> phases_ns;
+};
+
+struct StepSummary {
+  int measured_steps = 0;
+  int warmup_steps = 0;
+  StepQuantities<double> median;                                     // NaN everywhere when nothing was measured
+  double median_overlap = std::numeric_limits<double>::quiet_NaN();  // over steps that communicate
+  std::map<std::string, double> median_phases_ns;
+  double step_ns_mean = std::numeric_limits<double>::quiet_NaN();
+  double step_ns_p90 = std::numeric_limits<double>::quiet_NaN();
+  StepQuantities<std::uint64_t> total;
+  std::map<std::string, std::uint64_t> total_phases_ns;
+  // Of total step time; compute + exposed_comm + other + idle = 1. NaN when no time was measured.
+  double compute_fraction = std::numeric_limits<double>::quiet_NaN();
+  double exposed_comm_fraction = std::numeric_limits<double>::quiet_NaN();
+  double other_fraction = std::numeric_limits<double>::quiet_NaN();
+  double idle_fraction = std::numeric_limits<double>::quiet_NaN();
+  double busy_fraction = std::numeric_limits<double>::quiet_NaN();
+  double overlap = std::numeric_limits<double>::quiet_NaN();  // total overlapped / total comm
+};
+
+// Over the measured steps (their union, so that a kernel counts once): time clipped to the steps.
+struct KernelStat {
+  std::string name;
+  std::uint64_t count = 0;
+  std::uint64_t total_ns = 0;
+  // total_ns / GPU busy time of the measured steps; concurrent kernels make shares add up past 1.
+  double share = 0;
+};
+
+// Running sum of the allocation records of one device since tracing began (releases of memory
+// allocated before that can take it below zero).
+struct MemoryPeak {
+  std::uint32_t device = 0;
+  std::int64_t peak_bytes = 0;
+  std::optional<std::uint64_t> peak_at;  // first time the peak was reached; none when never above 0
+  int peak_step = -1;                    // index of the window holding peak_at, -1 outside any
+  std::int64_t final_bytes = 0;
+  std::uint64_t allocations = 0, releases = 0;
+};
+
+struct AnalysisOptions {
+  std::string step_marker = kStepRange;
+  int warmup = 0;                           // leading windows left out of summary and top kernels
+  std::uint64_t gap_threshold_ns = 50'000;  // idle longer than this is a host-bound gap
+  int top_n = 15;
+};
+
+struct RankBreakdown {
+  int rank = 0;
+  int world_size = 1;
+  std::string device_name;
+  std::string step_marker;
+  bool steps_from_ranges = true;  // false: one window over all GPU activity
+  int warmup = 0;
+  std::uint64_t gap_threshold_ns = 0;
+  std::uint64_t dropped_records = 0;
+  std::vector<StepBreakdown> steps;
+  StepSummary summary;
+  std::vector<KernelStat> top_kernels;  // by total_ns, descending
+  std::vector<MemoryPeak> memory;       // by device
+};
+
+// UsageError for negative warmup or top_n, and as step_windows says.
+RankBreakdown analyze(const RankActivity& activity, const AnalysisOptions& options = {});
+
+nlohmann::json to_json(const RankBreakdown& b);  // NaN is written as null
+
+// Step time across ranks, for each measured step index that every rank has: max, min, spread and the
+// slowest rank; with the median spread and the rank slowest most often. UsageError on a repeated rank.
+nlohmann::json straggler_view(const std::vector<RankBreakdown>& ranks);
+
+// One screen: step time, the four-way split in ms per step and %, overlap, top 5 kernels, peak memory.
+std::string render_breakdown(const RankBreakdown& b);
+
+}  // namespace ddpbench::profile

@@ -1,0 +1,506 @@
+#include "profile/cupti_collector.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cxxabi.h>
+#include <new>
+#include <string_view>
+#include <utility>
+
+#include <unistd.h>
+
+#include "common/error.h"
+
+namespace ddpbench::profile {
+
+namespace {
+
+const char* kind_name(CUpti_ActivityKind kind) {
+  switch (kind) {
+    case CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL: return "CONCURRENT_KERNEL";
+    case CUPTI_ACTIVITY_KIND_MEMCPY: return "MEMCPY";
+    case CUPTI_ACTIVITY_KIND_MEMCPY2: return "MEMCPY2";
+    case CUPTI_ACTIVITY_KIND_MEMSET: return "MEMSET";
+    case CUPTI_ACTIVITY_KIND_MEMORY2: return "MEMORY2";
+    case CUPTI_ACTIVITY_KIND_MARKER: return "MARKER";
+    case CUPTI_ACTIVITY_KIND_OVERHEAD: return "OVERHEAD";
+    case CUPTI_ACTIVITY_KIND_DEVICE: return "DEVICE";
+    default: return "?";
+  }
+}
+
+std::string cupti_message(CUptiResult result, const std::string& call) {
+  const char* text = nullptr;
+  if (cuptiGetResultString(result, &text) != CUPTI_SUCCESS || text == nullptr) text = "unknown CUPTI result";
+  return "CUPTI " + call + " failed: " + text + " (" + std::to_string(static_cast<int>(result)) + ")";
+}
+
+void check(CUptiResult result, const std::string& call) {
+  if (result != CUPTI_SUCCESS) throw RunError(cupti_message(result, call));
+}
+
+// What the analysis needs; start() fails without any of them.
+constexpr CUpti_ActivityKind kRequiredKinds[] = {
+    CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL, CUPTI_ACTIVITY_KIND_MEMCPY, CUPTI_ACTIVITY_KIND_MEMSET,
+    CUPTI_ACTIVITY_KIND_MEMORY2,           CUPTI_ACTIVITY_KIND_MARKER,
+};
+// Extras that a trace is still complete without. DEVICE (for device_name) yields records only
+// where it is enabled before the context exists, which the in-process collector is not; a refusal
+// of any of these is not worth failing a profiled run over.
+constexpr CUpti_ActivityKind kOptionalKinds[] = {
+    CUPTI_ACTIVITY_KIND_MEMCPY2,
+    CUPTI_ACTIVITY_KIND_OVERHEAD,
+    CUPTI_ACTIVITY_KIND_DEVICE,
+};
+
+bool untimed(std::uint64_t start, std::uint64_t end) { return (start == 0 && end == 0) || end < start; }
+
+std::uint64_t marker_thread(const MarkerActivity& m) {
+  if (m.objectKind == CUPTI_ACTIVITY_OBJECT_THREAD || m.objectKind == CUPTI_ACTIVITY_OBJECT_PROCESS)
+    return m.objectId.pt.threadId;
+  return 0;
+}
+
+template <typename Record>
+void sort_by_start(std::vector<Record>& v) {
+  std::stable_sort(v.begin(), v.end(), [](const Record& a, const Record& b) { return a.start < b.start; });
+}
+
+}  // namespace
+
+// --- conversion ------------------------------------------------------------------------------
+
+std::string demangle(const char* name) {
+  if (name == nullptr) return {};
+  // Only real symbols: __cxa_demangle also decodes bare type encodings, so "f" would become "float".
+  if (std::string_view(name).substr(0, 2) != "_Z") return name;
+  int status = 0;
+  char* out = abi::__cxa_demangle(name, nullptr, nullptr, &status);
+  if (status != 0 || out == nullptr) {
+    std::free(out);
+    return name;
+  }
+  std::string result(out);
+  std::free(out);
+  return result;
+}
+
+const std::string& Demangler::operator()(const char* name) {
+  const std::string raw = name ? name : "";
+  auto it = cache_.find(raw);
+  if (it == cache_.end()) it = cache_.emplace(raw, demangle(raw.c_str())).first;
+  return it->second;
+}
+
+const char* memcpy_kind_name(std::uint32_t copy_kind) {
+  switch (copy_kind) {
+    case CUPTI_ACTIVITY_MEMCPY_KIND_HTOD: return "HtoD";
+    case CUPTI_ACTIVITY_MEMCPY_KIND_DTOH: return "DtoH";
+    case CUPTI_ACTIVITY_MEMCPY_KIND_HTOA: return "HtoA";
+    case CUPTI_ACTIVITY_MEMCPY_KIND_ATOH: return "AtoH";
+    case CUPTI_ACTIVITY_MEMCPY_KIND_ATOA: return "AtoA";
+    case CUPTI_ACTIVITY_MEMCPY_KIND_ATOD: return "AtoD";
+    case CUPTI_ACTIVITY_MEMCPY_KIND_DTOA: return "DtoA";
+    case CUPTI_ACTIVITY_MEMCPY_KIND_DTOD: return "DtoD";
+    case CUPTI_ACTIVITY_MEMCPY_KIND_HTOH: return "HtoH";
+    case CUPTI_ACTIVITY_MEMCPY_KIND_PTOP: return "PtoP";
+    default: return "Unknown";
+  }
+}
+
+std::optional<KernelRecord> kernel_record(const KernelActivity& k, Demangler& demangler) {
+  if (untimed(k.start, k.end)) return std::nullopt;
+  KernelRecord r;
+  r.start = k.start;
+  r.end = k.end;
+  r.device = k.deviceId;
+  r.stream = k.streamId;
+  r.correlation = k.correlationId;
+  r.name = k.name ? demangler(k.name) : std::string("unknown");
+  r.grid[0] = static_cast<std::uint32_t>(k.gridX);
+  r.grid[1] = static_cast<std::uint32_t>(k.gridY);
+  r.grid[2] = static_cast<std::uint32_t>(k.gridZ);
+  r.block[0] = static_cast<std::uint32_t>(k.blockX);
+  r.block[1] = static_cast<std::uint32_t>(k.blockY);
+  r.block[2] = static_cast<std::uint32_t>(k.blockZ);
+  return r;
+}
+
+std::optional<KernelRecord> kernel_record(const KernelActivity& k) {
+  Demangler demangler;
+  return kernel_record(k, demangler);
+}
+
+std::optional<MemcpyRecord> memcpy_record(const MemcpyActivity& m) {
+  if (untimed(m.start, m.end)) return std::nullopt;
+  MemcpyRecord r;
+  r.start = m.start;
+  r.end = m.end;
+  r.device = m.deviceId;
+  r.stream = m.streamId;
+  r.correlation = m.correlationId;
+  r.bytes = m.bytes;
+  r.kind = memcpy_kind_name(m.copyKind);
+  return r;
+}
+
+std::optional<MemcpyRecord> memcpy_record(const PeerMemcpyActivity& m) {
+  if (untimed(m.start, m.end)) return std::nullopt;
+  MemcpyRecord r;
+  r.start = m.start;
+  r.end = m.end;
+  r.device = m.deviceId;
+  r.stream = m.streamId;
+  r.correlation = m.correlationId;
+  r.bytes = m.bytes;
+  r.kind = memcpy_kind_name(m.copyKind);
+  return r;
+}
+
+std::optional<MemsetRecord> memset_record(const MemsetActivity& m) {
+  if (untimed(m.start, m.end)) return std::nullopt;
+  MemsetRecord r;
+  r.start = m.start;
+  r.end = m.end;
+  r.device = m.deviceId;
+  r.stream = m.streamId;
+  r.correlation = m.correlationId;
+  r.bytes = m.bytes;
+  return r;
+}
+
+std::optional<MemoryRecord> memory_record(const MemoryActivity& m) {
+  const CUpti_ActivityMemoryOperationType op = m.memoryOperationType;
+  const CUpti_ActivityMemoryKind kind = m.memoryKind;
+  if (op != CUPTI_ACTIVITY_MEMORY_OPERATION_TYPE_ALLOCATION && op != CUPTI_ACTIVITY_MEMORY_OPERATION_TYPE_RELEASE)
+    return std::nullopt;
+  if (kind == CUPTI_ACTIVITY_MEMORY_KIND_PAGEABLE || kind == CUPTI_ACTIVITY_MEMORY_KIND_PINNED) return std::nullopt;
+  MemoryRecord r;
+  r.timestamp = m.timestamp;
+  r.device = m.deviceId;
+  r.address = m.address;
+  r.bytes = m.bytes;
+  r.allocation = op == CUPTI_ACTIVITY_MEMORY_OPERATION_TYPE_ALLOCATION;
+  return r;
+}
+
+// --- NVTX markers ----------------------------------------------------------------------------
+
+void MarkerPairer::add(const MarkerActivity& m) {
+  const auto flags = static_cast<std::uint32_t>(m.flags);
+  const std::uint32_t id = m.id;
+  const std::uint64_t timestamp = m.timestamp;
+  if (flags & CUPTI_ACTIVITY_FLAG_MARKER_START) {
+    Open range{timestamp, marker_thread(m), m.name ? m.name : ""};
+    if (auto end = early_ends_.find(id); end != early_ends_.end()) {
+      done_.push_back({range.start, end->second, range.thread, std::move(range.name)});
+      early_ends_.erase(end);
+    } else {
+      open_[id] = std::move(range);
+    }
+  } else if (flags & CUPTI_ACTIVITY_FLAG_MARKER_END) {
+    if (auto start = open_.find(id); start != open_.end()) {
+      done_.push_back({start->second.start, timestamp, start->second.thread, std::move(start->second.name)});
+      open_.erase(start);
+    } else {
+      early_ends_[id] = timestamp;
+    }
+  }
+  // Instantaneous and synchronization markers are points, not ranges.
+}
+
+std::vector<RangeRecord> MarkerPairer::take() { return std::exchange(done_, {}); }
+
+// --- parsing ---------------------------------------------------------------------------------
+
+void ActivityParser::add(const CUpti_Activity& record) {
+  // Each kind names its record type; the cast is how CUPTI's API is meant to be read.
+  switch (record.kind) {
+    case CUPTI_ACTIVITY_KIND_KERNEL:
+    case CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL:
+      if (auto r = kernel_record(reinterpret_cast<const KernelActivity&>(record), demangler_))
+        activity_.kernels.push_back(std::move(*r));
+      else
+        ++activity_.untimed_records;
+      break;
+    case CUPTI_ACTIVITY_KIND_MEMCPY:
+      if (auto r = memcpy_record(reinterpret_cast<const MemcpyActivity&>(record)))
+        activity_.memcpys.push_back(std::move(*r));
+      else
+        ++activity_.untimed_records;
+      break;
+    case CUPTI_ACTIVITY_KIND_MEMCPY2:
+      if (auto r = memcpy_record(reinterpret_cast<const PeerMemcpyActivity&>(record)))
+        activity_.memcpys.push_back(std::move(*r));
+      else
+        ++activity_.untimed_records;
+      break;
+    case CUPTI_ACTIVITY_KIND_MEMSET:
+      if (auto r = memset_record(reinterpret_cast<const MemsetActivity&>(record)))
+        activity_.memsets.push_back(*r);
+      else
+        ++activity_.untimed_records;
+      break;
+    case CUPTI_ACTIVITY_KIND_MEMORY2:
+      if (auto r = memory_record(reinterpret_cast<const MemoryActivity&>(record))) activity_.memory.push_back(*r);
+      break;
+    case CUPTI_ACTIVITY_KIND_MARKER:
+      markers_.add(reinterpret_cast<const MarkerActivity&>(record));
+      break;
+    case CUPTI_ACTIVITY_KIND_OVERHEAD: {
+      const auto& o = reinterpret_cast<const OverheadActivity&>(record);
+      const std::uint64_t start = o.start, end = o.end;
+      ++activity_.overhead_records;
+      if (end > start) activity_.overhead_ns += end - start;
+      break;
+    }
+    case CUPTI_ACTIVITY_KIND_DEVICE: {
+      const auto& d = reinterpret_cast<const DeviceActivity&>(record);
+      device_names_[d.id] = d.name ? d.name : "";
+      break;
+    }
+    default:
+      break;
+  }
+}
+
+RankActivity ActivityParser::take() {
+  RankActivity out = std::exchange(activity_, RankActivity{});
+  for (auto& r : markers_.take()) out.ranges.push_back(std::move(r));
+  sort_by_start(out.kernels);
+  sort_by_start(out.memcpys);
+  sort_by_start(out.memsets);
+  sort_by_start(out.ranges);
+  std::stable_sort(out.memory.begin(), out.memory.end(),
+                   [](const MemoryRecord& a, const MemoryRecord& b) { return a.timestamp < b.timestamp; });
+  if (!out.kernels.empty()) {
+    if (auto it = device_names_.find(out.kernels.front().device); it != device_names_.end())
+      out.device_name = it->second;
+  }
+  if (out.device_name.empty() && !device_names_.empty()) {
+    auto lowest = std::min_element(device_names_.begin(), device_names_.end(),
+                                   [](const auto& a, const auto& b) { return a.first < b.first; });
+    out.device_name = lowest->second;
+  }
+  return out;
+}
+
+// --- buffers ---------------------------------------------------------------------------------
+
+BufferPool::BufferPool(std::size_t buffer_bytes)
+    : buffer_bytes_((std::max<std::size_t>(buffer_bytes, kAlignment) + kAlignment - 1) / kAlignment * kAlignment) {}
+
+std::uint8_t* BufferPool::acquire() {
+  {
+    std::lock_guard lock(mutex_);
+    if (!free_.empty()) {
+      std::uint8_t* buffer = free_.back();
+      free_.pop_back();
+      return buffer;
+    }
+  }
+  // Outside the lock: a first-touch 8 MiB allocation need not hold up another thread's release.
+  auto storage = std::make_unique_for_overwrite<std::uint64_t[]>(buffer_bytes_ / sizeof(std::uint64_t));
+  auto* buffer = reinterpret_cast<std::uint8_t*>(storage.get());
+  std::lock_guard lock(mutex_);
+  owned_.push_back(std::move(storage));
+  return buffer;
+}
+
+void BufferPool::release(std::uint8_t* buffer) {
+  if (buffer == nullptr) return;
+  std::lock_guard lock(mutex_);
+  // A handful of buffers: linear scans are cheaper than the bookkeeping to avoid them, and keep a
+  // stray or repeated release from handing one buffer to CUPTI twice.
+  const bool ours = std::any_of(owned_.begin(), owned_.end(), [&](const auto& p) {
+    return reinterpret_cast<std::uint8_t*>(p.get()) == buffer;
+  });
+  if (!ours || std::find(free_.begin(), free_.end(), buffer) != free_.end()) return;
+  free_.push_back(buffer);
+}
+
+std::size_t BufferPool::allocated() const {
+  std::lock_guard lock(mutex_);
+  return owned_.size();
+}
+
+std::size_t BufferPool::available() const {
+  std::lock_guard lock(mutex_);
+  return free_.size();
+}
+
+// --- the collector ---------------------------------------------------------------------------
+
+CuptiCollector& CuptiCollector::instance() {
+  // CUPTI's buffer callbacks are plain function pointers with no user-data argument, so they can
+  // reach a collector only through something process-wide, and this is that one thing. It is never
+  // destroyed: CUPTI may still hand back buffers while the process exits (its own flush at context
+  // teardown, its worker thread), after static destructors would have run.
+  static CuptiCollector* const collector = new CuptiCollector();
+  return *collector;
+}
+
+void CuptiCollector::start() {
+  std::lock_guard lock(control_mutex_);
+  if (running()) throw RunError("CUPTI collector: already running");
+  // The layout of each record is the one the loaded libcupti writes, and its versions change
+  // between CUDA releases (13.2 has a Device6 where 13.0 has Device5): reading another release's
+  // records with these structs misreads them. Same CUDA major.minor (xxyy of xxyyzz) is required.
+  std::uint32_t version = 0;
+  check(cuptiGetVersion(&version), "cuptiGetVersion");
+  if (version / 100 != CUPTI_API_VERSION / 100)
+    throw RunError("CUPTI: built against CUPTI API version " + std::to_string(CUPTI_API_VERSION) +
+                   ", but the libcupti in this process is version " + std::to_string(version) +
+                   " (another libcupti, e.g. one bundled with PyTorch, was loaded first); its activity "
+                   "records have other layouts");
+  // gettid rather than pthread_self, so that NVTX marker records and push_range agree on threads.
+  check(cuptiSetThreadIdType(CUPTI_ACTIVITY_THREAD_ID_TYPE_SYSTEM), "cuptiSetThreadIdType(SYSTEM)");
+  check(cuptiActivityRegisterCallbacks(&CuptiCollector::on_buffer_requested, &CuptiCollector::on_buffer_completed),
+        "cuptiActivityRegisterCallbacks");
+  for (CUpti_ActivityKind kind : kRequiredKinds) {
+    const CUptiResult result = cuptiActivityEnable(kind);
+    if (result != CUPTI_SUCCESS) {
+      disable_enabled(nullptr);
+      throw RunError(cupti_message(result, std::string("cuptiActivityEnable(") + kind_name(kind) + ")"));
+    }
+    enabled_.push_back(kind);
+  }
+  for (CUpti_ActivityKind kind : kOptionalKinds)
+    if (cuptiActivityEnable(kind) == CUPTI_SUCCESS) enabled_.push_back(kind);
+  {
+    std::lock_guard parse_lock(parse_mutex_);
+    callback_error_.clear();
+  }
+  {
+    // Ranges left open by an earlier session would otherwise swallow this session's first pops.
+    std::lock_guard ranges_lock(ranges_mutex_);
+    open_ranges_.clear();
+  }
+  pid_.store(getpid());
+  running_.store(true);
+}
+
+void CuptiCollector::disable_enabled(std::string* first_error) {
+  for (CUpti_ActivityKind kind : enabled_) {
+    const CUptiResult result = cuptiActivityDisable(kind);
+    if (result != CUPTI_SUCCESS && first_error && first_error->empty())
+      *first_error = cupti_message(result, std::string("cuptiActivityDisable(") + kind_name(kind) + ")");
+  }
+  enabled_.clear();
+}
+
+void CuptiCollector::stop() {
+  std::lock_guard lock(control_mutex_);
+  if (!running()) return;
+  running_.store(false);
+  std::string error;
+  auto note = [&](CUptiResult result, const char* call) {
+    if (result != CUPTI_SUCCESS && error.empty()) error = cupti_message(result, call);
+  };
+  note(cuptiActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED), "cuptiActivityFlushAll(FORCED)");
+  disable_enabled(&error);
+  // Records written between the first flush and the disabling.
+  note(cuptiActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED), "cuptiActivityFlushAll(FORCED)");
+  {
+    std::lock_guard parse_lock(parse_mutex_);
+    if (error.empty()) error = callback_error_;
+    callback_error_.clear();
+  }
+  if (!error.empty()) throw RunError(error);
+}
+
+bool CuptiCollector::started_in_this_process() const {
+  const pid_t pid = pid_.load();
+  return pid != 0 && pid == getpid();
+}
+
+RankActivity CuptiCollector::take() {
+  RankActivity out;
+  {
+    std::lock_guard lock(parse_mutex_);
+    out = parser_.take();
+  }
+  std::vector<RangeRecord> host;
+  {
+    std::lock_guard lock(ranges_mutex_);
+    host = std::exchange(host_ranges_, {});
+  }
+  if (!host.empty()) {
+    out.ranges.insert(out.ranges.end(), std::make_move_iterator(host.begin()), std::make_move_iterator(host.end()));
+    sort_by_start(out.ranges);
+  }
+  return out;
+}
+
+std::uint64_t CuptiCollector::timestamp() {
+  std::uint64_t ts = 0;
+  check(cuptiGetTimestamp(&ts), "cuptiGetTimestamp");
+  return ts;
+}
+
+void CuptiCollector::push_range(const char* name) {
+  if (!running()) return;
+  const std::uint64_t start = timestamp();
+  const auto thread = static_cast<std::uint64_t>(gettid());
+  std::lock_guard lock(ranges_mutex_);
+  open_ranges_[thread].push_back({name ? name : "", start});
+}
+
+void CuptiCollector::pop_range() {
+  const auto thread = static_cast<std::uint64_t>(gettid());
+  std::lock_guard lock(ranges_mutex_);
+  auto it = open_ranges_.find(thread);
+  if (it == open_ranges_.end() || it->second.empty()) return;
+  auto& open = it->second.back();
+  host_ranges_.push_back({open.start, timestamp(), thread, std::move(open.name)});
+  it->second.pop_back();
+}
+
+void CUPTIAPI CuptiCollector::on_buffer_requested(std::uint8_t** buffer, std::size_t* size, std::size_t* max_records) {
+  *max_records = 0;  // as many as fit
+  try {
+    CuptiCollector& self = instance();
+    *buffer = self.pool_.acquire();
+    *size = self.pool_.buffer_bytes();
+  } catch (...) {
+    // Out of memory: CUPTI drops the records it cannot place and counts them.
+    *buffer = nullptr;
+    *size = 0;
+  }
+}
+
+void CUPTIAPI CuptiCollector::on_buffer_completed(CUcontext, std::uint32_t, std::uint8_t* buffer, std::size_t,
+                                                  std::size_t valid_size) {
+  CuptiCollector& self = instance();
+  try {
+    if (buffer != nullptr && valid_size > 0) self.parse_buffer(buffer, valid_size);
+  } catch (const std::exception& e) {
+    // Nothing may propagate into CUPTI's C code; stop() reports it.
+    std::lock_guard lock(self.parse_mutex_);
+    if (self.callback_error_.empty()) self.callback_error_ = std::string("parsing a CUPTI buffer: ") + e.what();
+  }
+  self.pool_.release(buffer);
+}
+
+void CuptiCollector::parse_buffer(std::uint8_t* buffer, std::size_t valid_size) {
+  std::size_t dropped = 0;
+  const CUptiResult dropped_result = cuptiActivityGetNumDroppedRecords(nullptr, 0, &dropped);
+  std::lock_guard lock(parse_mutex_);
+  if (dropped_result != CUPTI_SUCCESS && callback_error_.empty())
+    callback_error_ = cupti_message(dropped_result, "cuptiActivityGetNumDroppedRecords");
+  parser_.add_dropped(dropped);
+  CUpti_Activity* record = nullptr;
+  while (true) {
+    const CUptiResult result = cuptiActivityGetNextRecord(buffer, valid_size, &record);
+    if (result == CUPTI_ERROR_MAX_LIMIT_REACHED) break;
+    if (result != CUPTI_SUCCESS) {
+      // An incomplete or unreadable record ends this buffer (CUPTI gives no way past it).
+      parser_.add_dropped(1);
+      if (callback_error_.empty()) callback_error_ = cupti_message(result, "cuptiActivityGetNextRecord");
+      break;
+    }
+    parser_.add(*record);
+  }
+}
+
+}  // namespace ddpbench::profile
