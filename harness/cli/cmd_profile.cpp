@@ -11,9 +11,6 @@
 #ifndef DDPBENCH_INJECTION_LIBRARY
 #define DDPBENCH_INJECTION_LIBRARY ""
 #endif
-#ifndef DDPBENCH_CUPTI_LIBRARY
-#define DDPBENCH_CUPTI_LIBRARY ""
-#endif
 
 namespace ddpbench::cli {
 
@@ -40,7 +37,6 @@ int profile_main(const ProfileArgs& a) {
   if (a.command.empty()) throw UsageError("name the command to profile after --, e.g. ddpbench profile -- python3 train.py");
   if (a.nproc < 1) throw UsageError("--nproc: must be at least 1");
   const std::string injection = existing("the CUPTI injection library", "DDPBENCH_INJECTION", DDPBENCH_INJECTION_LIBRARY);
-  const std::string cupti = existing("libcupti", "DDPBENCH_CUPTI", DDPBENCH_CUPTI_LIBRARY);
   const std::string dir = a.runs_dir + "/" + new_run_id() + "-profile";
   const std::string activity_dir = dir + "/activity";
   make_dirs(activity_dir);
@@ -51,8 +47,9 @@ int profile_main(const ProfileArgs& a) {
   spec.log_dir = dir + "/logs";
   spec.timeout = std::chrono::seconds(a.timeout_s);
   spec.extra_env["CUDA_INJECTION64_PATH"] = injection;
-  // CUPTI sees NVTX ranges (the step marker of another trainer) only as the NVTX injection.
-  spec.extra_env["NVTX_INJECTION64_PATH"] = cupti;
+  // CUPTI sees NVTX ranges (the step marker of another trainer) only as NVTX's injection; the
+  // collector library forwards that hook to the libcupti it records with (see injection.cpp).
+  spec.extra_env["NVTX_INJECTION64_PATH"] = injection;
   spec.extra_env["DDPBENCH_PROFILE_DIR"] = activity_dir;
   spec.extra_env["PYTHONUNBUFFERED"] = "1";
   std::printf("ddpbench profile: %d rank(s) of `%s` under CUPTI -> %s\n", a.nproc, a.command.front().c_str(), dir.c_str());

@@ -1,10 +1,12 @@
 #include "profile/cupti_collector.h"
 
+
 #include <algorithm>
 #include <cstdlib>
 #include <cxxabi.h>
 #include <new>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 
 #include <unistd.h>
@@ -131,43 +133,28 @@ std::optional<KernelRecord> kernel_record(const KernelActivity& k) {
   return kernel_record(k, demangler);
 }
 
-std::optional<MemcpyRecord> memcpy_record(const MemcpyActivity& m) {
+namespace {
+// Memcpy, peer memcpy and memset records share these fields under the same names.
+template <typename Out, typename In>
+std::optional<Out> copy_like_record(const In& m) {
   if (untimed(m.start, m.end)) return std::nullopt;
-  MemcpyRecord r;
+  Out r;
   r.start = m.start;
   r.end = m.end;
   r.device = m.deviceId;
   r.stream = m.streamId;
   r.correlation = m.correlationId;
   r.bytes = m.bytes;
-  r.kind = memcpy_kind_name(m.copyKind);
+  if constexpr (std::is_same_v<Out, MemcpyRecord>) r.kind = memcpy_kind_name(m.copyKind);
   return r;
 }
+}  // namespace
 
-std::optional<MemcpyRecord> memcpy_record(const PeerMemcpyActivity& m) {
-  if (untimed(m.start, m.end)) return std::nullopt;
-  MemcpyRecord r;
-  r.start = m.start;
-  r.end = m.end;
-  r.device = m.deviceId;
-  r.stream = m.streamId;
-  r.correlation = m.correlationId;
-  r.bytes = m.bytes;
-  r.kind = memcpy_kind_name(m.copyKind);
-  return r;
-}
+std::optional<MemcpyRecord> memcpy_record(const MemcpyActivity& m) { return copy_like_record<MemcpyRecord>(m); }
 
-std::optional<MemsetRecord> memset_record(const MemsetActivity& m) {
-  if (untimed(m.start, m.end)) return std::nullopt;
-  MemsetRecord r;
-  r.start = m.start;
-  r.end = m.end;
-  r.device = m.deviceId;
-  r.stream = m.streamId;
-  r.correlation = m.correlationId;
-  r.bytes = m.bytes;
-  return r;
-}
+std::optional<MemcpyRecord> memcpy_record(const PeerMemcpyActivity& m) { return copy_like_record<MemcpyRecord>(m); }
+
+std::optional<MemsetRecord> memset_record(const MemsetActivity& m) { return copy_like_record<MemsetRecord>(m); }
 
 std::optional<MemoryRecord> memory_record(const MemoryActivity& m) {
   const CUpti_ActivityMemoryOperationType op = m.memoryOperationType;

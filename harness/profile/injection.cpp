@@ -12,6 +12,8 @@
 //
 // Only a normal exit (exit(), return from main, the end of a Python interpreter) writes the file: a
 // rank killed by a signal or leaving through _exit leaves none, and the launcher reports it missing.
+#include <dlfcn.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -103,4 +105,25 @@ extern "C" __attribute__((visibility("default"))) int InitializeInjection(void) 
     warn(std::string("not tracing: ") + e.what());
     return 0;
   }
+}
+
+// NVTX ranges of the profiled program (its step marker) reach CUPTI only through NVTX's own
+// injection hook. Pointing NVTX_INJECTION64_PATH at a libcupti file can load a second copy of
+// libcupti when the program already loaded one (PyTorch ships its own), and that copy records
+// nothing. So the launcher points NVTX at this library, and this hook forwards to the libcupti
+// instance that this library is bound to, the one whose activity the collector reads.
+extern "C" __attribute__((visibility("default"))) int InitializeInjectionNvtx2(const void* get_export_table) {
+  using Hook = int (*)(const void*);
+  void* cupti = dlopen("libcupti.so.13", RTLD_LAZY | RTLD_NOLOAD);
+  if (cupti == nullptr) cupti = dlopen("libcupti.so", RTLD_LAZY | RTLD_NOLOAD);
+  if (cupti == nullptr) {
+    std::fprintf(stderr, "ddpbench-cupti: no libcupti loaded; NVTX ranges are not recorded\n");
+    return 0;
+  }
+  auto hook = reinterpret_cast<Hook>(dlsym(cupti, "InitializeInjectionNvtx2"));
+  if (hook == nullptr) {
+    std::fprintf(stderr, "ddpbench-cupti: libcupti has no InitializeInjectionNvtx2; NVTX ranges are not recorded\n");
+    return 0;
+  }
+  return hook(get_export_table);
 }
