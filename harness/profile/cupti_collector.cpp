@@ -1,6 +1,5 @@
 #include "profile/cupti_collector.h"
 
-
 #include <algorithm>
 #include <cstdlib>
 #include <cxxabi.h>
