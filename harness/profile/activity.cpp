@@ -105,34 +105,40 @@ class Reader {
 
 }  // namespace
 
+// Kernels, memcpys and memsets share their placement on the device timeline.
+template <typename Record>
+json device_event_json(const Record& r) {
+  return {{"start", r.start}, {"end", r.end}, {"device", r.device}, {"stream", r.stream}, {"correlation", r.correlation}};
+}
+
+template <typename Record>
+void read_device_event(const Reader& r, Record& out) {
+  out.start = r.u64("start");
+  out.end = r.u64("end");
+  out.device = r.u32("device");
+  out.stream = r.u32("stream");
+  out.correlation = r.u32("correlation");
+}
+
 json to_json(const RankActivity& a) {
   json kernels = json::array();
-  for (const auto& k : a.kernels)
-    kernels.push_back({{"start", k.start},
-                       {"end", k.end},
-                       {"device", k.device},
-                       {"stream", k.stream},
-                       {"correlation", k.correlation},
-                       {"name", k.name},
-                       {"grid", dims_json(k.grid)},
-                       {"block", dims_json(k.block)}});
+  for (const auto& k : a.kernels) {
+    auto j = device_event_json(k);
+    j.update({{"name", k.name}, {"grid", dims_json(k.grid)}, {"block", dims_json(k.block)}});
+    kernels.push_back(std::move(j));
+  }
   json memcpys = json::array();
-  for (const auto& m : a.memcpys)
-    memcpys.push_back({{"start", m.start},
-                       {"end", m.end},
-                       {"device", m.device},
-                       {"stream", m.stream},
-                       {"correlation", m.correlation},
-                       {"bytes", m.bytes},
-                       {"kind", m.kind}});
+  for (const auto& m : a.memcpys) {
+    auto j = device_event_json(m);
+    j.update({{"bytes", m.bytes}, {"kind", m.kind}});
+    memcpys.push_back(std::move(j));
+  }
   json memsets = json::array();
-  for (const auto& m : a.memsets)
-    memsets.push_back({{"start", m.start},
-                       {"end", m.end},
-                       {"device", m.device},
-                       {"stream", m.stream},
-                       {"correlation", m.correlation},
-                       {"bytes", m.bytes}});
+  for (const auto& m : a.memsets) {
+    auto j = device_event_json(m);
+    j["bytes"] = m.bytes;
+    memsets.push_back(std::move(j));
+  }
   json memory = json::array();
   for (const auto& m : a.memory)
     memory.push_back({{"timestamp", m.timestamp},
@@ -171,11 +177,7 @@ RankActivity activity_from_json(const json& j) {
   a.overhead_ns = top.u64("overhead_ns", false);
   top.each("kernels", [&](const Reader& r) {
     KernelRecord k;
-    k.start = r.u64("start");
-    k.end = r.u64("end");
-    k.device = r.u32("device");
-    k.stream = r.u32("stream");
-    k.correlation = r.u32("correlation");
+    read_device_event(r, k);
     k.name = r.str("name", true);
     r.dims("grid", k.grid);
     r.dims("block", k.block);
@@ -183,22 +185,14 @@ RankActivity activity_from_json(const json& j) {
   });
   top.each("memcpys", [&](const Reader& r) {
     MemcpyRecord m;
-    m.start = r.u64("start");
-    m.end = r.u64("end");
-    m.device = r.u32("device");
-    m.stream = r.u32("stream");
-    m.correlation = r.u32("correlation");
+    read_device_event(r, m);
     m.bytes = r.u64("bytes", false);
     m.kind = r.str("kind", false);
     a.memcpys.push_back(std::move(m));
   });
   top.each("memsets", [&](const Reader& r) {
     MemsetRecord m;
-    m.start = r.u64("start");
-    m.end = r.u64("end");
-    m.device = r.u32("device");
-    m.stream = r.u32("stream");
-    m.correlation = r.u32("correlation");
+    read_device_event(r, m);
     m.bytes = r.u64("bytes", false);
     a.memsets.push_back(m);
   });
