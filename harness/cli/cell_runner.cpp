@@ -78,8 +78,7 @@ void check_inputs(const train::Config& cfg) {
     }
     const auto have = train::shape_from_hf_config(j, path);
     const auto want = train::preset_shape(cfg.preset);
-    if (have.hidden != want.hidden || have.layers != want.layers || have.heads != want.heads ||
-        have.kv_heads != want.kv_heads || have.mlp != want.mlp || have.vocab != want.vocab)
+    if (!train::same_weights_shape(have, want))
       throw UsageError("--checkpoint: " + path + " holds a model of hidden " + std::to_string(have.hidden) + ", " +
                        std::to_string(have.layers) + " layers, vocab " + std::to_string(have.vocab) +
                        ", not the shape of preset " + cfg.preset);

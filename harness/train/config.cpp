@@ -37,6 +37,11 @@ ModelShape preset_shape(const std::string& name) {
   throw UsageError("--preset: unknown preset '" + name + "' (choose one of " + joined(preset_names()) + ")");
 }
 
+bool same_weights_shape(const ModelShape& a, const ModelShape& b) {
+  return a.hidden == b.hidden && a.layers == b.layers && a.heads == b.heads && a.kv_heads == b.kv_heads &&
+         a.mlp == b.mlp && a.vocab == b.vocab;
+}
+
 const std::vector<std::string>& lora_module_names() {
   static const std::vector<std::string> names{"q_proj", "k_proj", "v_proj", "o_proj",
                                               "gate_proj", "up_proj", "down_proj"};

@@ -26,6 +26,8 @@ struct ModelShape {
 };
 
 const std::vector<std::string>& preset_names();  // tiny, 350m, 1b, 8b
+// Whether two shapes describe the same weights (names aside): what loading a checkpoint requires.
+bool same_weights_shape(const ModelShape& a, const ModelShape& b);
 ModelShape preset_shape(const std::string& name);  // UsageError on an unknown name
 
 // The linear layers LoRA can adapt, in Hugging Face PEFT's names.

@@ -274,8 +274,7 @@ void LlamaModel::load_hf(const std::string& dir) {
     throw UsageError("--checkpoint: " + config_path + ": " + e.what());
   }
   const auto shape = shape_from_hf_config(config, config_path);
-  if (shape.hidden != shape_.hidden || shape.layers != shape_.layers || shape.heads != shape_.heads ||
-      shape.kv_heads != shape_.kv_heads || shape.mlp != shape_.mlp || shape.vocab != shape_.vocab)
+  if (!same_weights_shape(shape, shape_))
     throw UsageError("--checkpoint: " + config_path + " describes another model shape than preset " + cfg_.preset);
   const safetensors::File base(dir + "/model.safetensors");
   const std::string adapter_path = dir + "/adapter_model.safetensors";
