@@ -210,7 +210,8 @@ TEST_F(Cli, BuiltinAndHuggingFaceTrainersAgreeOnEqualWork) {
   for (const char* mode : {"lora", "full"}) {
     SCOPED_TRACE(mode);
     const std::string flags = std::string("--mode ") + mode +
-                              " --lora-rank 4 --seq-len 32 --lengths uniform:4:32 --nproc 2 --grad-accum 3 --warmup 0 --steps 4 --lr 1e-2";
+                              " --lora-rank 4 --seq-len 32 --lengths uniform:4:32 --nproc 2 --grad-accum 3 --warmup 0 --steps 4 --lr 1e-2"
+                              " --lr-warmup 3";  // the schedule must be the same in both trainers too
     ASSERT_EQ(run("prepare " + flags + " --out in", dir_).status, 0);
     const std::string inputs = " --checkpoint in/checkpoint --data-file in/tokens.bin";
     const auto b = run("train " + flags + inputs + " --out builtin.json", dir_);

@@ -703,4 +703,17 @@ TEST(ShippedSuites, SmokeGpu) {
 }
 
 }  // namespace
+TEST(LearningRate, LinearWarmupThenConstant) {
+  Config c;
+  c.lr = 1e-3;
+  EXPECT_DOUBLE_EQ(c.lr_at(0), 1e-3);  // no warm-up
+  c.lr_warmup = 4;
+  EXPECT_DOUBLE_EQ(c.lr_at(0), 0.25e-3);
+  EXPECT_DOUBLE_EQ(c.lr_at(3), 1e-3);
+  EXPECT_DOUBLE_EQ(c.lr_at(10), 1e-3);
+  EXPECT_THROW(train::apply_settings(c, {{"lr_warmup", "x"}}), UsageError);
+  train::apply_settings(c, {{"lr_warmup", "-1"}});
+  EXPECT_THROW(train::validate(c), UsageError);
+}
+
 }  // namespace ddpbench

@@ -341,6 +341,13 @@ def error_text(e):
 # Training
 
 
+def lr_at(cfg, step):
+    """Linear warm-up to lr over lr_warmup optimizer steps, constant after (Config::lr_at)."""
+    warm = int(cfg.get("lr_warmup", 0))
+    lr = float(cfg["lr"])
+    return lr * (step + 1) / warm if step < warm else lr
+
+
 def loss_scale(rule, world, grad_accum, n_global, n_rank, n_micro):
     """The per-micro-batch factor on the summed token loss (loss_scale in trainer.cpp)."""
     if rule == "global-tokens":
@@ -531,6 +538,8 @@ def run(cfg, env, report):
             sample["tokens"] += sum(lengths)
             sample["padded_tokens"] += tokens.numel()
         ranges.push("optimizer")
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(cfg, step)
         if max_norm > 0:
             norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm)
         else:

@@ -104,6 +104,7 @@ void validate(const Config& c) {
   require(c.steps >= 1, "--steps: must be at least 1, got " + std::to_string(c.steps));
   require(c.warmup >= 0, "--warmup: must not be negative, got " + std::to_string(c.warmup));
   require(c.lr > 0, "--lr: must be positive");
+  require(c.lr_warmup >= 0, "--lr-warmup: must not be negative");
   require(c.weight_decay >= 0, "--weight-decay: must not be negative");
   require(c.max_grad_norm >= 0, "--max-grad-norm: must not be negative");
   require(c.bucket_cap_mb >= 1, "--bucket-cap-mb: must be at least 1");
@@ -131,6 +132,7 @@ nlohmann::json to_json(const Config& c) {
       {"seq_len", c.seq_len},         {"lengths", c.lengths.to_string()},
       {"steps", c.steps},             {"warmup", c.warmup},
       {"seed", c.seed},               {"lr", c.lr},
+      {"lr_warmup", c.lr_warmup},
       {"weight_decay", c.weight_decay}, {"max_grad_norm", c.max_grad_norm},
       {"lora_rank", c.lora_rank},     {"lora_alpha", c.lora_alpha},
       {"lora_targets", c.lora_targets}, {"loss_norm", to_string(c.loss_norm)},
@@ -159,6 +161,7 @@ Config config_from_json(const nlohmann::json& j) {
     c.warmup = j.at("warmup").get<int>();
     c.seed = j.at("seed").get<std::uint64_t>();
     c.lr = j.at("lr").get<double>();
+    c.lr_warmup = j.value("lr_warmup", 0);
     c.weight_decay = j.at("weight_decay").get<double>();
     c.max_grad_norm = j.at("max_grad_norm").get<double>();
     c.lora_rank = j.at("lora_rank").get<int>();
@@ -255,6 +258,7 @@ const std::vector<Setting>& settings() {
       DDPBENCH_NUMBER("warmup", warmup, "optimizer steps before the measured ones"),
       DDPBENCH_NUMBER("seed", seed, "seed of weights and data"),
       DDPBENCH_NUMBER("lr", lr, "AdamW learning rate"),
+      DDPBENCH_NUMBER("lr_warmup", lr_warmup, "optimizer steps of linear learning-rate warm-up"),
       DDPBENCH_NUMBER("weight_decay", weight_decay, "AdamW weight decay"),
       DDPBENCH_NUMBER("max_grad_norm", max_grad_norm, "clip the global gradient norm to this (0: off)"),
       DDPBENCH_NUMBER("lora_rank", lora_rank, "LoRA rank r"),

@@ -63,6 +63,7 @@ struct Config {
   int warmup = 2;   // steps run before them, reported but not counted
   std::uint64_t seed = 0;
   double lr = 1e-4;
+  int lr_warmup = 0;             // optimizer steps of linear learning-rate warm-up (0: constant lr)
   double weight_decay = 0.0;
   double max_grad_norm = 1.0;  // 0: no clipping
   int lora_rank = 16;
@@ -78,6 +79,9 @@ struct Config {
   bool profile = false;          // record GPU activity with the in-process CUPTI collector
 
   int total_steps() const { return warmup + steps; }
+  // The learning rate of optimizer step `step` (0-based): linear warm-up to lr over lr_warmup
+  // steps, constant after. Both trainers use this schedule.
+  double lr_at(int step) const { return step < lr_warmup ? lr * (step + 1) / lr_warmup : lr; }
   int global_batch_sequences() const { return nproc * micro_batch * grad_accum; }
 };
 

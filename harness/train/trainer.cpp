@@ -235,6 +235,7 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
       {
         const auto scope = phases.scope(profile::kOptimizerRange);
         sample.grad_norm = clip_grad_norm(trainable, cfg.max_grad_norm);
+        optimizer.lr = cfg.lr_at(step);
         optimizer.step();
       }
       comm->allreduce_sum(loss_acc);
