@@ -37,21 +37,18 @@ class Communicator {
   int rank() const { return rank_; }
   int world_size() const { return world_size_; }
   const std::string& backend_name() const { return backend_name_; }
-  at::Device device() const { return device_; }
 
   c10::intrusive_ptr<c10d::Work> allreduce_sum_async(at::Tensor& t);
   void allreduce_sum(at::Tensor& t);
   void broadcast(at::Tensor& t, int root);
-  void barrier();
   void shutdown();
 
  private:
-  Communicator(c10::intrusive_ptr<c10d::Backend> backend, int rank, int world_size, std::string name, at::Device device);
+  Communicator(c10::intrusive_ptr<c10d::Backend> backend, int rank, int world_size, std::string name);
   c10::intrusive_ptr<c10d::Backend> backend_;
   int rank_;
   int world_size_;
   std::string backend_name_;
-  at::Device device_;
   bool shut_down_ = false;
 };
 

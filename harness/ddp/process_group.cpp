@@ -52,17 +52,15 @@ std::unique_ptr<Communicator> Communicator::connect(const std::string& backend, 
     } else {
       throw UsageError("unknown process group backend '" + backend + "' (gloo or nccl)");
     }
-    const at::Device device = backend == "nccl" ? at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(cuda_device)) : at::Device(at::kCPU);
-    return std::unique_ptr<Communicator>(new Communicator(std::move(pg), rv.rank, rv.world_size, backend, device));
+    return std::unique_ptr<Communicator>(new Communicator(std::move(pg), rv.rank, rv.world_size, backend));
   } catch (...) {
     rethrow_with_context("connecting rank " + std::to_string(rv.rank) + " of " + std::to_string(rv.world_size) +
                          " to " + rv.master_addr + ":" + std::to_string(rv.master_port) + " (" + backend + ")");
   }
 }
 
-Communicator::Communicator(c10::intrusive_ptr<c10d::Backend> backend, int rank, int world_size, std::string name,
-                           at::Device device)
-    : backend_(std::move(backend)), rank_(rank), world_size_(world_size), backend_name_(std::move(name)), device_(device) {}
+Communicator::Communicator(c10::intrusive_ptr<c10d::Backend> backend, int rank, int world_size, std::string name)
+    : backend_(std::move(backend)), rank_(rank), world_size_(world_size), backend_name_(std::move(name)) {}
 
 Communicator::~Communicator() {
   try {
@@ -86,12 +84,6 @@ void Communicator::broadcast(at::Tensor& t, int root) {
   c10d::BroadcastOptions opts;
   opts.rootRank = root;
   backend_->broadcast(ts, opts)->wait();
-}
-
-void Communicator::barrier() {
-  // A barrier as a one-element all-reduce: it works the same on every backend and device.
-  auto t = at::zeros({1}, at::TensorOptions().device(device_));
-  allreduce_sum(t);
 }
 
 void Communicator::shutdown() {
