@@ -18,6 +18,16 @@ std::uint64_t key(std::uint64_t seed, std::uint64_t a, std::uint64_t b, std::uin
 }
 }  // namespace
 
+TokenBatch TokenBatch::padded(int rows, int seq_len) {
+  TokenBatch b;
+  b.rows = rows;
+  b.seq_len = seq_len;
+  b.tokens.assign(static_cast<std::size_t>(rows) * seq_len, kPadToken);
+  b.labels.assign(b.tokens.size(), kIgnoreIndex);
+  b.lengths.resize(static_cast<std::size_t>(rows));
+  return b;
+}
+
 std::int64_t TokenBatch::real_tokens() const { return std::accumulate(lengths.begin(), lengths.end(), std::int64_t{0}); }
 
 std::int64_t TokenBatch::predicted_tokens() const {
@@ -53,12 +63,7 @@ std::int64_t SyntheticData::token_at(int step, std::int64_t row, int position) c
 }
 
 TokenBatch SyntheticData::rows(int step, std::int64_t first, int count) const {
-  TokenBatch b;
-  b.rows = count;
-  b.seq_len = seq_len_;
-  b.tokens.assign(static_cast<std::size_t>(count) * seq_len_, kPadToken);
-  b.labels.assign(b.tokens.size(), kIgnoreIndex);
-  b.lengths.resize(count);
+  TokenBatch b = TokenBatch::padded(count, seq_len_);
   for (int r = 0; r < count; ++r) {
     const std::int64_t row = first + r;
     const int len = length_of(step, row);

@@ -22,6 +22,9 @@ struct TokenBatch {
   std::vector<std::int64_t> labels;
   std::vector<int> lengths;
 
+  // rows x seq_len of padding (token kPadToken, label kIgnoreIndex), lengths to be filled in.
+  static TokenBatch padded(int rows, int seq_len);
+
   std::int64_t real_tokens() const;       // non-padding tokens
   std::int64_t padded_tokens() const { return static_cast<std::int64_t>(rows) * seq_len; }
   std::int64_t predicted_tokens() const;  // labels that count in the loss: sum of (length - 1)

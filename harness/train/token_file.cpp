@@ -121,12 +121,7 @@ TokenBatch TokenFile::rows(int step, std::int64_t global_batch, std::int64_t fir
     throw RunError("token file " + path_ + ": bad batch request (step " + std::to_string(step) + ", global batch " +
                    std::to_string(global_batch) + ", rows " + std::to_string(first) + "+" + std::to_string(count) +
                    ", seq_len " + std::to_string(seq_len) + ")");
-  TokenBatch b;
-  b.rows = count;
-  b.seq_len = seq_len;
-  b.tokens.assign(static_cast<std::size_t>(count) * seq_len, kPadToken);
-  b.labels.assign(b.tokens.size(), kIgnoreIndex);
-  b.lengths.resize(count);
+  TokenBatch b = TokenBatch::padded(count, seq_len);
   const std::uint64_t docs = header_.documents;
   // step * global_batch may exceed 64 bits for long runs over large batches.
   const auto base = static_cast<std::uint64_t>(static_cast<unsigned __int128>(step) * static_cast<std::uint64_t>(global_batch) % docs);
