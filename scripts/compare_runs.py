@@ -1,40 +1,85 @@
 #!/usr/bin/env python3
 """Side-by-side table of the result documents in one folder, as scripts/gpu-check writes them
-(<workload>-<trainer>-n<gpus>.json): tokens/s per GPU, step time, peak memory, scaling efficiency
-against the same trainer on 1 GPU, the built-in/HF speed ratio, and how far the two trainers' loss
-curves lie apart at the same GPU count (largest relative difference over all steps)."""
+(<workload>-<trainer>-n<gpus>[-r<repeat>].json): tokens/s per GPU (the median over repeats, with
+their range when a cell ran more than once), step time, peak memory, scaling efficiency against the
+same trainer on 1 GPU, the built-in/HF speed ratio, the loss at the first and last step against
+ln(vocab), and how far the two trainers' loss curves lie apart at the same GPU count (largest
+relative difference over all steps, first repeat of each). Where the folder holds an A/A run
+(<workload>-aa-n1.json: the built-in trainer, same batch as accumulated half micro-batches, the same
+computation up to bf16 rounding), its distance from the built-in curve is printed as the floor that
+rounding alone produces."""
 import glob
 import json
+import math
 import os
 import re
+import statistics
 import sys
 
 
-def main(folder):
-    docs = {}
+def load(folder):
+    cells = {}
     for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
-        m = re.match(r"(.+)-(builtin|hf)-n(\d+)\.json$", os.path.basename(path))
+        m = re.match(r"(.+)-(builtin|hf|aa)-n(\d+)(?:-r(\d+))?\.json$", os.path.basename(path))
         if m:
-            docs[(m.group(1), m.group(2), int(m.group(3)))] = json.load(open(path))
-    print(f"{'workload':10s} {'trainer':8s} {'gpus':>4s} {'status':6s} {'tok/s/gpu':>10s} {'p50 ms':>8s} {'p95 ms':>8s} "
-          f"{'peak GiB':>8s} {'resv GiB':>8s} {'scaling':>8s} {'vs hf':>7s} {'loss':>8s} {'max dloss':>9s}")
-    for (w, t, n), d in sorted(docs.items()):
-        s, st = d["summary"], d["status"]
-        one = docs.get((w, t, 1))
-        scaling = ""
-        if one and one["status"]["state"] == "ok" and st["state"] == "ok" and n > 1:
-            scaling = f"{100 * s['tokens_per_s_per_gpu'] / one['summary']['tokens_per_s_per_gpu']:.1f}%"
-        other = docs.get((w, "hf", n))
-        ratio, dloss = "", ""
-        if t == "builtin" and other and other["status"]["state"] == "ok" and st["state"] == "ok":
-            ratio = f"{s['tokens_per_s_per_gpu'] / other['summary']['tokens_per_s_per_gpu']:.3f}x"
-            a = [x["loss"] for x in d["steps"]]
-            b = [x["loss"] for x in other["steps"]]
-            if len(a) == len(b) and a:
-                dloss = f"{max(abs(x - y) / abs(y) for x, y in zip(a, b)):.2e}"
-        print(f"{w:10s} {t:8s} {n:4d} {st['state']:6s} {s['tokens_per_s_per_gpu']:10.0f} {s['step_time_p50_s'] * 1e3:8.1f} "
-              f"{s['step_time_p95_s'] * 1e3:8.1f} {s['peak_allocated_bytes'] / 2**30:8.2f} {s['peak_reserved_bytes'] / 2**30:8.2f} "
-              f"{scaling:>8s} {ratio:>7s} {s['final_loss']:8.4f} {dloss:>9s} {st.get('reason', '')[:100]}")
+            cells.setdefault((m.group(1), m.group(2), int(m.group(3))), []).append((int(m.group(4) or 1), json.load(open(path))))
+    return {k: [d for _, d in sorted(v, key=lambda x: x[0])] for k, v in cells.items()}
+
+
+def max_rel_diff(a_doc, b_doc):
+    a = [x["loss"] for x in a_doc["steps"]]
+    b = [x["loss"] for x in b_doc["steps"]]
+    if len(a) != len(b) or not a:
+        return ""
+    return f"{max(abs(x - y) / abs(y) for x, y in zip(a, b)):.2e}"
+
+
+def ok(docs):
+    return [d for d in docs if d["status"]["state"] == "ok"]
+
+
+def tps(docs):
+    return statistics.median(d["summary"]["tokens_per_s_per_gpu"] for d in docs)
+
+
+def vocab_of(doc):
+    shapes = {"tiny": 256, "350m": 32000, "1b": 128256, "8b": 128256}
+    return shapes.get(doc.get("config", {}).get("preset", ""), 0)
+
+
+def main(folder):
+    cells = load(folder)
+    print(f"{'workload':10s} {'trainer':8s} {'gpus':>4s} {'runs':>4s} {'tok/s/gpu':>10s} {'range':>15s} {'p50 ms':>8s} "
+          f"{'p95 ms':>8s} {'peak GiB':>8s} {'scaling':>8s} {'vs hf':>7s} {'loss 1st':>8s} {'last':>7s} "
+          f"{'ln(V)':>6s} {'max dloss':>9s} {'A/A':>9s}")
+    for (w, t, n), docs in sorted(cells.items()):
+        good = ok(docs)
+        if not good:
+            reason = docs[0]["status"].get("reason", "")[:100]
+            print(f"{w:10s} {t:8s} {n:4d} {len(docs):4d} failed: {reason}")
+            continue
+        first = good[0]
+        s = first["summary"]
+        speeds = [d["summary"]["tokens_per_s_per_gpu"] for d in good]
+        spread = f"{min(speeds):.0f}-{max(speeds):.0f}" if len(good) > 1 else ""
+        one = ok(cells.get((w, t, 1), []))
+        scaling = f"{100 * tps(good) / tps(one):.1f}%" if one and n > 1 else ""
+        other = ok(cells.get((w, "hf", n), []))
+        ratio, dloss, floor = "", "", ""
+        if t == "builtin" and other:
+            ratio = f"{tps(good) / tps(other):.3f}x"
+            dloss = max_rel_diff(first, other[0])
+        aa = ok(cells.get((w, "aa", n), []))
+        if t == "builtin" and aa:
+            floor = max_rel_diff(aa[0], first)
+        losses = [x["loss"] for x in first["steps"]]
+        v = vocab_of(first)
+        p50 = statistics.median(d["summary"]["step_time_p50_s"] for d in good) * 1e3
+        p95 = statistics.median(d["summary"]["step_time_p95_s"] for d in good) * 1e3
+        peak = max(d["summary"]["peak_allocated_bytes"] for d in good) / 2**30
+        failed = f" ({len(docs) - len(good)} failed)" if len(good) < len(docs) else ""
+        print(f"{w:10s} {t:8s} {n:4d} {len(good):4d} {tps(good):10.0f} {spread:>15s} {p50:8.1f} {p95:8.1f} {peak:8.2f} "
+              f"{scaling:>8s} {ratio:>7s} {losses[0]:8.4f} {losses[-1]:7.4f} {math.log(v) if v else 0:6.2f} {dloss:>9s} {floor:>9s}{failed}")
 
 
 if __name__ == "__main__":

@@ -69,6 +69,8 @@ TEST_F(Cli, BadFlagValuesGiveOneClearLineAndExitTwo) {
       {"train --lengths uniform:9:3", "MIN (9) must not exceed MAX (3)"},
       {"train --preset huge", "unknown preset 'huge'"},
       {"train --micro-batch two", "--micro-batch"},
+      {"train --optim-state bf16", "--optim-state: unknown value 'bf16'"},
+      {"train --markov-states 0", "--markov-states"},
       {"train --no-such-flag", "--no-such-flag"},
       {"run no/such/suite.toml", "no/such/suite.toml"},
       {"frobnicate", "frobnicate"},

@@ -292,6 +292,9 @@ Config unusual_config() {
   c.loss_norm = train::LossNorm::mean_of_micro_means;
   c.bucket_cap_mb = 50;
   c.timeout_s = 99;
+  c.optim_state = train::OptimState::param;
+  c.markov_states = 64;
+  c.lr_warmup = 3;
   return c;
 }
 
@@ -320,6 +323,9 @@ void expect_same(const Config& a, const Config& b) {
   EXPECT_EQ(a.loss_norm, b.loss_norm);
   EXPECT_EQ(a.bucket_cap_mb, b.bucket_cap_mb);
   EXPECT_EQ(a.timeout_s, b.timeout_s);
+  EXPECT_EQ(a.optim_state, b.optim_state);
+  EXPECT_EQ(a.markov_states, b.markov_states);
+  EXPECT_EQ(a.lr_warmup, b.lr_warmup);
 }
 
 TEST(ConfigJson, RoundTripsEveryField) {

@@ -181,6 +181,19 @@ TEST(SyntheticData, MarkovChainHasFewSuccessorsPerToken) {
   EXPECT_GT(random_most, static_cast<std::size_t>(train::kMarkovSuccessors));
 }
 
+TEST(SyntheticData, MarkovStatesBoundTheTokensUsed) {
+  for (int states : {8, 64}) {
+    const SyntheticData data(11, kVocab, kSeq, Lengths{false, kSeq, kSeq}, "markov", states);
+    std::set<std::int64_t> seen;
+    for (int step = 0; step < 8; ++step) {
+      const auto b = data.rows(step, 0, 16);
+      seen.insert(b.tokens.begin(), b.tokens.end());
+    }
+    EXPECT_LE(seen.size(), static_cast<std::size_t>(states)) << states << " states";
+    EXPECT_GE(seen.size(), static_cast<std::size_t>(states) / 2) << states << " states";
+  }
+}
+
 TEST(SyntheticData, TokenCounts) {
   const auto b = uneven().rows(2, 0, 10);
   std::int64_t real = 0, predicted = 0, nonpad = 0, counted_labels = 0;

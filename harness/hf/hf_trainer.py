@@ -38,6 +38,7 @@ PAD_TOKEN = 0
 TOKEN_MAGIC = b"DDPBTOK1"
 TOKEN_HEADER = struct.Struct("<8sIIQQ")  # magic, version, vocab, documents, tokens
 LOSS_NORMS = ("global-tokens", "mean-of-micro-means", "local-tokens")
+OPTIM_STATES = ("fp32", "param")
 
 
 _KEEP_ALIVE = []  # what must outlive main() on the failure path
@@ -105,6 +106,9 @@ def load_config(path):
             _need(cfg, key, kinds, path)
     if cfg["device"] not in ("cpu", "cuda"):
         raise ConfigError(f"config {path}: device '{cfg['device']}' is neither cpu nor cuda")
+    cfg.setdefault("optim_state", "fp32")
+    if cfg["optim_state"] not in OPTIM_STATES:
+        raise ConfigError(f"config {path}: optim_state '{cfg['optim_state']}' is not one of {', '.join(OPTIM_STATES)}")
     if cfg["loss_norm"] not in LOSS_NORMS:
         raise ConfigError(f"config {path}: loss_norm '{cfg['loss_norm']}' is not one of {', '.join(LOSS_NORMS)}")
     for key in ("micro_batch", "grad_accum", "steps", "bucket_cap_mb", "timeout_s"):
@@ -306,6 +310,7 @@ def new_report(env):
         "bucket_bytes": 0,
         "parameters": 0,
         "trainable_parameters": 0,
+        "optimizer_state_bytes": 0,
         "steps": [],
     }
 
@@ -355,6 +360,95 @@ def loss_scale(rule, world, grad_accum, n_global, n_rank, n_micro):
     if rule == "mean-of-micro-means":
         return 1.0 / (n_micro * grad_accum)
     return 1.0 / n_rank  # local-tokens
+
+
+class MasterWeightAdamW:
+    """AdamW keeping fp32 master weights and fp32 moments for low-precision parameters (optim_state
+    fp32): the built-in trainer's update (train/adamw.cpp), made the same way: the bf16 gradient is
+    copied to fp32 in bounded pieces, torch's fused AdamW kernel updates the master slice, and the
+    master is rounded back into the bf16 weight. fp32 parameters are updated in place."""
+
+    def __init__(self, torch, params, lr, weight_decay, scratch_elems=1 << 25):
+        self.torch, self.weight_decay = torch, float(weight_decay)
+        self.param_groups = [{"lr": float(lr)}]  # what the training loop sets each step
+        self.direct, self.chunks, self.state = [], [], []
+        fill, widest = scratch_elems, 0
+        with torch.no_grad():
+            for p in params:
+                master = p if p.dtype in (torch.float32, torch.float64) else p.detach().float()
+                m, v = torch.zeros_like(master), torch.zeros_like(master)
+                self.state.append((p, master, m, v))
+                if master is p:
+                    self.direct.append((p, m, v, torch.zeros((), dtype=torch.float32, device=p.device)))
+                    continue
+                offset = 0
+                while offset < p.numel():
+                    if fill >= scratch_elems:
+                        self.chunks.append([])
+                        fill = 0
+                    length = min(p.numel() - offset, scratch_elems - fill)
+                    self.chunks[-1].append((p, master, m, v, offset, length,
+                                            torch.zeros((), dtype=torch.float32, device=p.device)))
+                    offset += length
+                    fill += length
+                    widest = max(widest, fill)
+        self.scratch = (torch.empty(widest, dtype=torch.float32, device=params[0].device) if widest else None)
+
+    def _fused(self, params, grads, ms, vs, steps):
+        torch = self.torch
+        torch._foreach_add_(steps, 1)  # the kernel reads the count but leaves counting to the caller
+        torch._fused_adamw_(params, grads, ms, vs, [], steps, lr=self.param_groups[0]["lr"], beta1=0.9,
+                            beta2=0.999, weight_decay=self.weight_decay, eps=1e-8, amsgrad=False, maximize=False)
+
+    def step(self):
+        torch = self.torch
+        with torch.no_grad():
+            if self.direct:
+                ps, ms, vs, steps = (list(x) for x in zip(*self.direct))
+                self._fused(ps, [p.grad for p in ps], ms, vs, steps)
+            for chunk in self.chunks:
+                weights, masters, grads, grads32, ms, vs, steps = [], [], [], [], [], [], []
+                fill = 0
+                for p, master, m, v, offset, length, step in chunk:
+                    piece = lambda t: t.view(-1).narrow(0, offset, length)  # noqa: E731
+                    weights.append(piece(p))
+                    masters.append(piece(master))
+                    grads.append(piece(p.grad))
+                    grads32.append(self.scratch.narrow(0, fill, length))
+                    ms.append(piece(m))
+                    vs.append(piece(v))
+                    steps.append(step)
+                    fill += length
+                torch._foreach_copy_(grads32, grads)
+                self._fused(masters, grads32, ms, vs, steps)
+                torch._foreach_copy_(weights, masters)
+
+    def zero_grad(self, set_to_none=False):
+        for p, *_ in self.state:
+            if p.grad is not None:
+                p.grad.zero_()
+
+    def state_bytes(self):
+        total = self.scratch.nbytes if self.scratch is not None else 0
+        for p, master, m, v in self.state:
+            total += m.nbytes + v.nbytes + (0 if master is p else master.nbytes)
+        return total
+
+
+def make_optimizer(torch, trainable, cfg):
+    """optim_state fp32: MasterWeightAdamW; param: torch.optim.AdamW (state in the parameter's
+    dtype, what a bf16 model gets from it)."""
+    if cfg["optim_state"] == "fp32":
+        return MasterWeightAdamW(torch, trainable, cfg["lr"], cfg["weight_decay"])
+    return torch.optim.AdamW(trainable, lr=float(cfg["lr"]), betas=(0.9, 0.999), eps=1e-8,
+                             weight_decay=float(cfg["weight_decay"]), fused=True)
+
+
+def optimizer_state_bytes(optimizer):
+    if isinstance(optimizer, MasterWeightAdamW):
+        return optimizer.state_bytes()
+    # torch.optim creates its state lazily, at the first step: count what it will hold.
+    return sum(2 * p.numel() * p.element_size() for g in optimizer.param_groups for p in g["params"])
 
 
 def memory_peaks(torch, cuda, device):
@@ -470,8 +564,8 @@ def run(cfg, env, report):
     ddp_model = torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[env.local_rank] if cuda else None, bucket_cap_mb=cfg["bucket_cap_mb"],
         gradient_as_bucket_view=True)
-    optimizer = torch.optim.AdamW(trainable, lr=float(cfg["lr"]), betas=(0.9, 0.999), eps=1e-8,
-                                  weight_decay=float(cfg["weight_decay"]), fused=True)
+    optimizer = make_optimizer(torch, trainable, cfg)
+    report["optimizer_state_bytes"] = optimizer_state_bytes(optimizer)
     if cuda:
         torch.cuda.synchronize(device)
     report["setup_s"] = time.perf_counter() - T_START

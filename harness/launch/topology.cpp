@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
+#include <cstdint>
 #include <cstring>
 
 #include "common/error.h"
@@ -74,22 +76,34 @@ Topology topology_from_slurm(const std::map<std::string, std::string>& env, Topo
   return base;
 }
 
-int pick_free_port() {
+namespace {
+bool can_listen_on(int port) {
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) throw RunError(std::string("cannot pick a free port: socket: ") + std::strerror(errno));
+  if (fd < 0) return false;
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;  // the kernel picks an unused ephemeral port
-  socklen_t len = sizeof addr;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    int err = errno;
-    ::close(fd);
-    throw RunError(std::string("cannot pick a free port on 127.0.0.1: ") + std::strerror(err));
-  }
+  addr.sin_addr.s_addr = htonl(INADDR_ANY);  // where torch's TCPStore and our rendezvous listen
+  addr.sin_port = htons(static_cast<std::uint16_t>(port));
+  const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
   ::close(fd);
-  return ntohs(addr.sin_port);
+  return ok;
+}
+}  // namespace
+
+int pick_free_port() {
+  // Below Linux's ephemeral range (32768-60999 by default): a port picked in that range by binding
+  // port 0 can be handed to some process's outgoing connection in the seconds before rank 0
+  // listens on it (seen: EADDRINUSE in the rendezvous of four Python ranks). Start at a point
+  // that differs per process so that launchers running side by side do not pick the same one.
+  constexpr int kFirst = 20000, kCount = 12000;
+  const auto salt = static_cast<std::uint64_t>(::getpid()) * 0x9E3779B97F4A7C15ull ^
+                    static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+  for (int attempt = 0; attempt < 64; ++attempt) {
+    const int port = kFirst + static_cast<int>((salt + static_cast<std::uint64_t>(attempt) * 7919u) % kCount);
+    if (can_listen_on(port)) return port;
+  }
+  throw RunError("cannot pick a free port: 64 ports between " + std::to_string(kFirst) + " and " +
+                 std::to_string(kFirst + kCount - 1) + " are all in use (pass --master-port)");
 }
 
 }  // namespace ddpbench::launch

@@ -50,6 +50,7 @@ nlohmann::json to_json(const RankReport& r) {
           {"bucket_bytes", r.bucket_bytes},
           {"parameters", r.parameters},
           {"trainable_parameters", r.trainable_parameters},
+          {"optimizer_state_bytes", r.optimizer_state_bytes},
           {"steps", steps}};
 }
 
@@ -69,6 +70,7 @@ RankReport rank_report_from_json(const nlohmann::json& j) {
     r.bucket_bytes = j.at("bucket_bytes").get<std::int64_t>();
     r.parameters = j.at("parameters").get<std::int64_t>();
     r.trainable_parameters = j.at("trainable_parameters").get<std::int64_t>();
+    r.optimizer_state_bytes = j.value("optimizer_state_bytes", std::int64_t{0});
     for (const auto& s : j.at("steps")) {
       StepSample x;
       x.step = s.at("step").get<int>();
@@ -237,6 +239,7 @@ nlohmann::json make_run_document(const RunContext& ctx, const std::vector<RankRe
                         {"bucket_bytes", r.bucket_bytes},
                         {"parameters", r.parameters},
                         {"trainable_parameters", r.trainable_parameters},
+                        {"optimizer_state_bytes", r.optimizer_state_bytes},
                         {"measured_tokens", tokens},
                         {"predicted_tokens_per_step", predicted},
                         {"step_time_p50_s", median(times)},

@@ -40,6 +40,7 @@ struct RankReport {
   std::int64_t bucket_bytes = 0;
   std::int64_t parameters = 0;
   std::int64_t trainable_parameters = 0;
+  std::int64_t optimizer_state_bytes = 0;  // moments, master weights and scratch on the device
   std::vector<StepSample> steps;
 };
 

@@ -10,7 +10,7 @@ namespace {
 class SyntheticSource : public BatchSource {
  public:
   SyntheticSource(const Config& cfg, int vocab)
-      : data_(cfg.seed, vocab, cfg.seq_len, cfg.lengths, cfg.data), cfg_(cfg) {}
+      : data_(cfg.seed, vocab, cfg.seq_len, cfg.lengths, cfg.data, cfg.markov_states), cfg_(cfg) {}
   TokenBatch micro_batch(int step, int rank, int micro) const override {
     return data_.micro_batch(step, rank, micro, cfg_.grad_accum, cfg_.micro_batch);
   }
@@ -47,7 +47,7 @@ std::unique_ptr<BatchSource> BatchSource::make(const Config& cfg, int vocab, int
 }
 
 void dump_synthetic_data(const Config& cfg, int vocab, int world_size, const std::string& path) {
-  const SyntheticData data(cfg.seed, vocab, cfg.seq_len, cfg.lengths, cfg.data);
+  const SyntheticData data(cfg.seed, vocab, cfg.seq_len, cfg.lengths, cfg.data, cfg.markov_states);
   const std::int64_t global_batch = static_cast<std::int64_t>(world_size) * cfg.micro_batch * cfg.grad_accum;
   std::vector<std::vector<std::uint32_t>> docs;
   docs.reserve(static_cast<std::size_t>(global_batch * cfg.total_steps()));

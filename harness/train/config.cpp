@@ -90,6 +90,14 @@ LossNorm parse_loss_norm(std::string_view text) {
                    "' (choose global-tokens, mean-of-micro-means or local-tokens)");
 }
 
+std::string to_string(OptimState s) { return s == OptimState::fp32 ? "fp32" : "param"; }
+
+OptimState parse_optim_state(std::string_view text) {
+  for (auto s : {OptimState::fp32, OptimState::param})
+    if (text == to_string(s)) return s;
+  throw UsageError("--optim-state: unknown value '" + std::string(text) + "' (choose fp32 or param)");
+}
+
 void validate(const Config& c) {
   preset_shape(c.preset);
   require(c.trainer == "builtin" || c.trainer == "hf", "--trainer: unknown trainer '" + c.trainer + "' (choose builtin or hf)");
@@ -111,6 +119,7 @@ void validate(const Config& c) {
   require(c.timeout_s >= 1, "--timeout: must be at least 1 second");
   require(!c.profile || c.device == "cuda", "--profile: needs --device cuda (CUPTI records GPU activity)");
   require(c.data == "markov" || c.data == "random", "--data: unknown generator '" + c.data + "' (choose markov or random)");
+  require(c.markov_states >= 1, "--markov-states: must be at least 1, got " + std::to_string(c.markov_states));
   if (c.mode == Mode::lora) {
     require(c.lora_rank >= 1, "--lora-rank: must be at least 1, got " + std::to_string(c.lora_rank));
     require(c.lora_alpha > 0, "--lora-alpha: must be positive");
@@ -137,7 +146,8 @@ nlohmann::json to_json(const Config& c) {
       {"lora_rank", c.lora_rank},     {"lora_alpha", c.lora_alpha},
       {"lora_targets", c.lora_targets}, {"loss_norm", to_string(c.loss_norm)},
       {"bucket_cap_mb", c.bucket_cap_mb}, {"timeout_s", c.timeout_s},
-      {"data", c.data},               {"data_file", c.data_file},
+      {"data", c.data},               {"markov_states", c.markov_states},
+      {"data_file", c.data_file},     {"optim_state", to_string(c.optim_state)},
       {"checkpoint", c.checkpoint},   {"grad_ckpt", c.grad_ckpt},
       {"profile", c.profile},
       {"global_batch_sequences", c.global_batch_sequences()},
@@ -171,6 +181,8 @@ Config config_from_json(const nlohmann::json& j) {
     c.bucket_cap_mb = j.at("bucket_cap_mb").get<int>();
     c.timeout_s = j.at("timeout_s").get<int>();
     c.data = j.at("data").get<std::string>();
+    c.markov_states = j.value("markov_states", c.markov_states);
+    c.optim_state = parse_optim_state(j.value("optim_state", to_string(c.optim_state)));
     c.data_file = j.at("data_file").get<std::string>();
     c.checkpoint = j.at("checkpoint").get<std::string>();
     c.grad_ckpt = j.at("grad_ckpt").get<bool>();
@@ -261,6 +273,8 @@ const std::vector<Setting>& settings() {
       DDPBENCH_NUMBER("lr_warmup", lr_warmup, "optimizer steps of linear learning-rate warm-up"),
       DDPBENCH_NUMBER("weight_decay", weight_decay, "AdamW weight decay"),
       DDPBENCH_NUMBER("max_grad_norm", max_grad_norm, "clip the global gradient norm to this (0: off)"),
+      {"optim_state", "AdamW state of bf16 weights: fp32 (master weights + moments) or param (bf16, as torch.optim on a bf16 model)",
+       [](Config& c, const std::string& v) { c.optim_state = parse_optim_state(v); }},
       DDPBENCH_NUMBER("lora_rank", lora_rank, "LoRA rank r"),
       DDPBENCH_NUMBER("lora_alpha", lora_alpha, "LoRA alpha (scale alpha / r)"),
       {"lora_targets", "comma-separated modules to adapt (q_proj,...,down_proj)",
@@ -271,6 +285,7 @@ const std::vector<Setting>& settings() {
       DDPBENCH_NUMBER("timeout_s", timeout_s, "seconds before every rank is torn down"),
       {"data", "synthetic data: markov (learnable sparse Markov chain) or random (uniform tokens)",
        [](Config& c, const std::string& v) { c.data = v; }},
+      DDPBENCH_NUMBER("markov_states", markov_states, "tokens the Markov chain visits (fewer: learnt sooner)"),
       {"data_file", "read token batches from this token file instead (see `ddpbench prepare`)",
        [](Config& c, const std::string& v) { c.data_file = v; }},
       {"checkpoint", "start from this Hugging Face checkpoint folder instead of random weights",

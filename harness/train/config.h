@@ -47,6 +47,14 @@ enum class Mode { lora, full };
 // The loss normalisation of DESIGN.md (global_tokens) and the two wrong variants users hit, kept
 // so that tests can prove they differ and users can reproduce what their trainer does.
 enum class LossNorm { global_tokens, mean_of_micro_means, local_tokens };
+// Where AdamW keeps its state for a weight stored in bf16 (full fine-tuning on a GPU):
+//  fp32  - an fp32 master copy of the weight plus fp32 moments; the update runs on the master and
+//          is rounded to the bf16 weight afterwards (the bf16 mixed-precision recipe of Megatron
+//          and DeepSpeed), so an update far smaller than the weight is not lost to rounding.
+//  param - moments in the weight's own dtype and the update applied to the bf16 weight directly:
+//          torch.optim.AdamW on a model loaded in bf16 (a common Hugging Face setup); 8 bytes per
+//          parameter less, and updates below bf16's resolution vanish.
+enum class OptimState { fp32, param };
 
 struct Config {
   std::string trainer = "builtin";
@@ -70,9 +78,11 @@ struct Config {
   double lora_alpha = 32.0;
   std::vector<std::string> lora_targets = lora_module_names();
   LossNorm loss_norm = LossNorm::global_tokens;
+  OptimState optim_state = OptimState::fp32;
   int bucket_cap_mb = 25;
   int timeout_s = 1800;
   std::string data = "markov";  // markov (learnable) | random (uniform tokens, for pure speed runs)
+  int markov_states = 64;        // distinct tokens of the Markov chain (each with 4 successors)
   std::string data_file;         // a token file (token_file.h) instead of the synthetic generator
   std::string checkpoint;        // a Hugging Face checkpoint folder instead of random weights
   bool grad_ckpt = false;        // recompute each decoder layer in backward instead of storing it
@@ -109,6 +119,8 @@ std::string to_string(Mode m);
 Mode parse_mode(std::string_view text);
 std::string to_string(LossNorm n);
 LossNorm parse_loss_norm(std::string_view text);
+std::string to_string(OptimState s);
+OptimState parse_optim_state(std::string_view text);
 
 // Model FLOPs per trained token, as DESIGN.md defines them for MFU: 6N + 12 l d s for full
 // fine-tuning, 4N + 6 N_lora + 12 l d s for LoRA (N: non-embedding matmul parameters).

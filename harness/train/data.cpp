@@ -36,10 +36,11 @@ std::int64_t TokenBatch::predicted_tokens() const {
   return n;
 }
 
-SyntheticData::SyntheticData(std::uint64_t seed, int vocab, int seq_len, Lengths lengths, const std::string& kind)
+SyntheticData::SyntheticData(std::uint64_t seed, int vocab, int seq_len, Lengths lengths, const std::string& kind,
+                             int markov_states)
     : seed_(seed), vocab_(vocab), seq_len_(seq_len), lengths_(lengths), markov_(kind == "markov") {
   if (!markov_) return;
-  const int states = std::min(kMarkovStates, vocab - 1);
+  const int states = std::max(1, std::min(markov_states, vocab - 1));
   active_.reserve(static_cast<std::size_t>(states));
   for (int i = 0; i < states; ++i)
     active_.push_back(1 + static_cast<std::int64_t>(key(seed_, 0x4D41524B, static_cast<std::uint64_t>(i), 0) %

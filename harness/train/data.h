@@ -30,13 +30,18 @@ struct TokenBatch {
   std::int64_t predicted_tokens() const;  // labels that count in the loss: sum of (length - 1)
 };
 
+inline constexpr int kMarkovStates = 64;
+inline constexpr int kMarkovSuccessors = 4;
+
 // kind "random": every token uniform over the vocabulary, nothing to learn (pure speed runs).
-// kind "markov": a sparse Markov chain over an active subset of the vocabulary (at most 4096 ids,
-// each with 4 equally likely successors), so the loss falls from ln(vocab) towards ln(4) as a model
-// learns it, and two loss curves that match mean something.
+// kind "markov": a sparse Markov chain over an active subset of the vocabulary (`markov_states`
+// ids, each with 4 equally likely successors), so the loss falls from ln(vocab) towards ln(4) as a
+// model learns it, and two loss curves that match mean something. A smaller subset is learnt in
+// fewer steps: its unigram part alone takes the loss from ln(vocab) to about ln(markov_states).
 class SyntheticData {
  public:
-  SyntheticData(std::uint64_t seed, int vocab, int seq_len, Lengths lengths, const std::string& kind = "markov");
+  SyntheticData(std::uint64_t seed, int vocab, int seq_len, Lengths lengths, const std::string& kind = "markov",
+                int markov_states = kMarkovStates);
 
   // Micro-batch `micro` of `rank` at optimizer step `step`: rows (rank * grad_accum + micro) *
   // micro_batch ... + micro_batch - 1 of the step's global batch, so each rank reads its own shard.
@@ -57,9 +62,6 @@ class SyntheticData {
   bool markov_;
   std::vector<std::int64_t> active_;  // the Markov chain's states
 };
-
-inline constexpr int kMarkovStates = 4096;
-inline constexpr int kMarkovSuccessors = 4;
 
 // Counter-based hashing (splitmix64 finaliser): the same inputs give the same value on any machine.
 std::uint64_t mix64(std::uint64_t x);

@@ -14,6 +14,7 @@
 #include "profile/activity.h"
 #include "profile/in_process.h"
 #include "profile/phases.h"
+#include "train/adamw.h"
 #include "train/batches.h"
 #include "train/data.h"
 #include "train/model.h"
@@ -41,37 +42,17 @@ std::string host_name() {
   return buf;
 }
 
-// Minimal AdamW state for the fused ATen kernel (the one torch.optim.AdamW(fused=True) runs).
-struct AdamW {
-  std::vector<at::Tensor> params, exp_avg, exp_avg_sq, steps;
-  double lr, weight_decay;
-  AdamW(std::vector<at::Tensor> ps, double lr_, double wd) : params(std::move(ps)), lr(lr_), weight_decay(wd) {
-    for (const auto& p : params) {
-      exp_avg.push_back(at::zeros_like(p, p.options().requires_grad(false)));
-      exp_avg_sq.push_back(at::zeros_like(p, p.options().requires_grad(false)));
-      steps.push_back(at::zeros({}, p.options().dtype(at::kFloat).requires_grad(false)));
-    }
-  }
-  void step() {
-    std::vector<at::Tensor> grads;
-    grads.reserve(params.size());
-    for (const auto& p : params) grads.push_back(p.grad());
-    at::NoGradGuard no_grad;
-    // The kernel reads the step count for bias correction but leaves counting to the caller.
-    at::_foreach_add_(steps, 1);
-    at::_fused_adamw_(params, grads, exp_avg, exp_avg_sq, {}, steps, lr, 0.9, 0.999, weight_decay, 1e-8,
-                      /*amsgrad=*/false, /*maximize=*/false);
-  }
-};
-
 // Global L2 norm of the averaged gradient; scales gradients down to max_norm when it is exceeded
-// (max_norm 0: no clipping), as torch.nn.utils.clip_grad_norm_ does.
+// (max_norm 0: no clipping), as torch.nn.utils.clip_grad_norm_ does, rounding included: the total
+// norm and the clip factor stay in the gradients' dtype (bf16 in full fine-tuning). An fp32 norm
+// gives a factor up to 2^-8 apart from torch's every step, and on a fast-learning run that alone
+// pulled the two trainers' loss curves apart well beyond their run-to-run noise.
 double clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm) {
   std::vector<at::Tensor> grads;
   for (const auto& p : params) grads.push_back(p.grad());
   at::NoGradGuard no_grad;
   const auto norms = at::_foreach_norm(grads, 2);
-  const auto total = at::linalg_vector_norm(at::stack(norms).to(at::kFloat), 2);
+  const auto total = at::linalg_vector_norm(at::stack(norms), 2);
   if (max_norm > 0) {
     const auto coef = at::clamp_max(max_norm / (total + 1e-6), 1.0);
     at::_foreach_mul_(grads, coef.to(grads.front().scalar_type()));
@@ -160,7 +141,8 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
     reducer.set_phases(&phases);
     report.buckets = reducer.bucket_count();
     for (int b = 0; b < reducer.bucket_count(); ++b) report.bucket_bytes += reducer.bucket_bytes(b);
-    AdamW optimizer(trainable, cfg.lr, cfg.weight_decay);
+    AdamW optimizer(trainable, cfg.weight_decay, cfg.optim_state);
+    report.optimizer_state_bytes = optimizer.state_bytes();
     const auto shape = preset_shape(cfg.preset);
     const auto batches = BatchSource::make(cfg, shape.vocab, env.world_size);
     ddp::synchronize(cfg.device, env.local_rank);
@@ -235,8 +217,7 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
       {
         const auto scope = phases.scope(profile::kOptimizerRange);
         sample.grad_norm = clip_grad_norm(trainable, cfg.max_grad_norm);
-        optimizer.lr = cfg.lr_at(step);
-        optimizer.step();
+        optimizer.step(cfg.lr_at(step));
       }
       comm->allreduce_sum(loss_acc);
       sample.loss = loss_acc.item<double>();
