@@ -125,8 +125,7 @@ CellResult run_cell(const CellRequest& req) {
     }
   }
 
-  const auto runtime = ddp::runtime_info();
-  const auto fp = results::collect_fingerprint(runtime);
+  const auto fp = req.fingerprint ? *req.fingerprint : results::collect_fingerprint(ddp::runtime_info());
   results::RunContext ctx;
   ctx.run_id = req.run_id;
   ctx.cell = req.cell;

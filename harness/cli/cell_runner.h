@@ -1,11 +1,13 @@
 // Runs one configuration as a DDP job: writes the config, launches the ranks through the launcher,
 // merges the rank reports into a run document. `train` runs one cell, `run` a suite of them.
 #pragma once
+#include <optional>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
 #include "launch/launch.h"
+#include "results/fingerprint.h"
 #include "train/config.h"
 
 namespace ddpbench::cli {
@@ -17,6 +19,9 @@ struct CellRequest {
   train::Config config;
   launch::Topology topology;  // nproc_per_node is taken from config.nproc
   bool echo_rank0 = true;
+  // The environment the cell ran in; collected by run_cell when absent. A suite run collects it
+  // once for all of its cells (NVML, driver and git queries are the same for each).
+  std::optional<results::Fingerprint> fingerprint;
 };
 
 struct CellResult {

@@ -66,6 +66,7 @@ int run_main(const RunArgs& a) {
     std::string status;
     nlohmann::json summary;
   };
+  const auto fingerprint = results::collect_fingerprint(runtime);
   std::vector<Row> rows;
   std::string csv = results::long_csv_header();
   nlohmann::json index = {{"suite", suite.name}, {"run_id", run_id}, {"created", utc_timestamp()}, {"cells", nlohmann::json::array()}};
@@ -84,6 +85,7 @@ int run_main(const RunArgs& a) {
       req.cell = cell.name;
       req.dir = run_dir + "/work/" + file_name_of(cell.name);
       req.config = cell.config;
+      req.fingerprint = fingerprint;
       const auto result = run_cell(req);
       write_file_atomic(run_dir + "/" + file, result.document.dump(2) + "\n");
       csv += results::long_csv_rows(result.document);

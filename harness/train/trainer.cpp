@@ -47,7 +47,9 @@ std::string host_name() {
 // norm and the clip factor stay in the gradients' dtype (bf16 in full fine-tuning). An fp32 norm
 // gives a factor up to 2^-8 apart from torch's every step, and on a fast-learning run that alone
 // pulled the two trainers' loss curves apart well beyond their run-to-run noise.
-double clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm) {
+// Returns the norm as a device tensor: reading it here would stall the host until the GPU is done,
+// leaving the GPU idle while the optimizer's kernels are launched; it is read once the step is.
+at::Tensor clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm) {
   std::vector<at::Tensor> grads;
   for (const auto& p : params) grads.push_back(p.grad());
   at::NoGradGuard no_grad;
@@ -57,7 +59,7 @@ double clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm) {
     const auto coef = at::clamp_max(max_norm / (total + 1e-6), 1.0);
     at::_foreach_mul_(grads, coef.to(grads.front().scalar_type()));
   }
-  return total.item<double>();
+  return total;
 }
 
 at::Tensor to_device(const std::vector<std::int64_t>& values, int rows, int cols, const at::Device& device) {
@@ -214,13 +216,15 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
         }
         probe.on_grads(step, flat);
       }
+      at::Tensor grad_norm;
       {
         const auto scope = phases.scope(profile::kOptimizerRange);
-        sample.grad_norm = clip_grad_norm(trainable, cfg.max_grad_norm);
+        grad_norm = clip_grad_norm(trainable, cfg.max_grad_norm);
         optimizer.step(cfg.lr_at(step));
       }
       comm->allreduce_sum(loss_acc);
       sample.loss = loss_acc.item<double>();
+      sample.grad_norm = grad_norm.item<double>();
       ddp::synchronize(cfg.device, env.local_rank);
       step_scope.reset();
       sample.step_time_s = std::chrono::duration<double>(Clock::now() - t0).count();
