@@ -17,6 +17,12 @@ struct NamedTensor {
   at::Tensor tensor;
 };
 
+// N(0, std^2) values of `shape` in fp32 on the CPU, moved to `options`: drawn in chunks of `chunk`
+// elements, each from its own generator seeded by one draw of `gen` and the chunk's index, in
+// parallel; the values depend on the seed and the chunk size, not on the thread count.
+at::Tensor init_normal(at::IntArrayRef shape, double std, at::TensorOptions options, at::Generator& gen,
+                       std::int64_t chunk = std::int64_t{1} << 20);
+
 class LlamaModel {
  public:
   // Random initialisation from cfg.seed through a generator of the model's own, so that models
