@@ -126,6 +126,7 @@ TEST(ProfileAnalysis, KernelsOnSeveralStreamsCountOnceWhenConcurrent) {
   EXPECT_EQ(s.idle_ns, 150u);
   EXPECT_EQ(s.host_gaps, 1u);  // [300,400); [450,500) is 50 ns, not longer than the threshold
   EXPECT_EQ(s.host_gap_ns, 100u);
+  EXPECT_EQ(s.launch_gaps, 1u);  // [450,500)
   expect_invariant(s);
 }
 
@@ -490,7 +491,8 @@ TEST(ProfileAnalysis, MemoryPeakWithInterleavedAllocationsAndReleases) {
 // Property: against a nanosecond-by-nanosecond count on random layouts.
 
 struct Brute {
-  std::uint64_t busy = 0, compute = 0, comm = 0, exposed = 0, other = 0, memops = 0, idle = 0, gaps = 0, gap_ns = 0;
+  std::uint64_t busy = 0, compute = 0, comm = 0, exposed = 0, other = 0, memops = 0, idle = 0, gaps = 0, gap_ns = 0,
+                short_gaps = 0;
 };
 
 Brute brute_force(const RankActivity& a, std::uint64_t s, std::uint64_t e, std::uint64_t threshold) {
@@ -500,6 +502,8 @@ Brute brute_force(const RankActivity& a, std::uint64_t s, std::uint64_t e, std::
     if (run > threshold) {
       ++r.gaps;
       r.gap_ns += run;
+    } else if (run > 0) {
+      ++r.short_gaps;
     }
     run = 0;
   };
@@ -571,6 +575,7 @@ TEST(ProfileProperty, RandomLayoutsMatchABruteForceCountAndAddUp) {
       EXPECT_EQ(st.idle_ns, r.idle);
       EXPECT_EQ(st.host_gaps, r.gaps);
       EXPECT_EQ(st.host_gap_ns, r.gap_ns);
+      EXPECT_EQ(st.launch_gaps, r.short_gaps);
       expect_invariant(st);
       if (st.comm_ns > 0) {
         EXPECT_GE(st.overlap, 0.0);
@@ -768,7 +773,7 @@ TEST(ProfileFormats, BreakdownJsonAndRendering) {
   const auto& st = j["steps"][0];
   for (const char* key : {"index", "warmup", "name", "start", "end", "step_ns", "busy_ns", "compute_ns", "comm_ns",
                           "exposed_comm_ns", "overlapped_comm_ns", "other_ns", "memory_ops_ns", "idle_ns", "host_gaps",
-                          "host_gap_ns", "kernels", "overlap", "phases_ns"})
+                          "host_gap_ns", "launch_gaps", "kernels", "overlap", "phases_ns"})
     EXPECT_TRUE(st.contains(key)) << key;
   EXPECT_EQ(st["exposed_comm_ns"], 200'000);
   EXPECT_DOUBLE_EQ(st["overlap"].get<double>(), 1.0 / 3.0);

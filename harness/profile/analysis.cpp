@@ -299,9 +299,12 @@ RankBreakdown analyze(const RankActivity& activity, const AnalysisOptions& optio
     if (e > s) {
       std::uint64_t cursor = s;
       auto gap_to = [&](std::uint64_t t) {
-        if (t > cursor && t - cursor > options.gap_threshold_ns) {
+        if (t <= cursor) return;
+        if (t - cursor > options.gap_threshold_ns) {
           ++st.host_gaps;
           st.host_gap_ns += t - cursor;
+        } else {
+          ++st.launch_gaps;
         }
       };
       const auto& bs = busy.spans();
@@ -578,9 +581,11 @@ std::string render_breakdown(const RankBreakdown& b) {
   row("compute", s.total.compute_ns, s.compute_fraction);
   row("exposed comm", s.total.exposed_comm_ns, s.exposed_comm_fraction);
   row("other (memops)", s.total.other_ns, s.other_fraction);
-  char gaps[96];
-  std::snprintf(gaps, sizeof gaps, "   host-bound gaps: %.1f/step, %s/step", per_step(s.total.host_gaps),
-                ms(per_step(s.total.host_gap_ns)).c_str());
+  char gaps[160];
+  const auto short_ns = s.total.idle_ns - s.total.host_gap_ns;
+  std::snprintf(gaps, sizeof gaps, "   host-bound gaps: %.1f/step, %s/step; launch gaps: %.0f/step, %s/step",
+                per_step(s.total.host_gaps), ms(per_step(s.total.host_gap_ns)).c_str(), per_step(s.total.launch_gaps),
+                ms(per_step(short_ns)).c_str());
   row("idle", s.total.idle_ns, s.idle_fraction, gaps);
   std::snprintf(line, sizeof line, "communication   %s/step, overlapped with compute %s\n",
                 ms(per_step(s.total.comm_ns)).c_str(), pct(s.overlap).c_str());

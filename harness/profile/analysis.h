@@ -64,6 +64,10 @@ struct StepQuantities {
   T idle_ns{};
   T host_gaps{};    // idle stretches longer than the gap threshold (the GPU waiting for the host)
   T host_gap_ns{};  // their total length
+  // The other idle stretches (idle_ns - host_gap_ns in total): the GPU between two pieces of work the
+  // host had already queued, a few microseconds each. Many of them mean launch latency between many
+  // small kernels, which fusion or CUDA graphs remove and no host-side fix does.
+  T launch_gaps{};
   T kernels{};      // kernels that start in the window
 };
 
@@ -81,6 +85,7 @@ void for_each_quantity(Q& q, F&& f) {
   f("idle_ns", q.idle_ns);
   f("host_gaps", q.host_gaps);
   f("host_gap_ns", q.host_gap_ns);
+  f("launch_gaps", q.launch_gaps);
   f("kernels", q.kernels);
 }
 
