@@ -2,7 +2,8 @@
 """Side-by-side table of the result documents in one folder, as scripts/gpu-check writes them
 (<workload>-<trainer>-n<gpus>[-r<repeat>].json): tokens/s per GPU (the median over repeats, with
 their range when a cell ran more than once), step time, peak memory, scaling efficiency against the
-same trainer on 1 GPU, the built-in/HF speed ratio, the loss at the first and last step against
+same trainer on 1 GPU (from tokens/s, as DESIGN.md defines it, and from median step times beside
+it), the built-in/HF speed ratio, the loss at the first and last step against
 ln(vocab), and how far the two trainers' loss curves lie apart at the same GPU count (largest
 relative difference over all steps, first repeat of each). Where the folder holds an A/A run
 (<workload>-aa-n1.json: the built-in trainer, same batch as accumulated half micro-batches, the same
@@ -42,6 +43,10 @@ def tps(docs):
     return statistics.median(d["summary"]["tokens_per_s_per_gpu"] for d in docs)
 
 
+def p50s(docs):
+    return statistics.median(d["summary"]["step_time_p50_s"] for d in docs)
+
+
 def vocab_of(doc):
     shapes = {"tiny": 256, "350m": 32000, "1b": 128256, "8b": 128256}
     return shapes.get(doc.get("config", {}).get("preset", ""), 0)
@@ -50,7 +55,7 @@ def vocab_of(doc):
 def main(folder):
     cells = load(folder)
     print(f"{'workload':10s} {'trainer':8s} {'gpus':>4s} {'runs':>4s} {'tok/s/gpu':>10s} {'range':>15s} {'p50 ms':>8s} "
-          f"{'p95 ms':>8s} {'peak GiB':>8s} {'scaling':>8s} {'vs hf':>7s} {'loss 1st':>8s} {'last':>7s} "
+          f"{'p95 ms':>8s} {'peak GiB':>8s} {'scaling':>8s} {'by p50':>7s} {'vs hf':>7s} {'loss 1st':>8s} {'last':>7s} "
           f"{'ln(V)':>6s} {'max dloss':>9s} {'A/A':>9s}")
     for (w, t, n), docs in sorted(cells.items()):
         good = ok(docs)
@@ -64,6 +69,9 @@ def main(folder):
         spread = f"{min(speeds):.0f}-{max(speeds):.0f}" if len(good) > 1 else ""
         one = ok(cells.get((w, t, 1), []))
         scaling = f"{100 * tps(good) / tps(one):.1f}%" if one and n > 1 else ""
+        # The same ratio from median step times: what the tokens/s figure would be without slow-step
+        # outliers (tokens/s divides by the total time, so a few slow steps weigh in fully).
+        p50_scaling = f"{100 * p50s(one) / p50s(good):.1f}%" if one and n > 1 else ""
         other = ok(cells.get((w, "hf", n), []))
         ratio, dloss, floor = "", "", ""
         if t == "builtin" and other:
@@ -79,7 +87,7 @@ def main(folder):
         peak = max(d["summary"]["peak_allocated_bytes"] for d in good) / 2**30
         failed = f" ({len(docs) - len(good)} failed)" if len(good) < len(docs) else ""
         print(f"{w:10s} {t:8s} {n:4d} {len(good):4d} {tps(good):10.0f} {spread:>15s} {p50:8.1f} {p95:8.1f} {peak:8.2f} "
-              f"{scaling:>8s} {ratio:>7s} {losses[0]:8.4f} {losses[-1]:7.4f} {math.log(v) if v else 0:6.2f} {dloss:>9s} {floor:>9s}{failed}")
+              f"{scaling:>8s} {p50_scaling:>7s} {ratio:>7s} {losses[0]:8.4f} {losses[-1]:7.4f} {math.log(v) if v else 0:6.2f} {dloss:>9s} {floor:>9s}{failed}")
 
 
 if __name__ == "__main__":
