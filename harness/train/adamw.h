@@ -20,7 +20,8 @@ class AdamW {
   AdamW(std::vector<at::Tensor> params, double weight_decay, OptimState state,
         std::int64_t scratch_elems = std::int64_t{1} << 25);
   void step(double lr);
-  // Bytes of optimizer state held on the device (moments, master weights, scratch, step counts).
+  // Bytes of optimizer state held on the device: moments, master weights and the scratch (the
+  // scalar step counts left out, as the HF trainer's figure leaves them out).
   std::int64_t state_bytes() const;
   // The fp32 master weight of params[i] (the parameter itself where it is fp32 already).
   const at::Tensor& master(std::size_t i) const { return master_[i]; }

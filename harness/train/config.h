@@ -55,6 +55,9 @@ enum class LossNorm { global_tokens, mean_of_micro_means, local_tokens };
 //          torch.optim.AdamW on a model loaded in bf16 (a common Hugging Face setup); 8 bytes per
 //          parameter less, and updates below bf16's resolution vanish.
 enum class OptimState { fp32, param };
+// Tokens the learnable synthetic data's Markov chain visits by default (train/data.h): few enough
+// that the GPU presets learn them within 50 steps.
+inline constexpr int kMarkovStates = 64;
 
 struct Config {
   std::string trainer = "builtin";
@@ -82,7 +85,7 @@ struct Config {
   int bucket_cap_mb = 25;
   int timeout_s = 1800;
   std::string data = "markov";  // markov (learnable) | random (uniform tokens, for pure speed runs)
-  int markov_states = 64;        // distinct tokens of the Markov chain (each with 4 successors)
+  int markov_states = kMarkovStates;  // distinct tokens of the Markov chain (each with 4 successors)
   std::string data_file;         // a token file (token_file.h) instead of the synthetic generator
   std::string checkpoint;        // a Hugging Face checkpoint folder instead of random weights
   bool grad_ckpt = false;        // recompute each decoder layer in backward instead of storing it

@@ -30,7 +30,6 @@ struct TokenBatch {
   std::int64_t predicted_tokens() const;  // labels that count in the loss: sum of (length - 1)
 };
 
-inline constexpr int kMarkovStates = 64;
 inline constexpr int kMarkovSuccessors = 4;
 
 // kind "random": every token uniform over the vocabulary, nothing to learn (pure speed runs).
