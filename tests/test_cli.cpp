@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/strings.h"
+#include "profile/activity.h"
 
 namespace {
 
@@ -85,7 +86,7 @@ TEST_F(Cli, BadFlagValuesGiveOneClearLineAndExitTwo) {
 }
 
 TEST_F(Cli, HelpExitsZeroForEverySubcommand) {
-  for (const char* sub : {"", "train", "run", "doctor"}) {
+  for (const char* sub : {"", "train", "run", "doctor", "profile", "analyze"}) {
     SCOPED_TRACE(sub);
     const auto r = run(std::string(sub) + " --help", dir_);
     EXPECT_EQ(r.status, 0);
@@ -187,6 +188,52 @@ std::vector<double> loss_curve(const nlohmann::json& doc) {
 
 // `prepare` writes what the built-in trainer starts from: training from its checkpoint and token
 // file must give the same loss curve, bit for bit, as training from the seed.
+// Two ranks' recorded activity, as a GPU run leaves it: rank 1 reaches every allreduce 3 ms before
+// rank 0, so its NCCL kernels run 3 ms longer. `analyze` names rank 0 the straggler and writes the
+// profile JSON; a marker that matches no range is a usage error that says which names it saw.
+TEST_F(Cli, AnalyzeRecordedActivityFindsTheStraggler) {
+  for (int rank : {0, 1}) {
+    ddpbench::profile::RankActivity a;
+    a.rank = rank;
+    a.world_size = 2;
+    a.device_name = "NVIDIA H100 80GB HBM3";
+    for (std::uint64_t step = 0; step < 4; ++step) {
+      const std::uint64_t s = step * 20'000'000;
+      a.ranges.push_back({s, s + 20'000'000, 1, "step"});
+      ddpbench::profile::KernelRecord gemm;
+      gemm.start = s + 100'000;
+      gemm.end = s + 10'000'000;
+      gemm.name = "gemm";
+      a.kernels.push_back(gemm);
+      ddpbench::profile::KernelRecord allreduce;
+      allreduce.start = s + (rank == 1 ? 10'000'000 : 13'000'000);
+      allreduce.end = s + 14'000'000;
+      allreduce.name = "ncclDevKernel_AllReduce_Sum_bf16_RING_LL";
+      allreduce.stream = 20;
+      a.kernels.push_back(allreduce);
+    }
+    ddpbench::write_file_atomic((dir_ / ("rank" + std::to_string(rank) + ".activity.json")).string(),
+                                ddpbench::profile::to_json(a).dump());
+  }
+  const auto r = run("analyze . --warmup 1 --gap-us 100", dir_);
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("rank 1/2 on NVIDIA H100 80GB HBM3: 3 steps measured"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("straggler: rank 0"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("last to arrive in 3 of 3 steps"), std::string::npos) << r.output;
+  const auto j = load("profile.json");
+  EXPECT_EQ(j["ranks"].size(), 2u);
+  EXPECT_EQ(j["ranks"][0]["gap_threshold_ns"], 100'000);
+  const auto& wait = j["stragglers"]["collective_wait"];
+  EXPECT_EQ(wait["last_most_often"], 0);
+  EXPECT_DOUBLE_EQ(wait["ranks"][1]["median_wait_ns"].get<double>(), 3'000'000.0);
+  EXPECT_TRUE(fs::exists(dir_ / "rank1.trace.json"));
+
+  const auto bad = run("analyze . --step-marker iteration", dir_);
+  EXPECT_EQ(bad.status, 2);
+  EXPECT_NE(bad.err.find("step"), std::string::npos) << bad.err;
+  EXPECT_EQ(run("analyze no-such-folder", dir_).status, 2);
+}
+
 TEST_F(Cli, TrainingFromPreparedCheckpointAndTokenFileEqualsTrainingFromTheSeed) {
   const std::string flags = "--mode lora --lora-rank 4 --seq-len 32 --lengths uniform:4:32 --nproc 2 --grad-accum 2 --warmup 0 --steps 3 --lr 1e-2";
   ASSERT_EQ(run("prepare " + flags + " --out in", dir_).status, 0);

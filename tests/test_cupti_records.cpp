@@ -221,6 +221,7 @@ TEST(CuptiRecords, MemoryAllocationAndRelease) {
   EXPECT_EQ(alloc->address, 0x7f0000u);
   EXPECT_EQ(alloc->bytes, 2u << 20);
   EXPECT_EQ(alloc->device, 3u);
+  EXPECT_EQ(alloc->kind, "device");
 
   const auto release = memory_record(memory_activity(CUPTI_ACTIVITY_MEMORY_OPERATION_TYPE_RELEASE,
                                                      CUPTI_ACTIVITY_MEMORY_KIND_DEVICE, 200, 0x7f0000, 2 << 20));
@@ -236,8 +237,12 @@ TEST(CuptiRecords, MemoryAllocationAndRelease) {
                                              CUPTI_ACTIVITY_MEMORY_KIND_PAGEABLE, 1, 1, 1)));
   EXPECT_FALSE(memory_record(memory_activity(CUPTI_ACTIVITY_MEMORY_OPERATION_TYPE_INVALID,
                                              CUPTI_ACTIVITY_MEMORY_KIND_DEVICE, 1, 1, 1)));
-  EXPECT_TRUE(memory_record(memory_activity(CUPTI_ACTIVITY_MEMORY_OPERATION_TYPE_ALLOCATION,
-                                            CUPTI_ACTIVITY_MEMORY_KIND_MANAGED, 1, 1, 1)));
+  EXPECT_EQ(memory_record(memory_activity(CUPTI_ACTIVITY_MEMORY_OPERATION_TYPE_ALLOCATION,
+                                          CUPTI_ACTIVITY_MEMORY_KIND_MANAGED, 1, 1, 1))->kind, "managed");
+  EXPECT_EQ(memory_record(memory_activity(CUPTI_ACTIVITY_MEMORY_OPERATION_TYPE_ALLOCATION,
+                                          CUPTI_ACTIVITY_MEMORY_KIND_UNKNOWN, 1, 1, 1))->kind, "unknown");
+  EXPECT_EQ(memory_record(memory_activity(CUPTI_ACTIVITY_MEMORY_OPERATION_TYPE_ALLOCATION,
+                                          CUPTI_ACTIVITY_MEMORY_KIND_DEVICE_STATIC, 1, 1, 1))->kind, "device_static");
 }
 
 // --- NVTX markers ----------------------------------------------------------------------------

@@ -485,6 +485,23 @@ TEST(ProfileAnalysis, MemoryPeakWithInterleavedAllocationsAndReleases) {
   EXPECT_EQ(later.peak_bytes, 280);
   EXPECT_EQ(*later.peak_at, 60u);
   EXPECT_EQ(later.peak_step, 1);
+
+  // Records of a kind CUPTI ties to no device arrive as device 0; they get a peak of their own, so
+  // that another rank's "device 0" line does not read as memory on the first GPU.
+  RankActivity kinds;
+  kinds.ranges = {range(0, 10)};
+  kinds.memory = {mem(1, 1 << 20, true, 1), mem(2, 16, true, 0), mem(3, 16, true, 0)};
+  kinds.memory[1].kind = kinds.memory[2].kind = "unknown";
+  const auto kb = analyze(kinds);
+  ASSERT_EQ(kb.memory.size(), 2u);
+  EXPECT_EQ(kb.memory[0].device, 0u);
+  EXPECT_EQ(kb.memory[0].kind, "unknown");
+  EXPECT_EQ(kb.memory[0].peak_bytes, 32);
+  EXPECT_EQ(kb.memory[1].device, 1u);
+  EXPECT_EQ(kb.memory[1].kind, "device");
+  EXPECT_EQ(kb.memory[1].peak_bytes, 1 << 20);
+  EXPECT_TRUE(contains(render_breakdown(kb), "device 0 (unknown memory): 32 B")) << render_breakdown(kb);
+  EXPECT_EQ(to_json(kb)["memory"][0]["kind"], "unknown");
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -670,6 +687,78 @@ TEST(ProfileStraggler, ThreeRanks) {
   EXPECT_TRUE(contains(message_of<UsageError>([&] { straggler_view({ranks[0], ranks[0]}); }), "rank 2"));
 }
 
+// Ranks whose collectives (communication kernels, in start order) last the given durations, step by
+// step; steps are 1000 ns windows, the first a warm-up without collectives.
+RankBreakdown rank_with_collectives(int rank, const std::vector<std::vector<std::uint64_t>>& per_step) {
+  RankActivity a;
+  a.rank = rank;
+  a.world_size = 3;
+  a.ranges.push_back(range(0, 1000));
+  a.kernels.push_back(kernel(100, 900));
+  for (std::size_t i = 0; i < per_step.size(); ++i) {
+    const std::uint64_t s = 1000 * (i + 1);
+    a.ranges.push_back(range(s, s + 1000));
+    a.kernels.push_back(kernel(s + 10, s + 100));
+    std::uint64_t t = s + 100;
+    for (auto d : per_step[i]) {
+      a.kernels.push_back(nccl(t, t + d));
+      t += 100;
+    }
+  }
+  return analyze(a, opts(50, 1));
+}
+
+TEST(ProfileStraggler, CollectiveWaitFindsTheRankTheOthersWaitFor) {
+  // Step 1: rank 0 arrives last at both collectives (its kernels are the shortest), rank 2 waits most.
+  // Step 2: rank 1 is last. Step 3: rank 0 ran one collective fewer, so the step cannot be matched.
+  // Step 4: one collective, rank 0 last again.
+  const std::vector<RankBreakdown> ranks = {
+      rank_with_collectives(1, {{40, 25}, {10, 5}, {10, 10}, {25}}),
+      rank_with_collectives(0, {{10, 20}, {50, 5}, {10}, {5}}),
+      rank_with_collectives(2, {{10, 60}, {20, 5}, {10, 10}, {15}}),
+  };
+  EXPECT_EQ(ranks[0].steps[1].collective_ns, (std::vector<std::uint64_t>{40, 25}));
+  EXPECT_TRUE(ranks[0].steps[0].collective_ns.empty());
+  const auto view = straggler_view(ranks);
+  const auto& w = view["collective_wait"];
+  EXPECT_EQ(w["matched_steps"], 3);
+  EXPECT_EQ(w["unmatched_steps"], nlohmann::json({3}));
+  ASSERT_EQ(w["ranks"].size(), 3u);
+  // Waits per matched step: rank 0 {0, 40, 0}, rank 1 {35, 0, 20}, rank 2 {40, 10, 10}.
+  EXPECT_EQ(w["ranks"][0]["rank"], 0);
+  EXPECT_DOUBLE_EQ(w["ranks"][0]["median_wait_ns"].get<double>(), 0.0);
+  EXPECT_DOUBLE_EQ(w["ranks"][0]["total_wait_ns"].get<double>(), 40.0);
+  EXPECT_EQ(w["ranks"][0]["times_last"], 2);
+  EXPECT_DOUBLE_EQ(w["ranks"][1]["median_wait_ns"].get<double>(), 20.0);
+  EXPECT_EQ(w["ranks"][1]["times_last"], 1);
+  EXPECT_DOUBLE_EQ(w["ranks"][2]["median_wait_ns"].get<double>(), 10.0);
+  EXPECT_EQ(w["ranks"][2]["times_last"], 0);
+  EXPECT_EQ(w["last_most_often"], 0);
+  EXPECT_DOUBLE_EQ(w["median_longest_wait_ns"].get<double>(), 40.0);
+
+  const std::string screen = render_straggler_view(view);
+  EXPECT_TRUE(contains(screen, "3 steps matched, 1 with unequal collectives left out")) << screen;
+  EXPECT_TRUE(contains(screen, "last to arrive in 2 of 3 steps")) << screen;
+  EXPECT_TRUE(contains(screen, "straggler: rank 0")) << screen;
+  EXPECT_TRUE(render_straggler_view(straggler_view({ranks[0]})).empty());
+
+  // No collectives at all (one GPU, or a trainer without NCCL): nobody is last.
+  const auto quiet = straggler_view({rank_with_collectives(0, {{}, {}}), rank_with_collectives(1, {{}, {}})});
+  EXPECT_EQ(quiet["collective_wait"]["matched_steps"], 2);
+  EXPECT_TRUE(quiet["collective_wait"]["last_most_often"].is_null());
+  EXPECT_FALSE(contains(render_straggler_view(quiet), "straggler:"));
+}
+
+TEST(ProfileStraggler, CollectivesBelongToTheStepTheyStartIn) {
+  RankActivity a;
+  a.ranges = {range(0, 1000), range(1000, 2000)};
+  a.kernels = {nccl(900, 1300), nccl(1400, 1500), nccl(2100, 2200)};  // the last starts after every step
+  const auto b = analyze(a, opts());
+  ASSERT_EQ(b.steps.size(), 2u);
+  EXPECT_EQ(b.steps[0].collective_ns, (std::vector<std::uint64_t>{400}));
+  EXPECT_EQ(b.steps[1].collective_ns, (std::vector<std::uint64_t>{100}));
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Formats.
 
@@ -702,6 +791,7 @@ RankActivity sample_activity() {
   s.device = 1;
   a.memsets = {s};
   a.memory = {mem(base + 5, 1 << 20, true, 1), mem(base + 9700, 1 << 20, false, 1)};
+  a.memory[1].kind = "managed";
   a.ranges = {range(base, base + 10'000, kStepRange, 140'000'000'000'001ull),
               range(base + 1, base + 900, kDataRange, 140'000'000'000'001ull)};
   return a;
@@ -726,7 +816,12 @@ TEST(ProfileFormats, ActivityJsonRoundTripIsExact) {
   EXPECT_EQ(back.memcpys.at(0).kind, "HtoD");
   EXPECT_EQ(back.memsets.at(0).end, a.memsets[0].end);
   EXPECT_FALSE(back.memory.at(1).allocation);
+  EXPECT_EQ(back.memory.at(1).kind, "managed");
   EXPECT_EQ(back.ranges.at(0).thread, 140'000'000'000'001ull);
+  // A file written before memory records had a kind: device memory.
+  auto older = j;
+  older["memory"][0].erase("kind");
+  EXPECT_EQ(activity_from_json(older).memory.at(0).kind, "device");
   // An empty activity too.
   EXPECT_EQ(to_json(activity_from_json(to_json(RankActivity{}))), to_json(RankActivity{}));
 }

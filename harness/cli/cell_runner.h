@@ -28,7 +28,7 @@ struct CellResult {
   bool ok = false;
   std::string reason;  // one line when not ok
   nlohmann::json document;
-  std::vector<std::string> profile_screens;  // with --profile: one breakdown screen per rank
+  std::vector<std::string> profile_screens;  // with --profile: one breakdown screen per rank, then the straggler view
 };
 
 // A trainer other than the built-in one starts from a checkpoint and a token file; where the

@@ -1,5 +1,7 @@
 #include <cstdio>
+#include <algorithm>
 #include <filesystem>
+#include <regex>
 
 #include "cli/cell_runner.h"
 #include "cli/commands.h"
@@ -16,10 +18,25 @@ namespace ddpbench::cli {
 
 namespace {
 
+// The options of the analysis, shared by `profile` and `analyze`.
+profile::AnalysisOptions default_analysis() {
+  profile::AnalysisOptions o;
+  o.warmup = 1;
+  return o;
+}
+
+void add_analysis_options(CLI::App* sub, profile::AnalysisOptions& o) {
+  sub->add_option("--step-marker", o.step_marker, "NVTX range that marks a step (re:REGEX for a pattern) [step]");
+  sub->add_option("--warmup", o.warmup, "leading steps left out of the summary [1]");
+  sub->add_option_function<double>(
+         "--gap-us", [&o](double us) { o.gap_threshold_ns = static_cast<std::uint64_t>(us * 1000.0); },
+         "idle stretches longer than this are host-bound gaps, shorter ones launch gaps, in microseconds [50]")
+      ->check(CLI::Range(0.0, 1e7));
+}
+
 struct ProfileArgs {
   int nproc = 1;
-  std::string step_marker = "step";
-  int warmup = 1;
+  profile::AnalysisOptions analysis = default_analysis();
   std::string runs_dir = "runs";
   int timeout_s = 1800;
   std::vector<std::string> command;
@@ -58,10 +75,7 @@ int profile_main(const ProfileArgs& a) {
 
   std::vector<int> ranks;
   for (const auto& r : outcome.ranks) ranks.push_back(r.global_rank);
-  profile::AnalysisOptions options;
-  options.step_marker = a.step_marker;
-  options.warmup = a.warmup;
-  const auto report = analyze_activity(activity_dir, ranks, options);
+  const auto report = analyze_activity(activity_dir, ranks, a.analysis);
   write_file_atomic(dir + "/profile.json", report.json.dump(2) + "\n");
   for (const auto& screen : report.rendered) std::printf("\n%s", screen.c_str());
   std::printf("\nprofile: %s/profile.json, traces: %s/rank<k>.trace.json\n", dir.c_str(), activity_dir.c_str());
@@ -81,12 +95,51 @@ void add_profile_command(CLI::App& app, Action& action) {
   auto args = std::make_shared<ProfileArgs>();
   auto* sub = app.add_subcommand("profile", "Profile any trainer (e.g. a Python one) under the launcher and the CUPTI injection collector");
   sub->add_option("--nproc", args->nproc, "ranks to start [1]");
-  sub->add_option("--step-marker", args->step_marker, "NVTX range that marks a step (re:REGEX for a pattern) [step]");
-  sub->add_option("--warmup", args->warmup, "leading steps left out of the summary [1]");
+  add_analysis_options(sub, args->analysis);
   sub->add_option("--runs-dir", args->runs_dir, "folder for run folders [runs]");
   sub->add_option("--timeout", args->timeout_s, "seconds before every rank is torn down [1800]");
   sub->add_option("command", args->command, "the command each rank runs, after --")->required();
   sub->callback([args, &action] { action = [args] { return profile_main(*args); }; });
+}
+
+namespace {
+
+struct AnalyzeArgs {
+  std::string dir;
+  std::string out;
+  profile::AnalysisOptions analysis = default_analysis();
+};
+
+int analyze_main(const AnalyzeArgs& a) {
+  namespace fs = std::filesystem;
+  if (!fs::is_directory(a.dir)) throw UsageError(a.dir + ": no such folder");
+  std::vector<int> ranks;
+  const std::regex activity_file(R"(rank(\d+)\.activity\.json)");
+  for (const auto& entry : fs::directory_iterator(a.dir)) {
+    const std::string name = entry.path().filename().string();
+    std::smatch m;
+    if (std::regex_match(name, m, activity_file)) ranks.push_back(std::stoi(m[1].str()));
+  }
+  if (ranks.empty())
+    throw UsageError(a.dir + ": holds no rank<k>.activity.json (what `ddpbench profile` and `train --profile` leave in their run folders)");
+  std::sort(ranks.begin(), ranks.end());
+  const auto report = analyze_activity(a.dir, ranks, a.analysis);
+  const std::string out = a.out.empty() ? a.dir + "/profile.json" : a.out;
+  write_file_atomic(out, report.json.dump(2) + "\n");
+  for (const auto& screen : report.rendered) std::printf("\n%s", screen.c_str());
+  std::printf("\nprofile: %s, traces: %s/rank<k>.trace.json\n", out.c_str(), a.dir.c_str());
+  return 0;
+}
+
+}  // namespace
+
+void add_analyze_command(CLI::App& app, Action& action) {
+  auto args = std::make_shared<AnalyzeArgs>();
+  auto* sub = app.add_subcommand("analyze", "Analyze recorded activity again (rank<k>.activity.json of a profile or train --profile run), e.g. with other step or gap settings");
+  sub->add_option("dir", args->dir, "the folder holding rank<k>.activity.json")->required();
+  sub->add_option("--out", args->out, "where the profile JSON goes [DIR/profile.json]");
+  add_analysis_options(sub, args->analysis);
+  sub->callback([args, &action] { action = [args] { return analyze_main(*args); }; });
 }
 
 }  // namespace ddpbench::cli

@@ -31,7 +31,11 @@ ProfileReport analyze_activity(const std::string& dir, const std::vector<int>& r
     report.json["ranks"].push_back(profile::to_json(breakdowns.back()));
     report.rendered.push_back(profile::render_breakdown(breakdowns.back()));
   }
-  if (!breakdowns.empty()) report.json["stragglers"] = profile::straggler_view(breakdowns);
+  if (!breakdowns.empty()) {
+    report.json["stragglers"] = profile::straggler_view(breakdowns);
+    if (auto screen = profile::render_straggler_view(report.json["stragglers"]); !screen.empty())
+      report.rendered.push_back(std::move(screen));
+  }
   return report;
 }
 

@@ -12,7 +12,7 @@ namespace ddpbench::cli {
 
 struct ProfileReport {
   nlohmann::json json;               // {"ranks": [...], "stragglers": {...}, "traces": [...], "missing": [...]}
-  std::vector<std::string> rendered;  // one screen per rank that had activity
+  std::vector<std::string> rendered;  // one screen per rank that had activity, then the straggler view (2+ ranks)
 };
 
 // Reads <dir>/rank<k>.activity.json for each k in ranks, writes <dir>/rank<k>.trace.json.

@@ -145,7 +145,8 @@ json to_json(const RankActivity& a) {
                       {"device", m.device},
                       {"address", m.address},
                       {"bytes", m.bytes},
-                      {"allocation", m.allocation}});
+                      {"allocation", m.allocation},
+                      {"kind", m.kind}});
   json ranges = json::array();
   for (const auto& r : a.ranges)
     ranges.push_back({{"start", r.start}, {"end", r.end}, {"thread", r.thread}, {"name", r.name}});
@@ -203,7 +204,8 @@ RankActivity activity_from_json(const json& j) {
     m.address = r.u64("address", false);
     m.bytes = r.u64("bytes");
     m.allocation = r.boolean("allocation", true);
-    a.memory.push_back(m);
+    if (std::string kind = r.str("kind", false); !kind.empty()) m.kind = std::move(kind);  // older files: device
+    a.memory.push_back(std::move(m));
   });
   top.each("ranges", [&](const Reader& r) {
     RangeRecord g;

@@ -41,6 +41,9 @@ struct MemoryRecord {
   std::uint64_t address = 0;
   std::uint64_t bytes = 0;
   bool allocation = true;  // false: release
+  // CUPTI's memory kind: device, device_static, managed, managed_static, array or unknown. Records of
+  // a kind CUPTI does not tie to a device carry device 0, so peaks are kept apart by kind.
+  std::string kind = "device";
 };
 
 // A host-side range: the trainer's phases (step, data, forward, backward, allreduce, optimizer) or

@@ -250,6 +250,11 @@ RankBreakdown analyze(const RankActivity& activity, const AnalysisOptions& optio
     kernel_starts.push_back(k.start);
   }
   std::sort(kernel_starts.begin(), kernel_starts.end());
+  std::vector<Span> collectives;  // communication kernels by start, for collective_ns
+  for (const auto& k : activity.kernels)
+    if (is_communication(k.name)) collectives.push_back(span_of(k.start, k.end));
+  std::sort(collectives.begin(), collectives.end(),
+            [](const Span& x, const Span& y) { return x.start != y.start ? x.start < y.start : x.end < y.end; });
   for (const auto& m : activity.memcpys) memop_spans.push_back(span_of(m.start, m.end));
   for (const auto& m : activity.memsets) memop_spans.push_back(span_of(m.start, m.end));
 
@@ -315,6 +320,10 @@ RankBreakdown analyze(const RankActivity& activity, const AnalysisOptions& optio
       gap_to(e);
     }
     for (const auto& [name, cov] : phases) st.phases_ns[name] = cov.measure(s, e);
+    for (auto c = std::lower_bound(collectives.begin(), collectives.end(), s,
+                                   [](const Span& x, std::uint64_t t) { return x.start < t; });
+         c != collectives.end() && c->start < e; ++c)
+      st.collective_ns.push_back(c->end - c->start);
     if (!st.warmup) measured_windows.push_back({s, e});
     b.steps.push_back(std::move(st));
   }
@@ -408,13 +417,14 @@ RankBreakdown analyze(const RankActivity& activity, const AnalysisOptions& optio
 
   // Memory: the running sum per device in time order; records with one timestamp keep the order the
   // collector delivered them in, which is the order CUPTI saw them.
-  std::map<std::uint32_t, std::vector<const MemoryRecord*>> by_device;
-  for (const auto& m : activity.memory) by_device[m.device].push_back(&m);
-  for (auto& [device, records] : by_device) {
+  std::map<std::pair<std::uint32_t, std::string>, std::vector<const MemoryRecord*>> by_device;
+  for (const auto& m : activity.memory) by_device[{m.device, m.kind}].push_back(&m);
+  for (auto& [key, records] : by_device) {
     std::stable_sort(records.begin(), records.end(),
                      [](const MemoryRecord* x, const MemoryRecord* y) { return x->timestamp < y->timestamp; });
     MemoryPeak p;
-    p.device = device;
+    p.device = key.first;
+    p.kind = key.second;
     std::int64_t running = 0;
     for (const MemoryRecord* m : records) {
       const auto bytes = static_cast<std::int64_t>(m->bytes);
@@ -450,6 +460,7 @@ json to_json(const RankBreakdown& b) {
     j.update(quantities_json<std::uint64_t>(st));
     j["overlap"] = num(st.overlap);
     j["phases_ns"] = phases_json(st.phases_ns);
+    j["collectives"] = st.collective_ns.size();
     steps.push_back(std::move(j));
   }
   const StepSummary& s = b.summary;
@@ -477,6 +488,7 @@ json to_json(const RankBreakdown& b) {
   json memory = json::array();
   for (const auto& m : b.memory)
     memory.push_back({{"device", m.device},
+                      {"kind", m.kind},
                       {"peak_bytes", m.peak_bytes},
                       {"peak_at", m.peak_at ? json(*m.peak_at) : json(nullptr)},
                       {"peak_step", m.peak_step >= 0 ? json(m.peak_step) : json(nullptr)},
@@ -496,6 +508,63 @@ json to_json(const RankBreakdown& b) {
           {"top_kernels", std::move(top)},
           {"memory", std::move(memory)}};
 }
+
+namespace {
+
+// See straggler_view: per measured step index in [first, common), the waits in each rank's
+// collectives for the last rank to arrive.
+json collective_wait(const std::vector<RankBreakdown>& ranks, std::size_t first, std::size_t common) {
+  std::map<int, std::vector<double>> waits;  // by rank, one per matched step
+  std::map<int, int> times_last;
+  for (const auto& r : ranks) times_last[r.rank] = 0;
+  json unmatched = json::array();
+  std::vector<double> longest;
+  int matched = 0;
+  for (std::size_t i = first; i < common && !ranks.empty(); ++i) {
+    const std::size_t n = ranks.front().steps[i].collective_ns.size();
+    bool equal = true;
+    for (const auto& r : ranks) equal = equal && r.steps[i].collective_ns.size() == n;
+    if (!equal) {
+      unmatched.push_back(i);
+      continue;
+    }
+    ++matched;
+    std::vector<std::uint64_t> wait(ranks.size(), 0);
+    for (std::size_t c = 0; c < n; ++c) {
+      std::uint64_t fastest = std::numeric_limits<std::uint64_t>::max();
+      for (const auto& r : ranks) fastest = std::min(fastest, r.steps[i].collective_ns[c]);
+      for (std::size_t k = 0; k < ranks.size(); ++k) wait[k] += ranks[k].steps[i].collective_ns[c] - fastest;
+    }
+    // The last to arrive waited least; ties go to the lower rank.
+    std::size_t last = 0;
+    for (std::size_t k = 1; k < ranks.size(); ++k)
+      if (wait[k] < wait[last] || (wait[k] == wait[last] && ranks[k].rank < ranks[last].rank)) last = k;
+    if (n > 0) ++times_last[ranks[last].rank];
+    for (std::size_t k = 0; k < ranks.size(); ++k) waits[ranks[k].rank].push_back(static_cast<double>(wait[k]));
+    longest.push_back(static_cast<double>(*std::max_element(wait.begin(), wait.end())));
+  }
+  json per_rank = json::array();
+  json most = nullptr;
+  int best = 0;
+  for (const auto& [rank, n] : times_last) {
+    const auto& w = waits[rank];
+    double total = 0;
+    for (double x : w) total += x;
+    per_rank.push_back(
+        {{"rank", rank}, {"median_wait_ns", num(results::median(w))}, {"total_wait_ns", total}, {"times_last", n}});
+    if (n > best) {
+      best = n;
+      most = rank;
+    }
+  }
+  return {{"matched_steps", matched},
+          {"unmatched_steps", std::move(unmatched)},
+          {"ranks", std::move(per_rank)},
+          {"last_most_often", most},
+          {"median_longest_wait_ns", num(results::median(longest))}};
+}
+
+}  // namespace
 
 json straggler_view(const std::vector<RankBreakdown>& ranks) {
   std::set<int> seen;
@@ -549,7 +618,34 @@ json straggler_view(const std::vector<RankBreakdown>& ranks) {
           {"median_spread_ns", num(results::median(spreads))},
           {"max_spread_ns", spreads.empty() ? json(nullptr) : json(*std::max_element(spreads.begin(), spreads.end()))},
           {"slowest_most_often", most},
-          {"slowest_counts", std::move(counts)}};
+          {"slowest_counts", std::move(counts)},
+          {"collective_wait", collective_wait(ranks, first, common)}};
+}
+
+std::string render_straggler_view(const json& view) {
+  if (!view.contains("ranks") || view["ranks"].size() < 2) return {};
+  std::ostringstream out;
+  const json& steps = view["steps"];
+  out << "across " << view["ranks"].size() << " ranks, " << steps.size() << " measured steps: step time spread p50 "
+      << ms(view["median_spread_ns"].is_null() ? kNaN : view["median_spread_ns"].get<double>()) << ", max "
+      << ms(view["max_spread_ns"].is_null() ? kNaN : view["max_spread_ns"].get<double>()) << "\n";
+  const json& wait = view["collective_wait"];
+  const int matched = wait["matched_steps"].get<int>();
+  out << "collective wait (in NCCL kernels, for the last rank to arrive), " << matched << " steps matched";
+  if (!wait["unmatched_steps"].empty()) out << ", " << wait["unmatched_steps"].size() << " with unequal collectives left out";
+  out << ":\n";
+  char line[160];
+  for (const json& r : wait["ranks"]) {
+    std::snprintf(line, sizeof line, "  rank %-4d %12s/step p50   last to arrive in %d of %d steps\n", r["rank"].get<int>(),
+                  ms(r["median_wait_ns"].is_null() ? kNaN : r["median_wait_ns"].get<double>()).c_str(),
+                  r["times_last"].get<int>(), matched);
+    out << line;
+  }
+  if (!wait["last_most_often"].is_null())
+    out << "straggler: rank " << wait["last_most_often"].get<int>()
+        << " arrives last most often; the longest wait of a peer is " << ms(wait["median_longest_wait_ns"].get<double>())
+        << "/step (p50)\n";
+  return out.str();
 }
 
 std::string render_breakdown(const RankBreakdown& b) {
@@ -603,7 +699,8 @@ std::string render_breakdown(const RankBreakdown& b) {
     }
   }
   for (const auto& m : b.memory) {
-    out << "peak memory     device " << m.device << ": " << format_bytes(static_cast<double>(m.peak_bytes));
+    out << "peak memory     device " << m.device << (m.kind == "device" ? "" : " (" + m.kind + " memory)") << ": "
+        << format_bytes(static_cast<double>(m.peak_bytes));
     if (m.peak_step >= 0) out << " in step " << m.peak_step;
     out << " (" << m.allocations << " allocations, " << m.releases << " releases traced)\n";
   }

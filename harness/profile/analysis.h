@@ -98,6 +98,9 @@ struct StepBreakdown : StepQuantities<std::uint64_t> {
   // Host time of each phase in kPhaseNames inside the window: the union of that name's ranges, so
   // that nested ranges of one name (per-bucket allreduce inside the step's allreduce) count once.
   std::map<std::string, std::uint64_t> phases_ns;
+  // Durations of the communication kernels that start in the window, in start order: one per
+  // collective, which the straggler view matches across ranks by position.
+  std::vector<std::uint64_t> collective_ns;
 };
 
 struct StepSummary {
@@ -132,6 +135,7 @@ struct KernelStat {
 // allocated before that can take it below zero).
 struct MemoryPeak {
   std::uint32_t device = 0;
+  std::string kind = "device";  // MemoryRecord::kind; one peak per device and kind
   std::int64_t peak_bytes = 0;
   std::optional<std::uint64_t> peak_at;  // first time the peak was reached; none when never above 0
   int peak_step = -1;                    // index of the window holding peak_at, -1 outside any
@@ -158,7 +162,7 @@ struct RankBreakdown {
   std::vector<StepBreakdown> steps;
   StepSummary summary;
   std::vector<KernelStat> top_kernels;  // by total_ns, descending
-  std::vector<MemoryPeak> memory;       // by device
+  std::vector<MemoryPeak> memory;       // by device, then kind
 };
 
 // UsageError for negative warmup or top_n, and as step_windows says.
@@ -166,9 +170,22 @@ RankBreakdown analyze(const RankActivity& activity, const AnalysisOptions& optio
 
 nlohmann::json to_json(const RankBreakdown& b);  // NaN is written as null
 
-// Step time across ranks, for each measured step index that every rank has: max, min, spread and the
-// slowest rank; with the median spread and the rank slowest most often. UsageError on a repeated rank.
+// Across ranks, for each measured step index that every rank has:
+//  - step time: max, min, spread and the slowest rank; with the median spread and the rank slowest
+//    most often. Collectives end a step on every rank at nearly the same time, so this spread stays
+//    small even when one rank holds the others back; the collective wait below finds that rank.
+//  - collective wait ("collective_wait"): a collective's kernel runs on each rank from the moment that
+//    rank reaches it until the last rank has arrived and the data has moved, so on the i-th collective
+//    of a step, rank r waited wait = duration(r) - min over ranks of duration (no clock is compared
+//    across ranks). Per step and rank the waits add up; the rank that waited least arrived last.
+//    Steps whose ranks ran different numbers of collectives are left out and counted as unmatched.
+//    Per rank: median wait per step and the steps it arrived last in; overall: the rank last most
+//    often (the straggler) and the median, over steps, of the longest wait a peer spent on the last.
+// UsageError on a repeated rank.
 nlohmann::json straggler_view(const std::vector<RankBreakdown>& ranks);
+
+// The straggler view on a few lines (empty for fewer than two ranks).
+std::string render_straggler_view(const nlohmann::json& view);
 
 // One screen: step time, the four-way split in ms per step and %, overlap, top 5 kernels, peak memory.
 std::string render_breakdown(const RankBreakdown& b);

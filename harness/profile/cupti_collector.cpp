@@ -167,6 +167,14 @@ std::optional<MemoryRecord> memory_record(const MemoryActivity& m) {
   r.address = m.address;
   r.bytes = m.bytes;
   r.allocation = op == CUPTI_ACTIVITY_MEMORY_OPERATION_TYPE_ALLOCATION;
+  switch (kind) {
+    case CUPTI_ACTIVITY_MEMORY_KIND_DEVICE: r.kind = "device"; break;
+    case CUPTI_ACTIVITY_MEMORY_KIND_DEVICE_STATIC: r.kind = "device_static"; break;
+    case CUPTI_ACTIVITY_MEMORY_KIND_MANAGED: r.kind = "managed"; break;
+    case CUPTI_ACTIVITY_MEMORY_KIND_MANAGED_STATIC: r.kind = "managed_static"; break;
+    case CUPTI_ACTIVITY_MEMORY_KIND_ARRAY: r.kind = "array"; break;
+    default: r.kind = "unknown"; break;
+  }
   return r;
 }
 
