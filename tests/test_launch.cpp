@@ -145,6 +145,50 @@ TEST(Launch, RanksSeeTheirEnvironment) {
   EXPECT_EQ(port0, port1);
 }
 
+TEST(CpuShare, ContiguousEqualSharesWithTheRemainderFirst) {
+  using ddpbench::launch::cpu_share;
+  const std::vector<int> cpus = {0, 1, 2, 3, 4, 5, 8, 9, 10, 11};  // a mask with a hole
+  EXPECT_EQ(cpu_share(cpus, 2, 0), (std::vector<int>{0, 1, 2, 3, 4}));
+  EXPECT_EQ(cpu_share(cpus, 2, 1), (std::vector<int>{5, 8, 9, 10, 11}));
+  EXPECT_EQ(cpu_share(cpus, 4, 0), (std::vector<int>{0, 1, 2}));
+  EXPECT_EQ(cpu_share(cpus, 4, 1), (std::vector<int>{3, 4, 5}));
+  EXPECT_EQ(cpu_share(cpus, 4, 2), (std::vector<int>{8, 9}));
+  EXPECT_EQ(cpu_share(cpus, 4, 3), (std::vector<int>{10, 11}));
+  EXPECT_EQ(cpu_share({6, 7}, 4, 3), (std::vector<int>{7}));  // fewer CPUs than ranks: shared
+  EXPECT_TRUE(cpu_share({}, 2, 0).empty());
+  EXPECT_TRUE(cpu_share(cpus, 2, 2).empty());
+}
+
+TEST(Launch, BoundRanksRunOnTheirOwnShareOfTheCpus) {
+  const auto cpus = ddpbench::launch::usable_cpus();
+  if (cpus.size() < 2) GTEST_SKIP() << "needs 2 CPUs in the affinity mask, this process has " << cpus.size();
+  TempDir dir;
+  // The kernel's own account of each rank's affinity, read by the rank itself.
+  Spec s = sh_spec(dir, R"(grep Cpus_allowed_list /proc/self/status > "$OUTDIR/r$RANK")");
+  s.bind_cpus = true;
+  Outcome o = ddpbench::launch::run(s);
+  ASSERT_TRUE(o.ok) << o.reason;
+  // "Cpus_allowed_list:\t0-4,8" -> {0, 1, 2, 3, 4, 8}
+  auto allowed = [&](int rank) {
+    std::string text = slurp(dir / ("r" + std::to_string(rank)));
+    text = text.substr(text.find('\t') + 1);
+    std::vector<int> list;
+    std::istringstream in(text);
+    std::string item;
+    while (std::getline(in, item, ',')) {
+      const auto dash = item.find('-');
+      const int lo = std::stoi(item), hi = dash == std::string::npos ? lo : std::stoi(item.substr(dash + 1));
+      for (int c = lo; c <= hi; ++c) list.push_back(c);
+    }
+    return list;
+  };
+  for (int r = 0; r < 2; ++r) EXPECT_EQ(allowed(r), ddpbench::launch::cpu_share(cpus, 2, r)) << "rank " << r;
+  // Unbound, a rank keeps the launcher's whole mask.
+  s.bind_cpus = false;
+  ASSERT_TRUE(ddpbench::launch::run(s).ok);
+  EXPECT_EQ(allowed(1), cpus);
+}
+
 TEST(Launch, SearchesPathAndKeepsGivenPort) {
   TempDir dir;
   Spec s = sh_spec(dir, R"(echo "$MASTER_PORT $OMP_NUM_THREADS" > "$OUTDIR/r$RANK")", 1);

@@ -112,6 +112,7 @@ CellResult run_cell(const CellRequest& req) {
   spec.log_dir = req.dir + "/logs";
   spec.timeout = std::chrono::seconds(config.timeout_s);
   spec.echo_rank0 = req.echo_rank0;
+  spec.bind_cpus = config.bind_cpus;
   const auto outcome = launch::run(spec);
 
   std::vector<results::RankReport> reports;

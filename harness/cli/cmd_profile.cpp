@@ -39,6 +39,7 @@ struct ProfileArgs {
   profile::AnalysisOptions analysis = default_analysis();
   std::string runs_dir = "runs";
   int timeout_s = 1800;
+  bool bind_cpus = false;
   std::vector<std::string> command;
 };
 
@@ -63,6 +64,7 @@ int profile_main(const ProfileArgs& a) {
   spec.argv = a.command;
   spec.log_dir = dir + "/logs";
   spec.timeout = std::chrono::seconds(a.timeout_s);
+  spec.bind_cpus = a.bind_cpus;
   spec.extra_env["CUDA_INJECTION64_PATH"] = injection;
   // CUPTI sees NVTX ranges (the step marker of another trainer) only as NVTX's injection; the
   // collector library forwards that hook to the libcupti it records with (see injection.cpp).
@@ -98,6 +100,7 @@ void add_profile_command(CLI::App& app, Action& action) {
   add_analysis_options(sub, args->analysis);
   sub->add_option("--runs-dir", args->runs_dir, "folder for run folders [runs]");
   sub->add_option("--timeout", args->timeout_s, "seconds before every rank is torn down [1800]");
+  sub->add_flag("--bind-cpus", args->bind_cpus, "bind each local rank to its own contiguous share of the CPUs");
   sub->add_option("command", args->command, "the command each rank runs, after --")->required();
   sub->callback([args, &action] { action = [args] { return profile_main(*args); }; });
 }

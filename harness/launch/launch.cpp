@@ -120,12 +120,8 @@ std::string last_lines(const std::string& text, int n) {
 int usable_cores() {
   // The affinity mask, not the machine's core count: under Slurm or taskset the launcher only owns
   // the CPUs it was given, and oversubscribing those is what OMP_NUM_THREADS is set to prevent.
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (::sched_getaffinity(0, sizeof set, &set) == 0) {
-    int n = CPU_COUNT(&set);
-    if (n > 0) return n;
-  }
+  const auto cpus = usable_cpus();
+  if (!cpus.empty()) return static_cast<int>(cpus.size());
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
@@ -216,6 +212,7 @@ struct ChildPlan {
   int stdin_fd;
   int err_fd;
   pid_t parent;
+  const cpu_set_t* affinity;  // null: the launcher's
 };
 
 [[noreturn]] void child_exec(const ChildPlan& p) {
@@ -234,6 +231,11 @@ struct ChildPlan {
   sigemptyset(&none);
   ::sigprocmask(SIG_SETMASK, &none, nullptr);
   if (::dup2(p.stdin_fd, 0) < 0 || ::dup2(p.out_fd, 1) < 0 || ::dup2(p.out_fd, 2) < 0) {
+    int err = errno;
+    (void)!::write(p.err_fd, &err, sizeof err);
+    ::_exit(127);
+  }
+  if (p.affinity && ::sched_setaffinity(0, sizeof(cpu_set_t), p.affinity) != 0) {
     int err = errno;
     (void)!::write(p.err_fd, &err, sizeof err);
     ::_exit(127);
@@ -337,7 +339,13 @@ void Supervisor::start(Rank& r) {
   auto [err_r, err_w] = make_pipe(what);
   Fd devnull(above_stdio(::open("/dev/null", O_RDONLY | O_CLOEXEC)));
   if (!devnull) throw RunError(what + ": /dev/null: " + errno_text(errno));
-  ChildPlan plan{argv.data(), envp.data(), out_w.get(), devnull.get(), err_w.get(), ::getpid()};
+  cpu_set_t affinity;
+  CPU_ZERO(&affinity);
+  if (spec_.bind_cpus)
+    for (int cpu : cpu_share(usable_cpus(), spec_.topology.nproc_per_node, r.local))
+      if (cpu >= 0 && cpu < CPU_SETSIZE) CPU_SET(cpu, &affinity);
+  const bool bind = spec_.bind_cpus && CPU_COUNT(&affinity) > 0;
+  ChildPlan plan{argv.data(), envp.data(), out_w.get(), devnull.get(), err_w.get(), ::getpid(), bind ? &affinity : nullptr};
 
   r.last_output = Clock::now();
   pid_t pid = ::fork();
@@ -361,7 +369,8 @@ void Supervisor::start(Rank& r) {
   while ((n = ::read(err_r.get(), &child_errno, sizeof child_errno)) < 0 && errno == EINTR) {
   }
   if (n == static_cast<ssize_t>(sizeof child_errno)) {
-    r.start_error = "execvp(" + spec_.argv[0] + "): " + errno_text(child_errno);
+    r.start_error = (plan.affinity ? "sched_setaffinity or execvp(" : "execvp(") + spec_.argv[0] + "): " +
+                    errno_text(child_errno);
     std::string line = what + ": " + r.start_error + "\n";
     record(r, line.data(), line.size());
   }
@@ -599,6 +608,26 @@ Outcome Supervisor::outcome() const {
 }
 
 }  // namespace
+
+std::vector<int> usable_cpus() {
+  std::vector<int> cpus;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (::sched_getaffinity(0, sizeof set, &set) == 0)
+    for (int c = 0; c < CPU_SETSIZE; ++c)
+      if (CPU_ISSET(c, &set)) cpus.push_back(c);
+  return cpus;
+}
+
+std::vector<int> cpu_share(const std::vector<int>& cpus, int nproc, int local_rank) {
+  const int n = static_cast<int>(cpus.size());
+  if (n == 0 || nproc < 1 || local_rank < 0 || local_rank >= nproc) return {};
+  if (n < nproc) return {cpus[static_cast<std::size_t>(local_rank % n)]};
+  const int base = n / nproc, extra = n % nproc;
+  const int first = local_rank * base + std::min(local_rank, extra);
+  const int count = base + (local_rank < extra ? 1 : 0);
+  return {cpus.begin() + first, cpus.begin() + first + count};
+}
 
 std::map<std::string, std::string> rank_environment(const Spec& spec, int local_rank, int master_port) {
   const Topology& t = spec.topology;

@@ -41,7 +41,18 @@ struct Spec {
   std::chrono::milliseconds kill_grace{std::chrono::seconds(5)};  // SIGTERM, then SIGKILL after this
   bool echo_rank0 = true;  // copy local rank 0's output to our stdout as it comes
   int threads_per_rank = 0;  // OMP_NUM_THREADS; 0: cores / nproc_per_node, at least 1
+  // Each local rank on its own share of the launcher's CPUs (cpu_share), so that one rank's host
+  // threads cannot slow another's: the exclusive binding torchrun's --numa-binding offers.
+  bool bind_cpus = false;
 };
+
+// The CPUs that local rank `local_rank` of `nproc` gets out of `cpus` (sorted): contiguous, equal
+// shares, the first ranks one more where they do not divide; with fewer CPUs than ranks, one each,
+// shared round-robin. Empty when cpus is.
+std::vector<int> cpu_share(const std::vector<int>& cpus, int nproc, int local_rank);
+
+// The CPUs this process may run on (its affinity mask), sorted.
+std::vector<int> usable_cpus();
 
 struct RankExit {
   int global_rank = 0;

@@ -149,7 +149,7 @@ nlohmann::json to_json(const Config& c) {
       {"data", c.data},               {"markov_states", c.markov_states},
       {"data_file", c.data_file},     {"optim_state", to_string(c.optim_state)},
       {"checkpoint", c.checkpoint},   {"grad_ckpt", c.grad_ckpt},
-      {"profile", c.profile},
+      {"profile", c.profile},          {"bind_cpus", c.bind_cpus},
       {"global_batch_sequences", c.global_batch_sequences()},
   };
 }
@@ -187,6 +187,7 @@ Config config_from_json(const nlohmann::json& j) {
     c.checkpoint = j.at("checkpoint").get<std::string>();
     c.grad_ckpt = j.at("grad_ckpt").get<bool>();
     c.profile = j.value("profile", false);
+    c.bind_cpus = j.value("bind_cpus", false);
     return c;
   } catch (const nlohmann::json::exception& e) {
     throw UsageError(std::string("config: ") + e.what());
@@ -294,6 +295,8 @@ const std::vector<Setting>& settings() {
        [](Config& c, const std::string& v) { c.grad_ckpt = parse_bool("grad_ckpt", v); }, true},
       {"profile", "record GPU activity (CUPTI, NVTX) and break each step down",
        [](Config& c, const std::string& v) { c.profile = parse_bool("profile", v); }, true},
+      {"bind_cpus", "bind each local rank to its own contiguous share of the launcher's CPUs",
+       [](Config& c, const std::string& v) { c.bind_cpus = parse_bool("bind_cpus", v); }, true},
   };
   return table;
 }

@@ -90,6 +90,7 @@ struct Config {
   std::string checkpoint;        // a Hugging Face checkpoint folder instead of random weights
   bool grad_ckpt = false;        // recompute each decoder layer in backward instead of storing it
   bool profile = false;          // record GPU activity with the in-process CUPTI collector
+  bool bind_cpus = false;        // each local rank on its own share of the CPUs (launch::Spec)
 
   int total_steps() const { return warmup + steps; }
   // The learning rate of optimizer step `step` (0-based): linear warm-up to lr over lr_warmup
