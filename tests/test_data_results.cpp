@@ -330,6 +330,22 @@ TEST(Results, MfuUnknownWithoutPeakOrFlops) {
   EXPECT_TRUE(results::to_json(results::summarize(ranks, 6e9, 0))["mfu"].is_null());
 }
 
+TEST(Results, MfuPeakIsTheMedianMeasuredRateWithTheDatasheetBeside) {
+  auto ranks = two_ranks();
+  EXPECT_EQ(results::measured_peak_flops(ranks), 0);  // nothing measured (CPU ranks)
+  ranks[0].matmul_bf16_flops = 760e12;
+  EXPECT_EQ(results::measured_peak_flops(ranks), 760e12);  // a rank without a figure does not count
+  ranks[1].matmul_bf16_flops = 780e12;
+  EXPECT_DOUBLE_EQ(results::measured_peak_flops(ranks), 770e12);
+  EXPECT_EQ(results::datasheet_bf16_flops("NVIDIA H100 80GB HBM3"), 989e12);
+  EXPECT_EQ(results::datasheet_bf16_flops("NVIDIA H100 PCIe"), 756e12);
+  EXPECT_EQ(results::datasheet_bf16_flops("NVIDIA H100 NVL"), 835e12);
+  EXPECT_EQ(results::datasheet_bf16_flops("NVIDIA H200"), 989e12);
+  EXPECT_EQ(results::datasheet_bf16_flops("NVIDIA A100-SXM4-80GB"), 312e12);
+  EXPECT_EQ(results::datasheet_bf16_flops("Tesla T4"), 0);
+  EXPECT_EQ(results::datasheet_bf16_flops(""), 0);
+}
+
 TEST(Results, SingleRankIsItsOwnMerge) {
   auto ranks = two_ranks();
   ranks.resize(1);
@@ -358,6 +374,7 @@ TEST(Results, RunDocument) {
   ctx.hardware_key = "2xH100";
   ctx.flops_per_token = 6e9;
   ctx.peak_flops = 1e12;
+  ctx.datasheet_flops = 989e12;
   const auto doc = results::make_run_document(ctx, two_ranks());
 
   EXPECT_EQ(doc.at("schema_version"), results::kSchemaVersion);
@@ -400,6 +417,7 @@ TEST(Results, RunDocument) {
   EXPECT_DOUBLE_EQ(summary.at("mfu").get<double>(), 6e9 * tps / 2 / 1e12);
   EXPECT_DOUBLE_EQ(summary.at("flops_per_token").get<double>(), 6e9);
   EXPECT_DOUBLE_EQ(summary.at("peak_flops").get<double>(), 1e12);
+  EXPECT_DOUBLE_EQ(summary.at("datasheet_flops").get<double>(), 989e12);
   EXPECT_EQ(summary.at("peak_allocated_bytes").get<std::int64_t>(), 3005);
 }
 
@@ -444,6 +462,7 @@ TEST(Results, RankReportRoundTrip) {
   r.steps[5].loss = std::numeric_limits<double>::quiet_NaN();
   r.steps[5].grad_norm = std::numeric_limits<double>::quiet_NaN();
   r.steps[4].mem_reserved_peak = std::int64_t{80} << 30;  // beyond 32 bits
+  r.matmul_bf16_flops = 771.5e12;
   const auto back = results::rank_report_from_json(nlohmann::json::parse(results::to_json(r).dump()));
   EXPECT_EQ(back.rank, r.rank);
   EXPECT_EQ(back.local_rank, r.local_rank);
@@ -458,6 +477,7 @@ TEST(Results, RankReportRoundTrip) {
   EXPECT_EQ(back.bucket_bytes, r.bucket_bytes);
   EXPECT_EQ(back.parameters, r.parameters);
   EXPECT_EQ(back.trainable_parameters, r.trainable_parameters);
+  EXPECT_EQ(back.matmul_bf16_flops, 771.5e12);
   ASSERT_EQ(back.steps.size(), r.steps.size());
   for (std::size_t i = 0; i < r.steps.size(); ++i) {
     const auto& a = back.steps[i];

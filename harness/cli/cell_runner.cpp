@@ -134,6 +134,8 @@ CellResult run_cell(const CellRequest& req) {
   ctx.fingerprint = results::to_json(fp);
   ctx.hardware_key = results::hardware_key(fp);
   ctx.flops_per_token = train::model_flops_per_token(config);
+  ctx.peak_flops = results::measured_peak_flops(reports);
+  if (config.device == "cuda" && !fp.gpus.empty()) ctx.datasheet_flops = results::datasheet_bf16_flops(fp.gpus.front().name);
   if (!outcome.ok) {
     ctx.launcher_status = "failed";
     ctx.launcher_reason = outcome.reason;

@@ -67,6 +67,10 @@ int train_main(const TrainArgs& a) {
                 format_si(s["tokens_per_s"].get<double>()).c_str(), format_si(s["tokens_per_s_per_gpu"].get<double>()).c_str(),
                 s["step_time_p50_s"].get<double>() * 1e3, s["step_time_p95_s"].get<double>() * 1e3,
                 format_bytes(s["peak_allocated_bytes"].get<double>()).c_str(), s["final_loss"].get<double>());
+    if (s["mfu"].is_number())
+      std::printf("mfu: %.1f%% of the measured bf16 matrix rate %.0f TFLOP/s (datasheet %s)\n", 100.0 * s["mfu"].get<double>(),
+                  s["peak_flops"].get<double>() / 1e12,
+                  s["datasheet_flops"].get<double>() > 0 ? (std::to_string(static_cast<int>(s["datasheet_flops"].get<double>() / 1e12 + 0.5)) + " TFLOP/s").c_str() : "unknown");
     std::printf("result: %s\n", (a.out.empty() ? req.dir + "/result.json" : a.out).c_str());
     return 0;
   }

@@ -26,6 +26,8 @@ std::int64_t peak_reserved(int index) {
   return aggregate(c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(index)).reserved_bytes).peak;
 }
 
+void release_cached_memory() { c10::cuda::CUDACachingAllocator::emptyCache(); }
+
 void reset_peaks(int index) { c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(index)); }
 
 std::string nccl_version() {

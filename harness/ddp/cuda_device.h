@@ -10,6 +10,7 @@ void set_device(int index);
 std::int64_t peak_allocated(int index);
 std::int64_t peak_reserved(int index);
 void reset_peaks(int index);
+void release_cached_memory();  // the caching allocator's unused blocks back to the driver
 std::string nccl_version();  // "2.28.9" of the NCCL LibTorch loaded; empty if none
 std::string runtime_version();
 

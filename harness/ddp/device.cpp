@@ -2,6 +2,9 @@
 
 #include <sys/resource.h>
 
+#include <chrono>
+
+#include <ATen/ATen.h>
 #include <ATen/Context.h>
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <torch/version.h>
@@ -75,6 +78,31 @@ void reset_memory_peaks(const std::string& device, int index) {
   if (device == "cpu") return;  // the kernel keeps no resettable RSS peak; CPU peaks cover the run
 #ifdef DDPBENCH_WITH_CUDA
   cuda::reset_peaks(index);
+#else
+  (void)index;
+  no_cuda();
+#endif
+}
+
+double measure_bf16_matmul_flops(const std::string& device, int index) {
+  if (device == "cpu") return 0;
+#ifdef DDPBENCH_WITH_CUDA
+  constexpr std::int64_t n = 8192;
+  constexpr int warmup = 3, reps = 10;
+  double seconds = 0;
+  {
+    const auto options = at::TensorOptions().device(at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(index))).dtype(at::kBFloat16);
+    const auto a = at::randn({n, n}, options), b = at::randn({n, n}, options);
+    auto c = at::empty({n, n}, options);
+    for (int i = 0; i < warmup; ++i) at::mm_out(c, a, b);
+    cuda::synchronize(index);
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < reps; ++i) at::mm_out(c, a, b);
+    cuda::synchronize(index);
+    seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  cuda::release_cached_memory();
+  return seconds > 0 ? 2.0 * n * n * n * reps / seconds : 0;
 #else
   (void)index;
   no_cuda();

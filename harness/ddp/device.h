@@ -21,4 +21,9 @@ struct MemoryPeaks {
 MemoryPeaks memory_peaks(const std::string& device, int index);
 void reset_memory_peaks(const std::string& device, int index);
 
+// The bf16 matrix rate of this GPU as measured now (FLOP/s): 8192^3 products through ATen, timed
+// after warm-up, the rate MFU divides by (DESIGN.md). The operands go back to the driver afterwards
+// so that they do not count in the run's reserved memory. 0 on the CPU.
+double measure_bf16_matmul_flops(const std::string& device, int index);
+
 }  // namespace ddpbench::ddp

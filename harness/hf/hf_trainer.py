@@ -277,16 +277,39 @@ def format_bytes(value):
     return f"{value:.{0 if i == 0 else 2}f} {suffix[i]}"
 
 
-def print_step_line(cfg, sample, global_tokens, world):
-    """The built-in trainer's live line (print_step_line in trainer.cpp)."""
+def print_step_line(cfg, sample, global_tokens, world, peak_flops=0.0):
+    """The built-in trainer's live line (print_step_line in trainer.cpp); MFU where this GPU's bf16
+    matrix rate was measured and the config carries the model's FLOPs per token."""
     total = cfg["warmup"] + cfg["steps"]
     t = sample["step_time_s"]
     tps = global_tokens / t if t > 0 else math.inf
-    print("step %4d/%d%s | loss %.4f | %s tok/s (%s per rank) | %8.1f ms | mem %s | N %d | norm %.3f"
+    flops = cfg.get("model_flops_per_token", 0)
+    mfu = " | mfu %4.1f%%" % (100.0 * flops * tps / world / peak_flops) if peak_flops > 0 and flops > 0 else ""
+    print("step %4d/%d%s | loss %.4f | %s tok/s (%s per rank)%s | %8.1f ms | mem %s | N %d | norm %.3f"
           % (sample["step"] + 1, total, " (warmup)" if sample["warmup"] else "         ", sample["loss"],
-             format_si(tps), format_si(tps / world), t * 1e3, format_bytes(float(sample["mem_allocated_peak"])),
+             format_si(tps), format_si(tps / world), mfu, t * 1e3, format_bytes(float(sample["mem_allocated_peak"])),
              sample["global_predicted_tokens"], sample["grad_norm"]),
           flush=True)
+
+
+def measure_bf16_matmul_flops(torch, device):
+    """The bf16 matrix rate of this GPU (FLOP/s), as ddp::measure_bf16_matmul_flops measures it:
+    8192^3 products after warm-up; the operands go back to the driver afterwards."""
+    n, warmup, reps = 8192, 3, 10
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    c = torch.empty(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(warmup):
+        torch.mm(a, b, out=c)
+    torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        torch.mm(a, b, out=c)
+    torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    del a, b, c
+    torch.cuda.empty_cache()
+    return 2.0 * n ** 3 * reps / seconds if seconds > 0 else 0.0
 
 
 def json_number(x):
@@ -311,6 +334,7 @@ def new_report(env):
         "parameters": 0,
         "trainable_parameters": 0,
         "optimizer_state_bytes": 0,
+        "matmul_bf16_flops": 0.0,
         "steps": [],
     }
 
@@ -569,6 +593,9 @@ def run(cfg, env, report):
     if cuda:
         torch.cuda.synchronize(device)
     report["setup_s"] = time.perf_counter() - T_START
+    # The MFU denominator, measured on this GPU before the first step (DESIGN.md).
+    if cuda:
+        report["matmul_bf16_flops"] = measure_bf16_matmul_flops(torch, device)
 
     W, G, mb = env.world_size, cfg["grad_accum"], cfg["micro_batch"]
     seq_len, rule, max_norm = cfg["seq_len"], cfg["loss_norm"], float(cfg["max_grad_norm"])
@@ -650,7 +677,7 @@ def run(cfg, env, report):
         sample["mem_allocated_peak"], sample["mem_reserved_peak"] = memory_peaks(torch, cuda, device)
         report["steps"].append(sample)
         if env.rank == 0:
-            print_step_line(cfg, sample, real_global, W)
+            print_step_line(cfg, sample, real_global, W, report["matmul_bf16_flops"])
 
     # DDP rebuilds its buckets after the first iteration: read the layout it ended with.
     report["buckets"], report["bucket_bytes"] = bucket_layout(ddp_model)

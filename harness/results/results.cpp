@@ -51,6 +51,7 @@ nlohmann::json to_json(const RankReport& r) {
           {"parameters", r.parameters},
           {"trainable_parameters", r.trainable_parameters},
           {"optimizer_state_bytes", r.optimizer_state_bytes},
+          {"matmul_bf16_flops", r.matmul_bf16_flops},
           {"steps", steps}};
 }
 
@@ -71,6 +72,7 @@ RankReport rank_report_from_json(const nlohmann::json& j) {
     r.parameters = j.at("parameters").get<std::int64_t>();
     r.trainable_parameters = j.at("trainable_parameters").get<std::int64_t>();
     r.optimizer_state_bytes = j.value("optimizer_state_bytes", std::int64_t{0});
+    r.matmul_bf16_flops = j.value("matmul_bf16_flops", 0.0);
     for (const auto& s : j.at("steps")) {
       StepSample x;
       x.step = s.at("step").get<int>();
@@ -240,6 +242,7 @@ nlohmann::json make_run_document(const RunContext& ctx, const std::vector<RankRe
                         {"parameters", r.parameters},
                         {"trainable_parameters", r.trainable_parameters},
                         {"optimizer_state_bytes", r.optimizer_state_bytes},
+                        {"matmul_bf16_flops", r.matmul_bf16_flops},
                         {"measured_tokens", tokens},
                         {"predicted_tokens_per_step", predicted},
                         {"step_time_p50_s", median(times)},
@@ -251,8 +254,28 @@ nlohmann::json make_run_document(const RunContext& ctx, const std::vector<RankRe
   auto summary = to_json(summarize(ranks, ctx.flops_per_token, ctx.peak_flops));
   summary["flops_per_token"] = ctx.flops_per_token;
   summary["peak_flops"] = ctx.peak_flops;
+  summary["datasheet_flops"] = ctx.datasheet_flops;
   doc["summary"] = summary;
   return doc;
+}
+
+double datasheet_bf16_flops(const std::string& gpu_name) {
+  // Dense (not 2:4 sparse) bf16 tensor-core rates, SXM boards unless named. Order matters: the
+  // first name found in gpu_name wins ("H100 PCIe" before "H100").
+  static const std::pair<const char*, double> table[] = {
+      {"H100 PCIe", 756e12}, {"H100 NVL", 835e12}, {"H100", 989e12}, {"H200", 989e12},
+      {"H800", 989e12},      {"A100", 312e12},     {"B200", 2250e12}, {"L40S", 362e12},
+  };
+  for (const auto& [name, flops] : table)
+    if (gpu_name.find(name) != std::string::npos) return flops;
+  return 0;
+}
+
+double measured_peak_flops(const std::vector<RankReport>& ranks) {
+  std::vector<double> rates;
+  for (const auto& r : ranks)
+    if (r.matmul_bf16_flops > 0) rates.push_back(r.matmul_bf16_flops);
+  return rates.empty() ? 0 : median(rates);
 }
 
 std::string long_csv_header() { return "hardware,ddpbench_commit,libtorch,cell,trainer,preset,mode,impl,nproc,micro_batch,grad_accum,seq_len,metric,value\n"; }

@@ -41,6 +41,7 @@ struct RankReport {
   std::int64_t parameters = 0;
   std::int64_t trainable_parameters = 0;
   std::int64_t optimizer_state_bytes = 0;  // moments, master weights and scratch on the device
+  double matmul_bf16_flops = 0;   // this rank's GPU's measured bf16 matrix rate, FLOP/s (0: none)
   std::vector<StepSample> steps;
 };
 
@@ -57,6 +58,7 @@ struct RunContext {
   std::string hardware_key;
   double flops_per_token = 0;       // model FLOPs per trained token (0: unknown)
   double peak_flops = 0;            // per device, FLOP/s (0: unknown, MFU left out)
+  double datasheet_flops = 0;       // the card's dense bf16 datasheet rate, reported beside (0: unknown)
   std::string launcher_status = "ok";  // the launcher's verdict when it is not ok
   std::string launcher_reason;
   int failed_rank = -1;
@@ -75,6 +77,13 @@ struct Summary {
   std::int64_t peak_allocated_max = 0;  // largest over ranks
   std::int64_t peak_reserved_max = 0;
 };
+
+// The dense bf16 tensor-core rate NVIDIA's datasheet gives for a GPU by its name (FLOP/s), 0 for a
+// card not in the table. MFU divides by the measured rate; this one is printed beside it.
+double datasheet_bf16_flops(const std::string& gpu_name);
+
+// The MFU peak of a run: the median of the ranks' measured bf16 matrix rates (0 when none measured).
+double measured_peak_flops(const std::vector<RankReport>& ranks);
 
 // Merges per-rank reports: the step time of a step is the slowest rank's; tokens are summed over
 // ranks. Summary figures cover measured steps only (warm-up steps are kept but not counted).

@@ -151,6 +151,7 @@ nlohmann::json to_json(const Config& c) {
       {"checkpoint", c.checkpoint},   {"grad_ckpt", c.grad_ckpt},
       {"profile", c.profile},          {"bind_cpus", c.bind_cpus},
       {"global_batch_sequences", c.global_batch_sequences()},
+      {"model_flops_per_token", model_flops_per_token(c)},
   };
 }
 

@@ -79,12 +79,17 @@ double loss_scale(LossNorm rule, int world, int grad_accum, std::int64_t n_globa
   return 0;
 }
 
-void print_step_line(const Config& cfg, const results::StepSample& s, std::int64_t global_tokens, int world) {
+// peak_flops: this GPU's measured bf16 matrix rate; 0 leaves MFU out of the line (CPU).
+void print_step_line(const Config& cfg, const results::StepSample& s, std::int64_t global_tokens, int world, double peak_flops) {
   const double tps = static_cast<double>(global_tokens) / s.step_time_s;
-  std::printf("step %4d/%d%s | loss %.4f | %s tok/s (%s per rank) | %8.1f ms | mem %s | N %lld | norm %.3f\n",
+  char mfu[32] = "";
+  if (peak_flops > 0)
+    std::snprintf(mfu, sizeof mfu, " | mfu %4.1f%%", 100.0 * model_flops_per_token(cfg) * tps / world / peak_flops);
+  std::printf("step %4d/%d%s | loss %.4f | %s tok/s (%s per rank)%s | %8.1f ms | mem %s | N %lld | norm %.3f\n",
               s.step + 1, cfg.total_steps(), s.warmup ? " (warmup)" : "         ", s.loss, format_si(tps).c_str(),
-              format_si(tps / world).c_str(), s.step_time_s * 1e3, format_bytes(static_cast<double>(s.mem_allocated_peak)).c_str(),
-              static_cast<long long>(s.global_predicted), s.grad_norm);
+              format_si(tps / world).c_str(), mfu, s.step_time_s * 1e3,
+              format_bytes(static_cast<double>(s.mem_allocated_peak)).c_str(), static_cast<long long>(s.global_predicted),
+              s.grad_norm);
   std::fflush(stdout);
 }
 
@@ -149,6 +154,8 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
     const auto batches = BatchSource::make(cfg, shape.vocab, env.world_size);
     ddp::synchronize(cfg.device, env.local_rank);
     report.setup_s = std::chrono::duration<double>(Clock::now() - t_setup).count();
+    // The MFU denominator, measured on this GPU before the first step (DESIGN.md).
+    report.matmul_bf16_flops = ddp::measure_bf16_matmul_flops(cfg.device, env.local_rank);
 
     const int W = env.world_size, G = cfg.grad_accum;
     for (int step = 0; step < cfg.total_steps(); ++step) {
@@ -234,7 +241,7 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
       sample.mem_allocated_peak = mem.allocated;
       sample.mem_reserved_peak = mem.reserved;
       report.steps.push_back(sample);
-      if (probe.live_log && env.rank == 0) print_step_line(cfg, sample, real_global, W);
+      if (probe.live_log && env.rank == 0) print_step_line(cfg, sample, real_global, W, report.matmul_bf16_flops);
     }
     if (profiler) {
       auto activity = profiler->finish(env.rank, env.world_size);

@@ -29,7 +29,8 @@ SEQ_LEN = 32
 REPORT_KEYS = {
     "schema_version": int, "rank": int, "local_rank": int, "world_size": int, "host": str, "device": str,
     "status": str, "phase": str, "error": str, "setup_s": float, "buckets": int, "bucket_bytes": int,
-    "parameters": int, "trainable_parameters": int, "optimizer_state_bytes": int, "steps": list,
+    "parameters": int, "trainable_parameters": int, "optimizer_state_bytes": int, "matmul_bf16_flops": float,
+    "steps": list,
 }
 STEP_KEYS = {
     "step": int, "warmup": bool, "loss": float, "tokens": int, "padded_tokens": int, "predicted_tokens": int,
@@ -196,6 +197,7 @@ def test_two_ranks_match_one_rank(workdir, mode, checkpoint):
         assert report["optimizer_state_bytes"] == 8 * report["trainable_parameters"]
         assert report["status"] == "ok" and report["error"] == ""
         assert report["device"] == "cpu"
+        assert report["matmul_bf16_flops"] == 0.0  # measured on GPUs only: no MFU on the CPU
         assert len(report["steps"]) == 3
         assert [s["warmup"] for s in report["steps"]] == [True, False, False]
     assert [r["rank"] for r in reports2] == [0, 1] and reports2[0]["world_size"] == 2
@@ -294,3 +296,18 @@ def test_master_weight_adamw_follows_fp64_reference(scratch_elems):
         rel = ((master.double() - ref).abs() / (ref.abs() + 1e-3)).max().item()
         assert master.dtype == torch.float32 and rel < 1e-5, f"parameter {i}: {rel}"
         assert torch.equal(p.detach(), master.bfloat16()), f"parameter {i}: weight is not its master rounded"
+
+
+def test_step_line_shows_mfu_only_with_a_measured_rate(capsys):
+    hf = load_trainer_module()
+    cfg = {"warmup": 1, "steps": 2, "model_flops_per_token": 2.0e9}
+    sample = {"step": 1, "warmup": False, "loss": 2.5, "step_time_s": 0.5, "mem_allocated_peak": 1 << 30,
+              "global_predicted_tokens": 4094, "grad_norm": 1.25}
+    # 8192 tokens in 0.5 s over 2 ranks: 8192 tok/s per rank x 2e9 FLOP = 16.4 TFLOP/s of 100.
+    hf.print_step_line(cfg, sample, 8192, 2, 100e12)
+    line = capsys.readouterr().out
+    assert "| mfu 16.4% |" in line, line
+    hf.print_step_line(cfg, sample, 8192, 2, 0.0)
+    assert "mfu" not in capsys.readouterr().out
+    hf.print_step_line({"warmup": 1, "steps": 2}, sample, 8192, 2, 100e12)
+    assert "mfu" not in capsys.readouterr().out
