@@ -280,4 +280,50 @@ TEST_F(Cli, BuiltinAndHuggingFaceTrainersAgreeOnEqualWork) {
   }
 }
 
+// The loss rule checked on the built-in trainer: 2 Gloo ranks x 2 micro-batches of uneven lengths
+// against 1 rank with the same 8 sequences in one micro-batch passes; both wrong variants fail it
+// with exit 1 and say why.
+TEST_F(Cli, CheckLossPassesTheRuleAndFailsBothWrongVariants) {
+  const std::string flags = "check-loss --trainer builtin --preset tiny --mode full --seq-len 32 --lr 1e-2";
+  const auto good = run(flags + " --out good.json", dir_);
+  ASSERT_EQ(good.status, 0) << good.output;
+  EXPECT_NE(good.output.find("PASS: largest relative difference"), std::string::npos) << good.output;
+  const auto verdict = load("good.json");
+  EXPECT_TRUE(verdict["pass"].get<bool>());
+  EXPECT_EQ(verdict["world_size"], 2);
+  EXPECT_EQ(verdict["grad_accum"], 2);
+  EXPECT_EQ(verdict["lengths"], "uniform:4:32");
+  EXPECT_EQ(verdict["steps"].size(), 3u);
+  EXPECT_LT(verdict["max_loss_rel_diff"].get<double>(), 1e-5);
+  for (const char* rule : {"mean-of-micro-means", "local-tokens"}) {
+    SCOPED_TRACE(rule);
+    const auto bad = run(flags + " --loss-norm " + rule + " --out bad.json", dir_);
+    EXPECT_EQ(bad.status, 1) << bad.output;
+    EXPECT_NE(bad.output.find("FAIL"), std::string::npos) << bad.output;
+    EXPECT_GT(load("bad.json")["max_grad_norm_rel_diff"].get<double>(), 1e-3);
+  }
+}
+
+// The Hugging Face Trainer keeps the rule (average_tokens_across_devices=True) and check-loss says so.
+TEST_F(Cli, CheckLossPassesTheHuggingFaceTrainer) {
+  if (!python_has_hf()) GTEST_SKIP() << "transformers and peft are not importable by python3; scripts/setup installs them";
+  const auto r = run("check-loss --trainer hf --preset tiny --mode lora --lora-rank 4 --seq-len 32 --lr 1e-2 --out v.json", dir_);
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_TRUE(load("v.json")["pass"].get<bool>());
+  EXPECT_EQ(load("v.json")["fingerprint"]["python_packages"]["transformers"].get<std::string>().empty(), false);
+}
+
+// A trainer whose packages are not installed is a skipped cell with the reason, not a failure.
+TEST_F(Cli, TrainerWithoutItsPackagesIsSkipped) {
+  if (std::system("python3 -c 'import liger_kernel' >/dev/null 2>&1") == 0)
+    GTEST_SKIP() << "liger_kernel is installed here, so a liger cell would run";
+  const auto r = run("train --trainer liger --preset tiny --steps 1 --warmup 0 --out liger.json", dir_);
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("skipped: trainer liger needs liger-kernel"), std::string::npos) << r.output;
+  const auto doc = load("liger.json");
+  EXPECT_EQ(doc["status"]["state"], "skipped");
+  EXPECT_NE(doc["status"]["reason"].get<std::string>().find("liger-kernel"), std::string::npos);
+  EXPECT_TRUE(doc["steps"].empty());
+}
+
 }  // namespace

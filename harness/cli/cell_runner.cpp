@@ -53,14 +53,31 @@ EqualWorkInputs prepare_equal_work_inputs(const train::Config& cfg, const std::s
   return in;
 }
 
+std::string python_trainer_script(const std::string& trainer) {
+  const std::string dir = getenv_or("DDPBENCH_HF_DIR", std::string(DDPBENCH_SOURCE_DIR) + "/harness/hf");
+  const std::string script = dir + (trainer == "hf-loop" ? "/hf_loop.py" : "/peer_trainers.py");
+  if (!std::filesystem::exists(script))
+    throw UsageError("--trainer " + trainer + ": its adapter " + script + " is missing (set DDPBENCH_HF_DIR)");
+  return script;
+}
+
 std::vector<std::string> rank_command(const train::Config& cfg, const std::string& config_path, const std::string& ranks_dir) {
-  if (cfg.trainer == "hf") {
-    const std::string script = getenv_or("DDPBENCH_HF_TRAINER", std::string(DDPBENCH_SOURCE_DIR) + "/harness/hf/hf_trainer.py");
-    if (!std::filesystem::exists(script))
-      throw UsageError("--trainer hf: the reference trainer " + script + " is missing (set DDPBENCH_HF_TRAINER)");
-    return {getenv_or("DDPBENCH_PYTHON", "python3"), script, "--config", config_path, "--out", ranks_dir};
-  }
+  if (train::is_python_trainer(cfg.trainer))
+    return {getenv_or("DDPBENCH_PYTHON", "python3"), python_trainer_script(cfg.trainer), "--config", config_path, "--out", ranks_dir};
   return {self_executable(), "_worker", "--config", config_path, "--out", ranks_dir};
+}
+
+std::optional<std::string> missing_trainer_packages(const std::string& trainer) {
+  if (!train::is_python_trainer(trainer) || trainer == "hf-loop") return std::nullopt;
+  const std::string command = shell_quote(getenv_or("DDPBENCH_PYTHON", "python3")) + " " +
+                              shell_quote(python_trainer_script(trainer)) + " --check-packages " + shell_quote(trainer);
+  auto r = run_shell_capture(command + " 2>&1");
+  if (r.exit_status == 0) return std::nullopt;
+  while (!r.out.empty() && (r.out.back() == '\n' || r.out.back() == ' ')) r.out.pop_back();
+  // Exit 3 is the adapter's "not installed"; anything else (no python3, say) is said as it came.
+  if (r.exit_status == 3) return r.out;
+  return "trainer " + trainer + ": cannot check its packages (" + command + " exited " + std::to_string(r.exit_status) +
+         (r.out.empty() ? "" : ": " + r.out) + ")";
 }
 
 namespace {
@@ -89,13 +106,39 @@ void check_inputs(const train::Config& cfg) {
 
 }  // namespace
 
+namespace {
+
+results::RunContext context_of(const CellRequest& req, const train::Config& config, const results::Fingerprint& fp) {
+  results::RunContext ctx;
+  ctx.run_id = req.run_id;
+  ctx.cell = req.cell;
+  ctx.config = train::to_json(config);
+  ctx.fingerprint = results::to_json(fp);
+  ctx.hardware_key = results::hardware_key(fp);
+  return ctx;
+}
+
+}  // namespace
+
 CellResult run_cell(const CellRequest& req) {
   check_inputs(req.config);
   make_dirs(req.dir);
+  const auto fp = req.fingerprint ? *req.fingerprint : results::collect_fingerprint(ddp::runtime_info());
+  if (auto missing = missing_trainer_packages(req.config.trainer)) {
+    // A trainer whose packages are not importable is a skipped cell, not a failed one.
+    auto ctx = context_of(req, req.config, fp);
+    ctx.skipped_reason = *missing;
+    CellResult result;
+    result.skipped = true;
+    result.reason = *missing;
+    result.document = results::make_run_document(ctx, {});
+    write_file_atomic(req.dir + "/result.json", result.document.dump(2) + "\n");
+    return result;
+  }
   const std::string ranks_dir = req.dir + "/ranks";
   make_dirs(ranks_dir);
   train::Config config = req.config;
-  if (config.trainer != "builtin" && (config.checkpoint.empty() || config.data_file.empty())) {
+  if (train::is_python_trainer(config.trainer) && (config.checkpoint.empty() || config.data_file.empty())) {
     const auto in = prepare_equal_work_inputs(config, req.dir + "/inputs", config.nproc * req.topology.nnodes);
     if (config.checkpoint.empty()) config.checkpoint = in.checkpoint;
     if (config.data_file.empty()) config.data_file = in.data_file;
@@ -126,13 +169,7 @@ CellResult run_cell(const CellRequest& req) {
     }
   }
 
-  const auto fp = req.fingerprint ? *req.fingerprint : results::collect_fingerprint(ddp::runtime_info());
-  results::RunContext ctx;
-  ctx.run_id = req.run_id;
-  ctx.cell = req.cell;
-  ctx.config = train::to_json(config);
-  ctx.fingerprint = results::to_json(fp);
-  ctx.hardware_key = results::hardware_key(fp);
+  auto ctx = context_of(req, config, fp);
   ctx.flops_per_token = train::model_flops_per_token(config);
   ctx.peak_flops = results::measured_peak_flops(reports);
   if (config.device == "cuda" && !fp.gpus.empty()) ctx.datasheet_flops = results::datasheet_bf16_flops(fp.gpus.front().name);

@@ -26,6 +26,7 @@ struct CellRequest {
 
 struct CellResult {
   bool ok = false;
+  bool skipped = false;  // not run: its trainer's packages are missing (reason says which)
   std::string reason;  // one line when not ok
   nlohmann::json document;
   std::vector<std::string> profile_screens;  // with --profile: one breakdown screen per rank, then the straggler view
@@ -42,6 +43,11 @@ struct EqualWorkInputs {
 // The built-in trainer's initial weights for cfg as a Hugging Face checkpoint, and the synthetic
 // batches of the whole run as a token file, under dir.
 EqualWorkInputs prepare_equal_work_inputs(const train::Config& cfg, const std::string& dir, int world_size);
+
+// The Python adapter that runs a trainer of harness/hf/ (UsageError when it is missing).
+std::string python_trainer_script(const std::string& trainer);
+// Why a Python trainer cannot run here (its packages are not installed), or nullopt when it can.
+std::optional<std::string> missing_trainer_packages(const std::string& trainer);
 
 // The argv one rank runs for cfg.trainer, after the launcher's environment is set.
 std::vector<std::string> rank_command(const train::Config& cfg, const std::string& config_path, const std::string& ranks_dir);

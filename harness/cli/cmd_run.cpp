@@ -90,7 +90,10 @@ int run_main(const RunArgs& a) {
       write_file_atomic(run_dir + "/" + file, result.document.dump(2) + "\n");
       csv += results::long_csv_rows(result.document);
       row.summary = result.document["summary"];
-      if (!result.ok) {
+      if (result.skipped) {
+        row.status = "skipped: " + result.reason;
+        std::printf("   %s\n", row.status.c_str());
+      } else if (!result.ok) {
         row.status = "failed: " + result.reason;
         ++failures;
         std::printf("   failed: %s\n", result.reason.c_str());

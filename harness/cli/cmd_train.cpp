@@ -57,6 +57,10 @@ int train_main(const TrainArgs& a) {
   std::fflush(stdout);
   const auto result = run_cell(req);
   if (!a.out.empty()) write_file_atomic(a.out, result.document.dump(2) + "\n");
+  if (result.skipped) {
+    std::printf("skipped: %s\nresult: %s\n", result.reason.c_str(), (a.out.empty() ? req.dir + "/result.json" : a.out).c_str());
+    return 0;
+  }
   const auto& s = result.document["summary"];
   if (result.ok && result.document.contains("profile")) {
     for (const auto& screen : result.profile_screens) std::printf("\n%s", screen.c_str());

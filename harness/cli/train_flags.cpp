@@ -23,14 +23,24 @@ TrainFlags::TrainFlags(CLI::App& sub) {
   }
 }
 
-train::Config TrainFlags::config() const {
-  std::vector<std::pair<std::string, std::string>> given;
+train::Config TrainFlags::config() const { return config({}); }
+
+train::Config TrainFlags::config(const std::vector<std::pair<std::string, std::string>>& defaults) const {
+  std::vector<std::pair<std::string, std::string>> values;
+  for (const auto& d : defaults)
+    if (!given(d.first)) values.push_back(d);
   for (const auto& [key, value] : values_)
-    if (!value->empty()) given.emplace_back(key, *value);
+    if (!value->empty()) values.emplace_back(key, *value);
   train::Config cfg;
-  train::apply_settings(cfg, given);
+  train::apply_settings(cfg, values);
   train::validate(cfg);
   return cfg;
+}
+
+bool TrainFlags::given(const std::string& key) const {
+  for (const auto& [k, value] : values_)
+    if (k == key) return !value->empty();
+  return false;
 }
 
 }  // namespace ddpbench::cli

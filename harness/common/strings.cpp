@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <fstream>
 #include <sstream>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "common/error.h"
@@ -122,6 +123,24 @@ void write_file_atomic(const std::string& path, const std::string& content) {
   if (::fsync(fd) != 0 || ::close(fd) != 0) throw RunError("cannot flush " + tmp + ": " + std::strerror(errno));
   if (std::rename(tmp.c_str(), path.c_str()) != 0)
     throw RunError("cannot rename " + tmp + " to " + path + ": " + std::strerror(errno));
+}
+
+ShellOutput run_shell_capture(const std::string& command) {
+  ShellOutput r;
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (!pipe) return r;
+  char buf[256];
+  std::size_t n = 0;
+  while ((n = std::fread(buf, 1, sizeof buf, pipe)) > 0) r.out.append(buf, n);
+  const int status = ::pclose(pipe);
+  if (status != -1 && WIFEXITED(status)) r.exit_status = WEXITSTATUS(status);
+  return r;
+}
+
+std::string shell_quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
 }
 
 }  // namespace ddpbench

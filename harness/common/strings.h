@@ -16,6 +16,13 @@ std::string format_bytes(double bytes);                  // 1.5 GiB
 std::string getenv_or(const char* name, const std::string& fallback);
 std::string utc_timestamp();                              // 2026-11-28T01:02:03Z
 std::string read_file(const std::string& path);           // throws RunError naming the path
+// A shell command's exit status (-1: it could not run, or a signal ended it) and standard output.
+struct ShellOutput {
+  int exit_status = -1;
+  std::string out;
+};
+ShellOutput run_shell_capture(const std::string& command);
+std::string shell_quote(const std::string& s);  // 'it'\''s' for /bin/sh
 // Writes to path.tmp, fsyncs and renames, so a reader never sees half a file.
 void write_file_atomic(const std::string& path, const std::string& content);
 

@@ -270,21 +270,9 @@ std::string compiler_name() {
 
 // stdout of a shell command, or nullopt when it could not run or exited non-zero.
 std::optional<std::string> run_capture(const std::string& command) {
-  FILE* pipe = ::popen(command.c_str(), "r");
-  if (!pipe) return std::nullopt;
-  std::string out;
-  char buf[256];
-  std::size_t n = 0;
-  while ((n = std::fread(buf, 1, sizeof buf, pipe)) > 0) out.append(buf, n);
-  const int status = ::pclose(pipe);
-  if (status == -1 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) return std::nullopt;
-  return out;
-}
-
-std::string shell_quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
+  auto r = run_shell_capture(command);
+  if (r.exit_status != 0) return std::nullopt;
+  return std::move(r.out);
 }
 
 // Asked at run time, because the commit baked in at configure time goes stale on every rebuild

@@ -52,6 +52,7 @@ nlohmann::json to_json(const RankReport& r) {
           {"trainable_parameters", r.trainable_parameters},
           {"optimizer_state_bytes", r.optimizer_state_bytes},
           {"matmul_bf16_flops", r.matmul_bf16_flops},
+          {"packages", r.packages},
           {"steps", steps}};
 }
 
@@ -73,6 +74,7 @@ RankReport rank_report_from_json(const nlohmann::json& j) {
     r.trainable_parameters = j.at("trainable_parameters").get<std::int64_t>();
     r.optimizer_state_bytes = j.value("optimizer_state_bytes", std::int64_t{0});
     r.matmul_bf16_flops = j.value("matmul_bf16_flops", 0.0);
+    if (j.contains("packages")) r.packages = j.at("packages").get<std::map<std::string, std::string>>();
     for (const auto& s : j.at("steps")) {
       StepSample x;
       x.step = s.at("step").get<int>();
@@ -190,6 +192,11 @@ nlohmann::json make_run_document(const RunContext& ctx, const std::vector<RankRe
   doc["created"] = utc_timestamp();
   doc["config"] = ctx.config;
   doc["fingerprint"] = ctx.fingerprint;
+  for (const auto& r : ranks)
+    if (!r.packages.empty()) {
+      doc["fingerprint"]["python_packages"] = r.packages;
+      break;
+    }
   doc["hardware_key"] = ctx.hardware_key;
 
   // Status: the first failed rank's own account wins; else the launcher's verdict.
@@ -202,6 +209,7 @@ nlohmann::json make_run_document(const RunContext& ctx, const std::vector<RankRe
   }
   if (status["state"] == "ok" && ctx.launcher_status != "ok")
     status = {{"state", "failed"}, {"rank", ctx.failed_rank}, {"phase", "unknown"}, {"reason", ctx.launcher_reason}};
+  if (!ctx.skipped_reason.empty()) status = {{"state", "skipped"}, {"reason", ctx.skipped_reason}};
   doc["status"] = status;
 
   nlohmann::json steps = nlohmann::json::array();
@@ -281,6 +289,8 @@ double measured_peak_flops(const std::vector<RankReport>& ranks) {
 std::string long_csv_header() { return "hardware,ddpbench_commit,libtorch,cell,trainer,preset,mode,impl,nproc,micro_batch,grad_accum,seq_len,metric,value\n"; }
 
 std::string long_csv_rows(const nlohmann::json& doc) {
+  // Only cells that ran: a failed or skipped cell's zeros are no measurement.
+  if (doc.at("status").value("state", "") != "ok") return "";
   const auto& c = doc.at("config");
   const auto& fp = doc.at("fingerprint");
   std::ostringstream key;

@@ -3,6 +3,7 @@
 // `gate` read only these files; they never re-run anything.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -42,6 +43,9 @@ struct RankReport {
   std::int64_t trainable_parameters = 0;
   std::int64_t optimizer_state_bytes = 0;  // moments, master weights and scratch on the device
   double matmul_bf16_flops = 0;   // this rank's GPU's measured bf16 matrix rate, FLOP/s (0: none)
+  // Versions of the Python packages a Python trainer ran on ("" for one not installed); empty for
+  // the built-in trainer. The run document carries them in its fingerprint.
+  std::map<std::string, std::string> packages;
   std::vector<StepSample> steps;
 };
 
@@ -59,6 +63,7 @@ struct RunContext {
   double flops_per_token = 0;       // model FLOPs per trained token (0: unknown)
   double peak_flops = 0;            // per device, FLOP/s (0: unknown, MFU left out)
   double datasheet_flops = 0;       // the card's dense bf16 datasheet rate, reported beside (0: unknown)
+  std::string skipped_reason;       // non-empty: the cell did not run (e.g. its trainer is not installed)
   std::string launcher_status = "ok";  // the launcher's verdict when it is not ok
   std::string launcher_reason;
   int failed_rank = -1;

@@ -28,6 +28,13 @@ const std::vector<std::string>& preset_names() {
   return names;
 }
 
+const std::vector<std::string>& trainer_names() {
+  static const std::vector<std::string> names{"builtin", "hf", "liger", "unsloth", "hf-loop"};
+  return names;
+}
+
+bool is_python_trainer(const std::string& trainer) { return trainer != "builtin"; }
+
 ModelShape preset_shape(const std::string& name) {
   // 1b and 8b: Llama-3.2-1B and Llama-3.1-8B. 350m: the shape of DESIGN.md's reference figures.
   if (name == "tiny") return {"tiny", 64, 2, 4, 2, 128, 256, 10000.0, 1e-5};
@@ -100,7 +107,13 @@ OptimState parse_optim_state(std::string_view text) {
 
 void validate(const Config& c) {
   preset_shape(c.preset);
-  require(c.trainer == "builtin" || c.trainer == "hf", "--trainer: unknown trainer '" + c.trainer + "' (choose builtin or hf)");
+  {
+    const auto& names = trainer_names();
+    std::string list;
+    for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
+    require(std::find(names.begin(), names.end(), c.trainer) != names.end(),
+            "--trainer: unknown trainer '" + c.trainer + "' (choose " + list + ")");
+  }
   require(c.impl == "baseline", "--impl: unknown implementation '" + c.impl + "' (choose baseline)");
   require(c.device == "cpu" || c.device == "cuda", "--device: unknown device '" + c.device + "' (choose cpu or cuda)");
   require(c.nproc >= 1, "--nproc: must be at least 1, got " + std::to_string(c.nproc));
@@ -257,7 +270,8 @@ bool parse_bool(const std::string& key, const std::string& v) {
 
 const std::vector<Setting>& settings() {
   static const std::vector<Setting> table{
-      {"trainer", "builtin (C++ trainer) or hf (Transformers + PEFT reference)", [](Config& c, const std::string& v) { c.trainer = v; }},
+      {"trainer", "builtin (the C++ trainer), hf (transformers.Trainer + PEFT), liger (the same with Liger-Kernel), "
+                  "unsloth (Unsloth's FastLanguageModel and trainer), hf-loop (a hand-written Transformers loop, a diagnostic)", [](Config& c, const std::string& v) { c.trainer = v; }},
       {"preset", "model shape: tiny, 350m, 1b, 8b", [](Config& c, const std::string& v) { preset_shape(v); c.preset = v; }},
       {"mode", "lora or full fine-tuning", [](Config& c, const std::string& v) { c.mode = parse_mode(v); }},
       {"impl", "baseline (stock ATen ops)", [](Config& c, const std::string& v) { c.impl = v; }},

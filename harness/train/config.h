@@ -26,6 +26,9 @@ struct ModelShape {
 };
 
 const std::vector<std::string>& preset_names();  // tiny, 350m, 1b, 8b
+// builtin, and the Python trainers harness/hf/ runs: hf, liger, unsloth (peer_trainers.py), hf-loop.
+const std::vector<std::string>& trainer_names();
+bool is_python_trainer(const std::string& trainer);
 // Whether two shapes describe the same weights (names aside): what loading a checkpoint requires.
 bool same_weights_shape(const ModelShape& a, const ModelShape& b);
 ModelShape preset_shape(const std::string& name);  // UsageError on an unknown name

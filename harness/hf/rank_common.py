@@ -1,22 +1,15 @@
-#!/usr/bin/env python3
-"""ddpbench's external reference trainer: Hugging Face Transformers + PEFT under torch DDP.
+"""What every Python trainer of ddpbench shares: one rank's configuration, torchrun environment, the
+token file (harness/train/token_file.h), the rank report (harness/results/results.h), the live step
+line, the bf16 matrix rate for MFU, NVTX phase ranges and the failure path.
 
-One rank of a DDP fine-tuning run, started by ddpbench's launcher (or torchrun) exactly like the
-built-in worker:
-
-    python3 harness/hf/hf_trainer.py --config CELL/config.json --out CELL/ranks
-
-with RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT in the
-environment. It does the same work as the built-in trainer (harness/train/trainer.cpp) on the same
-weights (the config's "checkpoint", a Hugging Face Llama folder, with an optional PEFT adapter) and
-the same token batches (the config's "data_file", harness/train/token_file.h), and writes
-<out>/rank<RANK>.json in the built-in trainer's rank-report schema (harness/results/results.h).
-Exit status: 0 on success, 1 on failure (after writing the failed report).
+The trainers themselves: hf_loop.py (a hand-written Transformers + PEFT + DDP loop, kept as a
+diagnostic) and peer_trainers.py (the Hugging Face Trainer, Liger-Kernel and Unsloth, configured as
+their own documentation configures them: the baselines users actually run).
 """
 
-import argparse
 import array
 import contextlib
+import importlib.metadata
 import json
 import math
 import mmap
@@ -28,7 +21,6 @@ import sys
 import threading
 import time
 import traceback
-from datetime import timedelta
 
 T_START = time.perf_counter()  # setup_s counts from here: imports, model load, rendezvous, DDP wrap
 
@@ -39,6 +31,9 @@ TOKEN_MAGIC = b"DDPBTOK1"
 TOKEN_HEADER = struct.Struct("<8sIIQQ")  # magic, version, vocab, documents, tokens
 LOSS_NORMS = ("global-tokens", "mean-of-micro-means", "local-tokens")
 OPTIM_STATES = ("fp32", "param")
+# The Python packages whose versions a result must carry (DESIGN.md: the environment fingerprint).
+FINGERPRINT_PACKAGES = ("torch", "transformers", "peft", "accelerate", "trl", "liger-kernel", "unsloth",
+                        "unsloth_zoo", "datasets")
 
 
 _KEEP_ALIVE = []  # what must outlive main() on the failure path
@@ -119,10 +114,11 @@ def load_config(path):
     if cfg["warmup"] < 0:
         raise ConfigError(f"config {path}: warmup must not be negative, got {cfg['warmup']}")
     if not cfg["checkpoint"]:
-        raise ConfigError("the hf trainer needs a checkpoint: set checkpoint (--checkpoint) to a Hugging Face "
-                          "checkpoint folder (config.json + model.safetensors)")
+        raise ConfigError(f"the {cfg.get('trainer', 'hf')} trainer needs a checkpoint: set checkpoint (--checkpoint) to a "
+                          "Hugging Face checkpoint folder (config.json + model.safetensors)")
     if not cfg["data_file"]:
-        raise ConfigError("the hf trainer needs a token file: set data_file (--data-file) to a ddpbench token file")
+        raise ConfigError(f"the {cfg.get('trainer', 'hf')} trainer needs a token file: set data_file (--data-file) to a "
+                          "ddpbench token file")
     if not os.path.isdir(cfg["checkpoint"]):
         raise ConfigError(f"checkpoint {cfg['checkpoint']}: not a folder")
     if not os.path.isfile(os.path.join(cfg["checkpoint"], "config.json")):
@@ -228,6 +224,12 @@ class TokenFile:
         start = self._tokens_at + 4 * int(self._offsets[index])
         ids = _u32_array(self._mm[start:start + 4 * n])
         return torch.frombuffer(ids, dtype=torch.int32).to(torch.int64) & 0xFFFFFFFF
+
+    def row_lengths(self, step, global_batch, first, count, seq_len):
+        """Lengths (cut to seq_len) of global-batch rows [first, first + count) of step `step`,
+        from the header alone."""
+        return [min(int(self._lengths[(step * global_batch + first + i) % self.documents]), seq_len)
+                for i in range(count)]
 
     def rows(self, step, global_batch, first, count, seq_len):
         """Global-batch rows [first, first + count) of optimizer step `step`: (tokens, labels,
@@ -335,8 +337,20 @@ def new_report(env):
         "trainable_parameters": 0,
         "optimizer_state_bytes": 0,
         "matmul_bf16_flops": 0.0,
+        "packages": package_versions(),
         "steps": [],
     }
+
+
+def package_versions(names=FINGERPRINT_PACKAGES):
+    """Installed versions of the packages a Python trainer's figures depend on ("" for one absent)."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = ""
+    return versions
 
 
 def env_int_safe(name, fallback):
@@ -377,104 +391,6 @@ def lr_at(cfg, step):
     return lr * (step + 1) / warm if step < warm else lr
 
 
-def loss_scale(rule, world, grad_accum, n_global, n_rank, n_micro):
-    """The per-micro-batch factor on the summed token loss (loss_scale in trainer.cpp)."""
-    if rule == "global-tokens":
-        return world / n_global
-    if rule == "mean-of-micro-means":
-        return 1.0 / (n_micro * grad_accum)
-    return 1.0 / n_rank  # local-tokens
-
-
-class MasterWeightAdamW:
-    """AdamW keeping fp32 master weights and fp32 moments for low-precision parameters (optim_state
-    fp32): the built-in trainer's update (train/adamw.cpp), made the same way: the bf16 gradient is
-    copied to fp32 in bounded pieces, torch's fused AdamW kernel updates the master slice, and the
-    master is rounded back into the bf16 weight. fp32 parameters are updated in place."""
-
-    def __init__(self, torch, params, lr, weight_decay, scratch_elems=1 << 25):
-        self.torch, self.weight_decay = torch, float(weight_decay)
-        self.param_groups = [{"lr": float(lr)}]  # what the training loop sets each step
-        self.direct, self.chunks, self.state = [], [], []
-        fill, widest = scratch_elems, 0
-        with torch.no_grad():
-            for p in params:
-                master = p if p.dtype in (torch.float32, torch.float64) else p.detach().float()
-                m, v = torch.zeros_like(master), torch.zeros_like(master)
-                self.state.append((p, master, m, v))
-                if master is p:
-                    self.direct.append((p, m, v, torch.zeros((), dtype=torch.float32, device=p.device)))
-                    continue
-                offset = 0
-                while offset < p.numel():
-                    if fill >= scratch_elems:
-                        self.chunks.append([])
-                        fill = 0
-                    length = min(p.numel() - offset, scratch_elems - fill)
-                    self.chunks[-1].append((p, master, m, v, offset, length,
-                                            torch.zeros((), dtype=torch.float32, device=p.device)))
-                    offset += length
-                    fill += length
-                    widest = max(widest, fill)
-        self.scratch = (torch.empty(widest, dtype=torch.float32, device=params[0].device) if widest else None)
-
-    def _fused(self, params, grads, ms, vs, steps):
-        torch = self.torch
-        torch._foreach_add_(steps, 1)  # the kernel reads the count but leaves counting to the caller
-        torch._fused_adamw_(params, grads, ms, vs, [], steps, lr=self.param_groups[0]["lr"], beta1=0.9,
-                            beta2=0.999, weight_decay=self.weight_decay, eps=1e-8, amsgrad=False, maximize=False)
-
-    def step(self):
-        torch = self.torch
-        with torch.no_grad():
-            if self.direct:
-                ps, ms, vs, steps = (list(x) for x in zip(*self.direct))
-                self._fused(ps, [p.grad for p in ps], ms, vs, steps)
-            for chunk in self.chunks:
-                weights, masters, grads, grads32, ms, vs, steps = [], [], [], [], [], [], []
-                fill = 0
-                for p, master, m, v, offset, length, step in chunk:
-                    piece = lambda t: t.view(-1).narrow(0, offset, length)  # noqa: E731
-                    weights.append(piece(p))
-                    masters.append(piece(master))
-                    grads.append(piece(p.grad))
-                    grads32.append(self.scratch.narrow(0, fill, length))
-                    ms.append(piece(m))
-                    vs.append(piece(v))
-                    steps.append(step)
-                    fill += length
-                torch._foreach_copy_(grads32, grads)
-                self._fused(masters, grads32, ms, vs, steps)
-                torch._foreach_copy_(weights, masters)
-
-    def zero_grad(self, set_to_none=False):
-        for p, *_ in self.state:
-            if p.grad is not None:
-                p.grad.zero_()
-
-    def state_bytes(self):
-        total = self.scratch.nbytes if self.scratch is not None else 0
-        for p, master, m, v in self.state:
-            total += m.nbytes + v.nbytes + (0 if master is p else master.nbytes)
-        return total
-
-
-def make_optimizer(torch, trainable, cfg):
-    """optim_state fp32: MasterWeightAdamW; param: torch.optim.AdamW (state in the parameter's
-    dtype, what a bf16 model gets from it)."""
-    if cfg["optim_state"] == "fp32":
-        return MasterWeightAdamW(torch, trainable, cfg["lr"], cfg["weight_decay"])
-    return torch.optim.AdamW(trainable, lr=float(cfg["lr"]), betas=(0.9, 0.999), eps=1e-8,
-                             weight_decay=float(cfg["weight_decay"]), fused=True)
-
-
-def optimizer_state_bytes(optimizer):
-    if isinstance(optimizer, MasterWeightAdamW):
-        return optimizer.state_bytes()
-    # torch.optim creates its state lazily, at the first step: count what it will hold.
-    return sum(2 * p.numel() * p.element_size() for g in optimizer.param_groups for p in g["params"])
-
-
 def memory_peaks(torch, cuda, device):
     if cuda:
         return int(torch.cuda.max_memory_allocated(device)), int(torch.cuda.max_memory_reserved(device))
@@ -507,190 +423,6 @@ def base_model_folder(checkpoint, has_adapter):
             if not name.startswith("adapter_"):
                 os.symlink(os.path.abspath(os.path.join(checkpoint, name)), os.path.join(folder, name))
         yield folder
-
-
-def run(cfg, env, report):
-    import torch
-    import torch.distributed as dist
-    import torch.nn.functional as F
-
-    threads = os.environ.get("OMP_NUM_THREADS")
-    if threads and threads.isdigit() and int(threads) > 0:
-        torch.set_num_threads(int(threads))
-    cuda = cfg["device"] == "cuda"
-    if cuda:
-        if not torch.cuda.is_available():
-            raise ConfigError("device cuda: torch sees no CUDA device")
-        torch.cuda.set_device(env.local_rank)
-        device = torch.device("cuda", env.local_rank)
-    else:
-        device = torch.device("cpu")
-    report["device"] = str(device)
-    dtype = torch.bfloat16 if cuda else torch.float32
-
-    data = TokenFile(cfg["data_file"])
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # rank logs are files: no progress bars in them
-
-    checkpoint = cfg["checkpoint"]
-    has_adapter = os.path.isfile(os.path.join(checkpoint, "adapter_config.json"))
-    # On a GPU the weights load straight onto it (one device: no dispatch hooks), not through host memory.
-    with base_model_folder(checkpoint, has_adapter) as base_folder:
-        model, loading = AutoModelForCausalLM.from_pretrained(
-            base_folder, dtype=dtype, attn_implementation="sdpa", device_map={"": env.local_rank} if cuda else None,
-            output_loading_info=True)
-    # Equal work means equal weights: a weight the checkpoint lacks would be drawn at random here.
-    for kind in ("missing_keys", "mismatched_keys"):
-        keys = sorted(str(k) for k in (loading.get(kind) or ()))
-        if keys:
-            more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
-            raise ConfigError(f"checkpoint {checkpoint}: {kind.replace('_', ' ')} in model.safetensors: "
-                              f"{', '.join(keys[:3])}{more}")
-    model.config.use_cache = False
-    vocab = int(model.config.vocab_size)
-    if data.vocab > vocab:
-        raise ConfigError(f"data_file {cfg['data_file']}: vocabulary {data.vocab} is larger than the model's {vocab}")
-    if cfg["grad_ckpt"]:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if cfg["mode"] == "lora":
-        from peft import LoraConfig, PeftModel, get_peft_model
-
-        if cfg["grad_ckpt"]:
-            model.enable_input_require_grads()
-        if has_adapter:
-            model = PeftModel.from_pretrained(model, checkpoint, is_trainable=True)
-        else:
-            torch.manual_seed(int(cfg.get("seed", 0)))  # DDP broadcasts rank 0's adapters anyway
-            lora = LoraConfig(r=cfg["lora_rank"], lora_alpha=cfg["lora_alpha"], target_modules=list(cfg["lora_targets"]),
-                              lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
-            model = get_peft_model(model, lora)
-    else:
-        for p in model.parameters():
-            p.requires_grad_(True)
-    model.to(device)
-    model.train()
-    report["parameters"] = sum(p.numel() for p in model.parameters())
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    report["trainable_parameters"] = sum(p.numel() for p in trainable)
-    if not trainable:
-        raise ConfigError(f"checkpoint {checkpoint}: no trainable parameters in mode {cfg['mode']}")
-
-    report["phase"] = "rendezvous"
-    prepare_rendezvous_env(env.world_size)
-    timeout = timedelta(seconds=cfg["timeout_s"])
-    if cuda:
-        dist.init_process_group("nccl", rank=env.rank, world_size=env.world_size, timeout=timeout, device_id=device)
-    else:
-        dist.init_process_group("gloo", rank=env.rank, world_size=env.world_size, timeout=timeout)
-    # DDP's construction broadcasts rank 0's weights, so every rank starts from the same ones.
-    ddp_model = torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[env.local_rank] if cuda else None, bucket_cap_mb=cfg["bucket_cap_mb"],
-        gradient_as_bucket_view=True)
-    optimizer = make_optimizer(torch, trainable, cfg)
-    report["optimizer_state_bytes"] = optimizer_state_bytes(optimizer)
-    if cuda:
-        torch.cuda.synchronize(device)
-    report["setup_s"] = time.perf_counter() - T_START
-    # The MFU denominator, measured on this GPU before the first step (DESIGN.md).
-    if cuda:
-        report["matmul_bf16_flops"] = measure_bf16_matmul_flops(torch, device)
-
-    W, G, mb = env.world_size, cfg["grad_accum"], cfg["micro_batch"]
-    seq_len, rule, max_norm = cfg["seq_len"], cfg["loss_norm"], float(cfg["max_grad_norm"])
-    # The global batch counts all ranks (nproc per node x nodes), as BatchSource::make does.
-    global_batch = W * mb * G
-    total = cfg["warmup"] + cfg["steps"]
-    ranges = NvtxRanges(cuda)
-    for step in range(total):
-        report["phase"] = f"step {step}"
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(device)
-        t0 = time.perf_counter()
-        # The same NVTX phase ranges as the built-in trainer, so that `ddpbench profile
-        # --step-marker step` can cut this trainer's trace into steps the same way.
-        ranges.push("step")
-        ranges.push("data")
-        micro = []
-        n_rank = real_rank = 0
-        for m in range(G):
-            first = (env.rank * G + m) * mb
-            tokens, labels, lengths = data.rows(step, global_batch, first, mb, seq_len)
-            top = int(tokens.max())
-            if top >= vocab:
-                raise ConfigError(f"data_file {cfg['data_file']}: token id {top} is outside the model's vocabulary {vocab}")
-            n_micro = sum(n - 1 for n in lengths)
-            micro.append((tokens.to(device), labels.to(device), lengths, n_micro))
-            n_rank += n_micro
-            real_rank += sum(lengths)
-        # N, the loss's divisor, counted once per optimizer step over all ranks and micro-batches;
-        # the global count of real tokens rides along for the live log.
-        counts = torch.tensor([n_rank, real_rank], dtype=torch.int64, device=device)
-        dist.all_reduce(counts)
-        n_global, real_global = (int(x) for x in counts.cpu().tolist())
-        ranges.pop()
-
-        optimizer.zero_grad(set_to_none=False)
-        loss_acc = torch.zeros((), dtype=torch.float64, device=device)
-        sample = {"step": step, "warmup": step < cfg["warmup"], "loss": 0.0, "tokens": 0, "padded_tokens": 0,
-                  "predicted_tokens": n_rank, "global_predicted_tokens": n_global, "step_time_s": 0.0,
-                  "grad_norm": 0.0, "mem_allocated_peak": 0, "mem_reserved_peak": 0}
-        for m, (tokens, labels, lengths, n_micro) in enumerate(micro):
-            scale = loss_scale(rule, W, G, n_global, n_rank, n_micro)
-            sync = m == G - 1
-            with ddp_model.no_sync() if not sync else contextlib.nullcontext():
-                # No labels (the loss is computed here, summed) and no attention mask: right padding
-                # under causal attention, as in the built-in trainer.
-                ranges.push("forward")
-                logits = ddp_model(input_ids=tokens, use_cache=False).logits
-                # Shift the labels, not the logits (LlamaModel::loss_sum).
-                shifted = torch.cat([labels[:, 1:], torch.full((labels.size(0), 1), IGNORE_INDEX,
-                                                               dtype=labels.dtype, device=device)], dim=1)
-                loss_sum = F.cross_entropy(logits.float().view(-1, logits.size(-1)), shifted.view(-1),
-                                           ignore_index=IGNORE_INDEX, reduction="sum")
-                ranges.pop()
-                ranges.push("backward")
-                (loss_sum * scale).backward()
-                ranges.pop()
-            # What this rank adds to the step's loss once DDP has averaged over ranks.
-            loss_acc += loss_sum.detach().double() * (scale / W)
-            del logits, loss_sum
-            sample["tokens"] += sum(lengths)
-            sample["padded_tokens"] += tokens.numel()
-        ranges.push("optimizer")
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(cfg, step)
-        if max_norm > 0:
-            norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm)
-        else:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in trainable])
-        optimizer.step()
-        ranges.pop()
-        dist.all_reduce(loss_acc)
-        sample["loss"] = float(loss_acc.item())
-        sample["grad_norm"] = float(norm.item())
-        if cuda:
-            torch.cuda.synchronize(device)
-        sample["step_time_s"] = time.perf_counter() - t0
-        ranges.pop()
-        sample["mem_allocated_peak"], sample["mem_reserved_peak"] = memory_peaks(torch, cuda, device)
-        report["steps"].append(sample)
-        if env.rank == 0:
-            print_step_line(cfg, sample, real_global, W, report["matmul_bf16_flops"])
-
-    # DDP rebuilds its buckets after the first iteration: read the layout it ended with.
-    report["buckets"], report["bucket_bytes"] = bucket_layout(ddp_model)
-    report["phase"] = "shutdown"
-    dist.barrier()  # no rank tears down while a peer still finishes its last collective
-    dist.destroy_process_group()
-    # DDP's reducer still holds the process group; it is destroyed when ddp_model is freed, and
-    # ~ProcessGroupGloo joins its worker threads while holding the GIL. A worker that is still
-    # releasing the tensors of a finished collective (our Python tensors: that takes the GIL) would
-    # deadlock that join, so the main thread lets go of the GIL for a moment first.
-    time.sleep(0.2)
-    del ddp_model, model, optimizer, trainable
-    report["phase"] = "done"
 
 
 class NvtxRanges:
@@ -728,8 +460,14 @@ def _shutdown_best_effort(seconds=15.0):
     timer.cancel()
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="ddpbench reference trainer (Transformers + PEFT + torch DDP), one rank")
+
+
+def rank_main(description, run, argv=None):
+    """One rank of a Python trainer: reads --config and --out, calls run(cfg, env, report) and writes
+    <out>/rank<RANK>.json. Exit status 0, or 1 after writing the failed report."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", required=True, help="the cell's config.json")
     parser.add_argument("--out", required=True, help="folder for rank<RANK>.json")
     args = parser.parse_args(argv)
@@ -755,17 +493,16 @@ def main(argv=None):
         _shutdown_best_effort()
         # The traceback holds the model, DDP and a process group whose worker threads may sit in a
         # collective that a failed peer never joins: freeing them could block until the collective
-        # timeout. Keep them alive; the script leaves without running destructors (see below).
+        # timeout. Keep them alive; exit_rank leaves without running destructors.
         _KEEP_ALIVE.append(e)
         return 1
     write_report(args.out, report)
     return 0
 
 
-if __name__ == "__main__":
-    status = main()
+def exit_rank(status):
+    """Ends the process with rank_main's status; a failed rank leaves without destructors (see rank_main)."""
     if status != 0:
-        # A failed rank's report is written; exit without destructors (see main).
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)

@@ -1,4 +1,4 @@
-"""CPU tests of the Hugging Face reference trainer (harness/hf/hf_trainer.py).
+"""CPU tests of the hand-written Transformers + PEFT loop (harness/hf/hf_loop.py, trainer hf-loop).
 
 The loss rule's equivalence through Transformers + PEFT + torch DDP: 2 ranks x 3 micro-batches of 2
 sequences must give the same per-step losses as 1 rank with one micro-batch of 12, on documents of
@@ -22,7 +22,9 @@ transformers = pytest.importorskip("transformers", reason="the hf trainer needs 
 peft = pytest.importorskip("peft", reason="the hf trainer needs peft (pip install peft)")
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "harness" / "hf" / "hf_trainer.py"
+SCRIPT = ROOT / "harness" / "hf" / "hf_loop.py"
+sys.path.insert(0, str(SCRIPT.parent))
+import rank_common  # noqa: E402
 VOCAB = 256
 SEQ_LEN = 32
 
@@ -30,7 +32,7 @@ REPORT_KEYS = {
     "schema_version": int, "rank": int, "local_rank": int, "world_size": int, "host": str, "device": str,
     "status": str, "phase": str, "error": str, "setup_s": float, "buckets": int, "bucket_bytes": int,
     "parameters": int, "trainable_parameters": int, "optimizer_state_bytes": int, "matmul_bf16_flops": float,
-    "steps": list,
+    "packages": dict, "steps": list,
 }
 STEP_KEYS = {
     "step": int, "warmup": bool, "loss": float, "tokens": int, "padded_tokens": int, "predicted_tokens": int,
@@ -50,7 +52,7 @@ def write_token_file(path, vocab, documents):
 
 
 def load_trainer_module():
-    spec = importlib.util.spec_from_file_location("hf_trainer", SCRIPT)
+    spec = importlib.util.spec_from_file_location("hf_loop", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -95,7 +97,7 @@ def workdir(tmp_path_factory):
 
 def config(root, ckpt, mode, nproc, micro_batch, grad_accum, **extra):
     cfg = {
-        "trainer": "hf", "preset": "tiny", "mode": mode, "impl": "baseline", "device": "cpu", "nproc": nproc,
+        "trainer": "hf-loop", "preset": "tiny", "mode": mode, "impl": "baseline", "device": "cpu", "nproc": nproc,
         "micro_batch": micro_batch, "grad_accum": grad_accum, "seq_len": SEQ_LEN, "lengths": "fixed",
         "steps": 2, "warmup": 1, "seed": 0, "lr": 1e-3, "weight_decay": 0.01, "max_grad_norm": 1.0,
         "lora_rank": 4, "lora_alpha": 8.0, "lora_targets": ["q_proj", "v_proj"], "loss_norm": "global-tokens",
@@ -113,7 +115,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def launch(cell, cfg, timeout=240):
+def launch(cell, cfg, timeout=240, script=SCRIPT):
     """Starts cfg["nproc"] ranks as the launcher does; returns (exit codes, rank reports, rank 0 stdout)."""
     cell.mkdir(parents=True, exist_ok=True)
     (cell / "config.json").write_text(json.dumps(cfg))
@@ -124,7 +126,7 @@ def launch(cell, cfg, timeout=240):
                    LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                    OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         procs.append(subprocess.Popen(
-            [sys.executable, str(SCRIPT), "--config", str(cell / "config.json"), "--out", str(cell / "ranks")],
+            [sys.executable, str(script), "--config", str(cell / "config.json"), "--out", str(cell / "ranks")],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outputs, timed_out = [], False
     for p in procs:
@@ -166,7 +168,7 @@ def b0_reference(root, checkpoint):
     loaded into a clean copy of the base weights."""
     from transformers import AutoModelForCausalLM
 
-    hf = load_trainer_module()
+    hf = rank_common
     folder = root / checkpoint
     has_adapter = (folder / "adapter_config.json").is_file()
     with hf.base_model_folder(str(folder), has_adapter) as base:
@@ -246,7 +248,7 @@ def test_missing_checkpoint_fails_clearly(workdir):
 
 
 def test_token_file_mapping(workdir):
-    hf = load_trainer_module()
+    hf = rank_common
     data = hf.TokenFile(str(workdir / "tokens.bin"))
     assert data.documents == 30 and data.vocab == VOCAB
     rng = random.Random(1)
@@ -259,6 +261,7 @@ def test_token_file_mapping(workdir):
         assert lengths[i] == len(doc)
         assert tokens[i, :len(doc)].tolist() == doc and labels[i, :len(doc)].tolist() == doc
         assert tokens[i, len(doc):].eq(0).all() and labels[i, len(doc):].eq(-100).all()
+    assert data.row_lengths(2, 12, 4, 4, SEQ_LEN) == lengths
     data.close()
 
 
@@ -299,7 +302,7 @@ def test_master_weight_adamw_follows_fp64_reference(scratch_elems):
 
 
 def test_step_line_shows_mfu_only_with_a_measured_rate(capsys):
-    hf = load_trainer_module()
+    hf = rank_common
     cfg = {"warmup": 1, "steps": 2, "model_flops_per_token": 2.0e9}
     sample = {"step": 1, "warmup": False, "loss": 2.5, "step_time_s": 0.5, "mem_allocated_peak": 1 << 30,
               "global_predicted_tokens": 4094, "grad_norm": 1.25}
