@@ -216,6 +216,8 @@ TEST(Settings, ValidateRejectsOutOfRange) {
   Config h;
   train::apply_settings(h, {{"debug_step_delay_ms", "-1"}});
   EXPECT_TRUE(starts_with(message_of<UsageError>([&] { train::validate(h); }), "--debug-step-delay-ms:"));
+  train::apply_settings(h, {{"debug_step_delay_ms", "5"}, {"trainer", "hf"}});
+  EXPECT_TRUE(contains(message_of<UsageError>([&] { train::validate(h); }), "only the built-in trainer"));
 }
 
 TEST(Settings, UnknownKeyRejected) {

@@ -121,6 +121,7 @@ void validate(const Config& c) {
   require(c.data == "markov" || c.data == "random", "--data: unknown generator '" + c.data + "' (choose markov or random)");
   require(c.markov_states >= 1, "--markov-states: must be at least 1, got " + std::to_string(c.markov_states));
   require(c.debug_step_delay_ms >= 0, "--debug-step-delay-ms: must not be negative, got " + std::to_string(c.debug_step_delay_ms));
+  require(c.debug_step_delay_ms == 0 || c.trainer == "builtin", "--debug-step-delay-ms: only the built-in trainer has it");
   if (c.mode == Mode::lora) {
     require(c.lora_rank >= 1, "--lora-rank: must be at least 1, got " + std::to_string(c.lora_rank));
     require(c.lora_alpha > 0, "--lora-alpha: must be positive");
