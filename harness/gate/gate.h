@@ -2,9 +2,9 @@
 // cell by cell and metric by metric, and says whether anything got worse beyond noise.
 //
 // The unit of replication is the run. Per-step samples of one run are correlated, and two runs of
-// one build differ by more than their steps' spread (H200, full-350m: 0.3-1.7% for the built-in
-// trainer, up to 10% for the HF trainer; a rank test on per-step times calls 8 of 9 same-build
-// pairs different). So every figure below is one number per repeat (a run's summary), and a
+// one build differ by more than their steps' spread (0.3-1.7% for the built-in trainer, up to 10%
+// for the HF trainer, between runs on one host; on H200s a rank test on per-step times called 8 of
+// 9 same-build pairs different). So every figure below is one number per repeat (a run's summary), and a
 // metric regresses only when both hold:
 //
 //  1. the difference of the repeat medians, in the metric's bad direction, exceeds the tolerance:
