@@ -75,6 +75,11 @@ TEST_F(Cli, BadFlagValuesGiveOneClearLineAndExitTwo) {
       {"train --no-such-flag", "--no-such-flag"},
       {"run no/such/suite.toml", "no/such/suite.toml"},
       {"frobnicate", "frobnicate"},
+      {"train --debug-step-delay-ms -5", "--debug-step-delay-ms"},
+      {"gate", "--baseline and --current are both needed"},
+      {"gate --baseline no/such/run --current no/such/run", "no/such/run: no such file or folder"},
+      {"gate --update a --current b", "excludes --update"},
+      {"gate --baseline a --current b --match cell", "--match"},
   };
   for (const auto& [args, expected] : cases) {
     SCOPED_TRACE(args);
@@ -86,7 +91,7 @@ TEST_F(Cli, BadFlagValuesGiveOneClearLineAndExitTwo) {
 }
 
 TEST_F(Cli, HelpExitsZeroForEverySubcommand) {
-  for (const char* sub : {"", "train", "run", "doctor", "profile", "analyze"}) {
+  for (const char* sub : {"", "train", "run", "doctor", "profile", "analyze", "gate"}) {
     SCOPED_TRACE(sub);
     const auto r = run(std::string(sub) + " --help", dir_);
     EXPECT_EQ(r.status, 0);

@@ -213,6 +213,11 @@ TEST(Settings, ValidateRejectsOutOfRange) {
   Config g;
   g.trainer = "deepspeed";
   EXPECT_TRUE(contains(message_of<UsageError>([&] { train::validate(g); }), "deepspeed"));
+  Config h;
+  train::apply_settings(h, {{"debug_step_delay_ms", "-1"}});
+  EXPECT_TRUE(starts_with(message_of<UsageError>([&] { train::validate(h); }), "--debug-step-delay-ms:"));
+  train::apply_settings(h, {{"debug_step_delay_ms", "5"}, {"trainer", "hf"}});
+  EXPECT_TRUE(contains(message_of<UsageError>([&] { train::validate(h); }), "only the built-in trainer"));
 }
 
 TEST(Settings, UnknownKeyRejected) {
@@ -295,6 +300,7 @@ Config unusual_config() {
   c.optim_state = train::OptimState::param;
   c.markov_states = 64;
   c.lr_warmup = 3;
+  c.debug_step_delay_ms = 7;
   return c;
 }
 
@@ -326,6 +332,7 @@ void expect_same(const Config& a, const Config& b) {
   EXPECT_EQ(a.optim_state, b.optim_state);
   EXPECT_EQ(a.markov_states, b.markov_states);
   EXPECT_EQ(a.lr_warmup, b.lr_warmup);
+  EXPECT_EQ(a.debug_step_delay_ms, b.debug_step_delay_ms);
 }
 
 TEST(ConfigJson, RoundTripsEveryField) {

@@ -17,5 +17,6 @@ void add_prepare_command(CLI::App& app, Action& action);
 void add_profile_command(CLI::App& app, Action& action);
 void add_analyze_command(CLI::App& app, Action& action);
 void add_check_loss_command(CLI::App& app, Action& action);
+void add_gate_command(CLI::App& app, Action& action);
 
 }  // namespace ddpbench::cli

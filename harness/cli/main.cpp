@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   cli::add_profile_command(app, action);
   cli::add_analyze_command(app, action);
   cli::add_check_loss_command(app, action);
+  cli::add_gate_command(app, action);
   cli::add_worker_command(app, action);
 
   std::string where = "ddpbench";

@@ -133,6 +133,8 @@ void validate(const Config& c) {
   require(!c.profile || c.device == "cuda", "--profile: needs --device cuda (CUPTI records GPU activity)");
   require(c.data == "markov" || c.data == "random", "--data: unknown generator '" + c.data + "' (choose markov or random)");
   require(c.markov_states >= 1, "--markov-states: must be at least 1, got " + std::to_string(c.markov_states));
+  require(c.debug_step_delay_ms >= 0, "--debug-step-delay-ms: must not be negative, got " + std::to_string(c.debug_step_delay_ms));
+  require(c.debug_step_delay_ms == 0 || c.trainer == "builtin", "--debug-step-delay-ms: only the built-in trainer has it");
   if (c.mode == Mode::lora) {
     require(c.lora_rank >= 1, "--lora-rank: must be at least 1, got " + std::to_string(c.lora_rank));
     require(c.lora_alpha > 0, "--lora-alpha: must be positive");
@@ -163,6 +165,7 @@ nlohmann::json to_json(const Config& c) {
       {"data_file", c.data_file},     {"optim_state", to_string(c.optim_state)},
       {"checkpoint", c.checkpoint},   {"grad_ckpt", c.grad_ckpt},
       {"profile", c.profile},          {"bind_cpus", c.bind_cpus},
+      {"debug_step_delay_ms", c.debug_step_delay_ms},
       {"global_batch_sequences", c.global_batch_sequences()},
       {"model_flops_per_token", model_flops_per_token(c)},
   };
@@ -202,6 +205,7 @@ Config config_from_json(const nlohmann::json& j) {
     c.grad_ckpt = j.at("grad_ckpt").get<bool>();
     c.profile = j.value("profile", false);
     c.bind_cpus = j.value("bind_cpus", false);
+    c.debug_step_delay_ms = j.value("debug_step_delay_ms", 0);
     return c;
   } catch (const nlohmann::json::exception& e) {
     throw UsageError(std::string("config: ") + e.what());
@@ -312,6 +316,8 @@ const std::vector<Setting>& settings() {
        [](Config& c, const std::string& v) { c.profile = parse_bool("profile", v); }, true},
       {"bind_cpus", "bind each local rank to its own contiguous share of the launcher's CPUs",
        [](Config& c, const std::string& v) { c.bind_cpus = parse_bool("bind_cpus", v); }, true},
+      DDPBENCH_NUMBER("debug_step_delay_ms", debug_step_delay_ms,
+                      "debug: the built-in trainer sleeps this many ms inside every timed step (a known slow-down, to test the gate)"),
   };
   return table;
 }

@@ -94,6 +94,7 @@ struct Config {
   bool grad_ckpt = false;        // recompute each decoder layer in backward instead of storing it
   bool profile = false;          // record GPU activity with the in-process CUPTI collector
   bool bind_cpus = false;        // each local rank on its own share of the CPUs (launch::Spec)
+  int debug_step_delay_ms = 0;   // debug: the built-in trainer sleeps this long in every timed step (tests the gate)
 
   int total_steps() const { return warmup + steps; }
   // The learning rate of optimizer step `step` (0-based): linear warm-up to lr over lr_warmup

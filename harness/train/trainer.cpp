@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
+#include <thread>
 
 #include "common/error.h"
 #include "common/strings.h"
@@ -229,6 +230,8 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
         grad_norm = clip_grad_norm(trainable, cfg.max_grad_norm);
         optimizer.step(cfg.lr_at(step));
       }
+      // A known slow-down inside the timed step, so that tests can make a regression on demand.
+      if (cfg.debug_step_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(cfg.debug_step_delay_ms));
       comm->allreduce_sum(loss_acc);
       sample.loss = loss_acc.item<double>();
       sample.grad_norm = grad_norm.item<double>();
