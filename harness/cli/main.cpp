@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   cli::add_prepare_command(app, action);
   cli::add_profile_command(app, action);
   cli::add_analyze_command(app, action);
+  cli::add_report_command(app, action);
   cli::add_worker_command(app, action);
 
   std::string where = "ddpbench";
