@@ -95,30 +95,57 @@ def _gpu_axis(ax, counts):
     ax.set_xlabel("GPUs (ranks)")
 
 
+def _by_gpu_count(groups, palette, points, decorate, ylabel):
+    """One panel per workload geometry, one line per trainer over GPU counts: points(line) gives
+    [(nproc, median, low, high)], decorate(ax, lines) adds the panel's reference lines."""
+    rows, cols = _grid(len(groups))
+    fig, axes = _figure(rows, cols)
+    for ax, (group, lines) in zip(axes.flat, sorted(groups.items())):
+        for label, line in lines.items():
+            pts = points(line)
+            if pts:
+                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]],
+                            marker="o", capsize=3, color=palette(label), label=label)
+        decorate(ax, lines)
+        _gpu_axis(ax, sorted({n for line in lines.values() for n in line}))
+        ax.set_ylabel(ylabel)
+        ax.set_title(_series_title(group), fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower left")
+    _hide_unused(axes, len(groups))
+    return fig
+
+
+def _agg_points(field, scale=1.0):
+    def points(line):
+        aggs = [(n, line[n].agg(field)) for n in sorted(line)]
+        return [(n, a.median * scale, a.lo * scale, a.hi * scale) for n, a in aggs if a is not None]
+    return points
+
+
+def _bar_panel(ax, ticks, names, ylabel, title):
+    """Axis labels of a bar panel, its legend outside on the right, where it hides no bar."""
+    ax.set_xticks(ticks)
+    ax.set_xticklabels(names, fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+
+
 def throughput(model, palette, footer, out_dir):
     groups = compare.series(model)
     if not groups:
         return None
-    rows, cols = _grid(len(groups))
-    fig, axes = _figure(rows, cols)
-    for ax, (group, lines) in zip(axes.flat, sorted(groups.items())):
-        counts = sorted({n for line in lines.values() for n in line})
+
+    def ideal(ax, lines):
         for label, line in lines.items():
-            ns = sorted(line)
-            aggs = [line[n].agg("tokens_per_s_per_gpu") for n in ns]
-            med = [a.median for a in aggs]
-            err = [[a.median - a.lo for a in aggs], [a.hi - a.median for a in aggs]]
-            ax.errorbar(ns, med, yerr=err, marker="o", capsize=3, color=palette(label), label=label)
             if 1 in line:
                 ax.axhline(line[1].agg("tokens_per_s_per_gpu").median, ls="--", lw=1, color=palette(label), alpha=0.7)
-        _gpu_axis(ax, counts)
-        ax.set_ylabel("tokens/s per GPU")
-        ax.set_ylim(bottom=0)
-        ax.set_title(_series_title(group), fontsize=9)
-        ax.grid(alpha=0.3)
         ax.plot([], [], ls="--", color="grey", label="ideal (1-GPU rate)")
-        ax.legend(fontsize=8, loc="lower left")
-    _hide_unused(axes, len(groups))
+        ax.set_ylim(bottom=0)
+
+    fig = _by_gpu_count(groups, palette, _agg_points("tokens_per_s_per_gpu"), ideal, "tokens/s per GPU")
     name = _finish(fig, "Tokens/s per GPU against GPU count (median over repeats, bars: range)", footer, out_dir, "throughput.png")
     return name, "Tokens/s per GPU; the dashed line of each trainer is its 1-GPU rate (perfect scaling)."
 
@@ -127,27 +154,17 @@ def scaling(model, palette, footer, out_dir):
     groups = {g: lines for g, lines in compare.series(model).items() if any(compare.scaling(l) for l in lines.values())}
     if not groups:
         return None
-    rows, cols = _grid(len(groups))
-    fig, axes = _figure(rows, cols)
-    for ax, (group, lines) in zip(axes.flat, sorted(groups.items())):
-        counts = sorted({n for line in lines.values() for n in line})
-        for label, line in lines.items():
-            eff = compare.scaling(line)
-            if not eff:
-                continue
-            ns = [1] + sorted(eff)
-            med = [100.0] + [eff[n][0] * 100 for n in ns[1:]]
-            err = [[0] + [(eff[n][0] - eff[n][1]) * 100 for n in ns[1:]], [0] + [(eff[n][2] - eff[n][0]) * 100 for n in ns[1:]]]
-            ax.errorbar(ns, med, yerr=err, marker="o", capsize=3, color=palette(label), label=label)
+
+    def points(line):
+        eff = compare.scaling(line)
+        return [(1, 100.0, 100.0, 100.0)] + [(n, e[0] * 100, e[1] * 100, e[2] * 100) for n, e in sorted(eff.items())] if eff else []
+
+    def ideal(ax, lines):
         ax.axhline(100, ls="--", color="black", lw=1, label="ideal (100%)")
-        _gpu_axis(ax, counts)
-        ax.set_ylabel("scaling efficiency (%)")
         lo = min(min(l.get_ydata()) for l in ax.get_lines())
         ax.set_ylim(min(80, lo - 5), 105)
-        ax.set_title(_series_title(group), fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower left")
-    _hide_unused(axes, len(groups))
+
+    fig = _by_gpu_count(groups, palette, points, ideal, "scaling efficiency (%)")
     name = _finish(fig, "Scaling efficiency: tokens/s per GPU at N GPUs / at 1 GPU", footer, out_dir, "scaling.png")
     return name, "Scaling efficiency at a fixed per-GPU batch (DESIGN.md): 100% is perfect."
 
@@ -173,16 +190,11 @@ def breakdown(model, palette, footer, out_dir):
             ax.bar(x, vals, bottom=bottom, color=colour, label=part, width=0.6)
             bottom = [u + v for u, v in zip(bottom, vals)]
         for xi, b, top in zip(x, mine, bottom):
-            ax.annotate(f"{top:.1f} ms\n(exposed comm. {b[2]['exposed communication']:.2f})", (xi, top), ha="center",
+            ax.annotate(f"{top:.1f} ms\n(exposed comm. {b[2]['exposed communication']:.2f} ms)", (xi, top), ha="center",
                         va="bottom", fontsize=7)
-        ax.set_xticks(x)
-        ax.set_xticklabels([f"{b[1]}\n{b[0][1]} GPU" for b in mine], fontsize=8)
+        _bar_panel(ax, x, [f"{b[1]}\n{b[0][1]} GPU" for b in mine], "median step time (ms), mean over ranks", w)
         ax.set_xlim(-0.5 - max(0, 3 - len(mine)) / 2, len(mine) - 0.5 + max(0, 3 - len(mine)) / 2)
         ax.margins(y=0.15)
-        ax.set_ylabel("median step time (ms), mean over ranks")
-        ax.set_title(w, fontsize=10)
-        ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     name = _finish(fig, "Where a step's time goes (CUPTI profile)", footer, out_dir, "breakdown.png")
     return name, ("Compute, exposed communication (NCCL kernels with no compute kernel running), other device work "
                   "and idle time per step; they add up to the step (harness/profile/analysis.h).")
@@ -193,7 +205,7 @@ def memory(model, palette, footer, out_dir):
     if not workloads:
         return None
     positions = max(sum(max(1, c.key[1]) + 2 for c in model.cells if c.key[0] == w) for w in workloads)
-    fig, axes = _figure(1, len(workloads), width_per=max(6.0, 0.45 * positions))
+    fig, axes = _figure(len(workloads), 1, width_per=min(14.0, max(7.0, 0.4 * positions)))
     gib = 2.0 ** 30
     for ax, w in zip(axes.flat, workloads):
         cells = [c for c in model.cells if c.key[0] == w]
@@ -217,12 +229,7 @@ def memory(model, palette, footer, out_dir):
             ticks.append(sum(xs) / len(xs))
             names.append(f"{c.label}\n{c.key[1]} GPU")
             x0 = xs[-1] + 1.6
-        ax.set_xticks(ticks)
-        ax.set_xticklabels(names, fontsize=7)
-        ax.set_ylabel("peak memory per rank (GiB)")
-        ax.set_title(w, fontsize=10)
-        ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        _bar_panel(ax, ticks, names, "peak memory per rank (GiB)", w)
     name = _finish(fig, "Peak memory per rank (bars: allocated, ticks: reserved by the caching allocator)", footer, out_dir, "memory.png")
     return name, ("Peak allocated memory of each rank, one bar per rank in rank order, largest over repeats "
                   "(CPU runs: the process's peak resident memory).")
@@ -289,23 +296,7 @@ def mfu(model, palette, footer, out_dir):
               if any(c.agg("mfu") for line in lines.values() for c in line.values())}
     if not groups:
         return None
-    rows, cols = _grid(len(groups))
-    fig, axes = _figure(rows, cols)
-    for ax, (group, lines) in zip(axes.flat, sorted(groups.items())):
-        counts = sorted({n for line in lines.values() for n in line})
-        for label, line in lines.items():
-            pts = [(n, line[n].agg("mfu")) for n in sorted(line) if line[n].agg("mfu")]
-            if pts:
-                ax.errorbar([n for n, _ in pts], [a.median * 100 for _, a in pts],
-                            yerr=[[(a.median - a.lo) * 100 for _, a in pts], [(a.hi - a.median) * 100 for _, a in pts]],
-                            marker="o", capsize=3, color=palette(label), label=label)
-        _gpu_axis(ax, counts)
-        ax.set_ylabel("MFU (%)")
-        ax.set_ylim(bottom=0)
-        ax.set_title(_series_title(group), fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower left")
-    _hide_unused(axes, len(groups))
+    fig = _by_gpu_count(groups, palette, _agg_points("mfu", 100.0), lambda ax, lines: ax.set_ylim(bottom=0), "MFU (%)")
     name = _finish(fig, "Model FLOPs utilisation against the bf16 matrix rate measured on each GPU", footer, out_dir, "mfu.png")
     return name, "MFU = model FLOPs per token x tokens/s per GPU / the bf16 matrix rate each rank measured (DESIGN.md)."
 

@@ -14,28 +14,28 @@ from .plots import footer_text
 # Blocks: ("h1"|"h2"|"h3"|"p", text), ("table", header, rows), ("img", file, caption).
 
 
+def _seconds(v):
+    if abs(v) < 1e-3:
+        return f"{v * 1e6:.1f} us"
+    return f"{v * 1e3:.1f} ms" if abs(v) < 1 else f"{v:.2f} s"
+
+
+FORMATS = {
+    "rate": lambda v: f"{v:,.0f}" if abs(v) >= 10 else f"{v:.3g}",
+    "seconds": _seconds,
+    "bytes": lambda v: f"{v / 2**30:.2f} GiB" if abs(v) >= 2**30 else f"{v / 2**20:.1f} MiB",
+    "percent": lambda v: f"{v * 100:.1f}%",
+    "hours": lambda v: f"{v:.3g} h",
+    "loss": lambda v: f"{v:.4f}",
+    "ratio": lambda v: f"{v:.3f}x",
+    "distance": lambda v: f"{v:.2e}",
+    "count": lambda v: f"{v:g}",
+}
+
+
 def fmt(value, kind: str) -> str:
-    if value is None:
-        return "-"
-    if kind == "rate":
-        return f"{value:,.0f}" if abs(value) >= 10 else f"{value:.3g}"
-    if kind == "seconds":
-        return f"{value * 1e3:.1f} ms" if abs(value) < 1 else f"{value:.2f} s"
-    if kind == "bytes":
-        return f"{value / 2**30:.2f} GiB" if abs(value) >= 2**30 else f"{value / 2**20:.1f} MiB"
-    if kind == "percent":
-        return f"{value * 100:.1f}%"
-    if kind == "hours":
-        return f"{value:.3g} h"
-    if kind == "loss":
-        return f"{value:.4f}"
-    if kind == "ratio":
-        return f"{value:.3f}x"
-    if kind == "distance":
-        return f"{value:.2e}"
-    if kind == "count":
-        return f"{value:g}"
-    return str(value)
+    """A figure as the tables show it; kind is one of FORMATS (compare.METRICS names each figure's)."""
+    return "-" if value is None else FORMATS[kind](value)
 
 
 def fmt_agg(a, kind: str) -> str:

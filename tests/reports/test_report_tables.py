@@ -201,3 +201,20 @@ def test_unusable_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
 def test_exit_status_of_the_script(tmp_path):
     r = run_report(tmp_path / "missing", check=False)
     assert r.returncode == 2 and r.stderr.strip() == f"ddpbench report: {tmp_path / 'missing'}: no such file or folder"
+
+
+def test_kernel_documents(tmp_path):
+    """Google Benchmark JSON beside the cells: speed-up and share of the copy bandwidth, from medians."""
+    run = write_run(tmp_path / "run", [cell_doc("w", "builtin", 1), cell_doc("w", "hf", 1)])
+    bench = {"context": {}, "benchmarks": [
+        {"name": "BM_copy/4096", "run_type": "iteration", "real_time": 1.0, "time_unit": "us", "bytes_per_second": 4e12},
+        {"name": "BM_rmsnorm/baseline/4096", "run_type": "iteration", "real_time": 30.0, "time_unit": "us", "bytes_per_second": 1e12},
+        {"name": "BM_rmsnorm/fused/4096", "run_type": "iteration", "real_time": 10.0, "time_unit": "us", "bytes_per_second": 3e12},
+        {"name": "BM_swiglu_fused/1024", "run_type": "aggregate", "aggregate_name": "mean", "real_time": 5.0, "time_unit": "us"},
+        {"name": "BM_lonely/fused/8", "run_type": "iteration", "real_time": 1.0, "time_unit": "ns"},
+    ]}
+    (run / "kernels.json").write_text(json.dumps(bench))
+    assert tables_only(run, "--no-tensorboard") == 0
+    rows = tables((run / "report" / "report.md").read_text())["Kernels"]
+    assert rows == [{"kernel": "BM_rmsnorm/*/4096", "baseline": "30.0 us", "fused": "10.0 us",
+                     "speed-up": "3.000x", "fused GB/s": "3000.0", "share of copy bandwidth": "75.0%"}]
