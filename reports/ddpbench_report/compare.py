@@ -173,6 +173,12 @@ def build(candidate_docs: list, baseline_docs: list | None, baseline_trainer: st
                 ps = [Pair(c, base_by_key[c.key]) for c in cells if c.trainer == trainer and c.key in base_by_key]
                 if ps:
                     pairs.append((f"{trainer} against {baseline}", ps))
+            if candidate == "builtin-fused" and baseline != "builtin":
+                # The internal comparison (--impl fused against baseline) comes with every report that has both.
+                stock = {c.key: c for c in cells if c.trainer == "builtin"}
+                ps = [Pair(c, stock[c.key]) for c in cells if c.trainer == candidate and c.key in stock]
+                if ps:
+                    pairs.insert(1, ("builtin-fused against builtin", ps))
     cells.sort(key=lambda c: (c.key[0], _trainer_order(c.trainer), c.side != "candidate", c.key[1:]))
     return Model(cells, aa_cells, not_ok, pairs, targets, candidate, baseline, across, kernels)
 

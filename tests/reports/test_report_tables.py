@@ -218,3 +218,19 @@ def test_kernel_documents(tmp_path):
     rows = tables((run / "report" / "report.md").read_text())["Kernels"]
     assert rows == [{"kernel": "BM_rmsnorm/*/4096", "baseline": "30.0 us", "fused": "10.0 us",
                      "speed-up": "3.000x", "fused GB/s": "3000.0", "share of copy bandwidth": "75.0%"}]
+
+
+def test_fused_impl_is_the_default_candidate(tmp_path):
+    run = write_run(tmp_path / "run", [
+        cell_doc("w", "builtin", 1, 1200, impl="fused", cell_id="w/builtin/n1/b4/g1/s64#f0f0f0f0"),
+        cell_doc("w", "builtin", 1, 1000, cell_id="w/builtin/n1/b4/g1/s64#b0b0b0b0"),
+        cell_doc("w", "hf", 1, 800, cell_id="w/hf/n1/b4/g1/s64#c0c0c0c0")])
+    assert tables_only(run, "--no-tensorboard") == 0
+    md = (run / "report" / "report.md").read_text()
+    assert "Candidate: builtin-fused; baseline: hf" in md
+    cell = "w n1 b4 g1 s64"
+    assert comparison(md, "builtin-fused against hf")[(cell, "tokens/s per GPU")]["ratio"] == "1.500x"
+    assert comparison(md, "builtin-fused against builtin")[(cell, "tokens/s per GPU")]["ratio"] == "1.200x"
+    assert comparison(md, "builtin against hf")[(cell, "tokens/s per GPU")]["ratio"] == "1.250x"
+    summary = [r["comparison"] for r in tables(md)["Summary"]]
+    assert summary == ["builtin-fused against hf", "builtin-fused against builtin", "builtin against hf"]
