@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import stats
-from .load import Doc, InputError
+from .load import InputError, tidy_row
 
 TRAINERS = ("builtin", "builtin-fused", "hf", "liger", "unsloth", "hf-loop")
 
@@ -72,7 +72,6 @@ def _short(run: str) -> str:
 
 def group_cells(docs: list, side: str, run_name: str = "") -> tuple[list, list]:
     """Cells from ok documents (repeats together) and A/A cells."""
-    from .load import tidy_row
     by_id: dict = {}
     for d in docs:
         if d.ok:
@@ -164,7 +163,7 @@ def build(candidate_docs: list, baseline_docs: list | None, baseline_trainer: st
         if baseline_trainer and baseline_trainer not in labels:
             raise InputError(f"--baseline {baseline_trainer}: no ok cell of that trainer (trainers: {', '.join(sorted(labels)) or 'none'})")
         baseline = baseline_trainer or default_baseline(labels, candidate) or ""
-        if baseline == candidate:
+        if baseline and baseline == candidate:
             raise InputError(f"--baseline {baseline}: the same trainer as the candidate")
         if baseline:
             base_by_key = {c.key: c for c in cells if c.trainer == baseline}

@@ -123,7 +123,8 @@ def blocks_for(model, docs, figures, sources: str) -> list:
         out.append(("p", "Ratio of candidate to baseline (medians over repeats) and the noise verdict; the rule and every "
                          "figure are in the tables below the figures."))
         out.append(("table",) + summary_table(model))
-    out.append(("h2", "Figures"))
+    if figures:
+        out.append(("h2", "Figures"))
     for name, caption in figures:
         out.append(("img", name, caption))
     out.append(("h2", "How differences are judged"))
@@ -133,9 +134,9 @@ def blocks_for(model, docs, figures, sources: str) -> list:
         header, rows = comparison_table(model, pairs)
         out.append(("table", header, rows))
     out.append(("h2", "All cells"))
+    targets = ", ".join(f"{key_name(k)} {v:.4f}" for k, v in sorted(model.targets.items()) if v is not None)
     out.append(("p", "Median over repeats (range, number of runs). Scaling: tokens/s per GPU at N GPUs over the same "
-                     "trainer's at 1 GPU, same per-GPU batch. Target loss per cell: "
-                     + ", ".join(f"{key_name(k)} {v:.4f}" for k, v in sorted(model.targets.items()) if v is not None) + "."))
+                     "trainer's at 1 GPU, same per-GPU batch." + (f" Target loss per cell: {targets}." if targets else "")))
     out.append(("table",) + cells_table(model))
     if model.not_ok:
         out.append(("h2", "Cells that did not run to the end"))

@@ -234,3 +234,11 @@ def test_fused_impl_is_the_default_candidate(tmp_path):
     assert comparison(md, "builtin against hf")[(cell, "tokens/s per GPU")]["ratio"] == "1.250x"
     summary = [r["comparison"] for r in tables(md)["Summary"]]
     assert summary == ["builtin-fused against hf", "builtin-fused against builtin", "builtin against hf"]
+
+
+def test_a_run_with_only_failed_cells_is_still_reported(tmp_path):
+    run = write_run(tmp_path / "run", [cell_doc("w", "builtin", 1, state="failed", reason="rank 0 died in setup")])
+    assert tables_only(run, "--no-tensorboard") == 0
+    md = (run / "report" / "report.md").read_text()
+    assert tables(md)["Cells that did not run to the end"][0]["reason"] == "rank 0 died in setup"
+    assert "no comparison" in md
