@@ -30,15 +30,16 @@ def footer_text(docs: list) -> str:
             if v not in (None, "") and str(v) not in seen:
                 seen.append(str(v))
         return "/".join(seen) if seen else "?"
-    parts = [
-        values(lambda f: f["hardware_key"]) if any(d.fingerprint.get("hardware_key") for d in docs)
-        else values(lambda f: f["gpus"][0]["name"]),
-        "driver " + values(lambda f: f["driver"]),
-        "CUDA " + values(lambda f: f["runtime"]["cuda_runtime"]),
-        "NCCL " + values(lambda f: f["runtime"]["nccl"]),
-        "torch " + values(lambda f: f["runtime"]["libtorch"]),
-        "commit " + values(lambda f: f["git_commit"]),
+    named = [
+        ("", lambda f: f["hardware_key"] if f.get("hardware_key") else f["gpus"][0]["name"]),
+        ("driver ", lambda f: f["driver"]),
+        ("CUDA ", lambda f: f["runtime"]["cuda_runtime"]),
+        ("NCCL ", lambda f: f["runtime"]["nccl"]),
+        ("torch ", lambda f: f["runtime"]["libtorch"]),
+        ("commit ", lambda f: f["git_commit"]),
     ]
+    # What a CPU run does not have (driver, CUDA, NCCL) is left out, not shown as unknown.
+    parts = [name + v for name, get in named for v in [values(get)] if v != "?"]
     pkgs = {}
     for d in docs:
         for k, v in (d.fingerprint.get("python_packages") or {}).items():
@@ -252,13 +253,16 @@ def loss(model, palette, footer, out_dir):
     if not by_key:
         return None
     paired = {id(p.candidate): p.baseline for _, ps in model.pairs for p in ps}
+    # A row of difference panels under the curves only where some trainer has a baseline to differ from.
+    per_key = 2 if paired else 1
     keys = sorted(by_key)
     cols = min(3, len(keys))
     rows = math.ceil(len(keys) / cols)
-    fig, axes = plt.subplots(2 * rows, cols, figsize=(max(6.4, 5.2 * cols), 5.6 * rows + 0.9), squeeze=False,
-                             gridspec_kw={"height_ratios": [2, 1] * rows})
+    fig, axes = plt.subplots(per_key * rows, cols, figsize=(max(6.4, 5.2 * cols), (5.6 if paired else 3.8) * rows + 0.9),
+                             squeeze=False, gridspec_kw={"height_ratios": ([2, 1] if paired else [1]) * rows})
     for i, key in enumerate(keys):
-        top, bottom = axes[2 * (i // cols), i % cols], axes[2 * (i // cols) + 1, i % cols]
+        top = axes[per_key * (i // cols), i % cols]
+        bottom = axes[per_key * (i // cols) + 1, i % cols] if paired else None
         for c in by_key[key]:
             med, lo, hi = _median_curve(c)
             steps = list(range(len(med)))
@@ -278,17 +282,22 @@ def loss(model, palette, footer, out_dir):
         top.set_ylabel("loss")
         top.grid(alpha=0.3)
         top.legend(fontsize=7)
-        bottom.axhline(0, color="black", lw=0.8)
-        bottom.set_xlabel("optimizer step")
-        bottom.set_ylabel("loss difference")
-        bottom.grid(alpha=0.3)
-        if bottom.get_legend_handles_labels()[0]:
-            bottom.legend(fontsize=7)
+        (bottom or top).set_xlabel("optimizer step")
+        if bottom is not None:
+            bottom.axhline(0, color="black", lw=0.8)
+            bottom.set_ylabel("loss difference")
+            bottom.grid(alpha=0.3)
+            if bottom.get_legend_handles_labels()[0]:
+                bottom.legend(fontsize=7)
+            else:
+                bottom.text(0.5, 0.5, "no baseline cell here", ha="center", va="center", transform=bottom.transAxes,
+                            color="#777777")
     for j in range(len(keys), rows * cols):
-        axes[2 * (j // cols), j % cols].set_visible(False)
-        axes[2 * (j // cols) + 1, j % cols].set_visible(False)
-    name = _finish(fig, "Loss curves (median over repeats, band: range) and differences from the baseline", footer, out_dir, "loss.png")
-    return name, "Per-step loss of every trainer on equal work, and each one's difference from its baseline."
+        for k in range(per_key):
+            axes[per_key * (j // cols) + k, j % cols].set_visible(False)
+    title = "Loss curves (median over repeats, band: range)" + (" and differences from the baseline" if paired else "")
+    name = _finish(fig, title, footer, out_dir, "loss.png")
+    return name, "Per-step loss of every trainer on equal work" + (", and each one's difference from its baseline." if paired else ".")
 
 
 def mfu(model, palette, footer, out_dir):
