@@ -74,7 +74,11 @@ def run(argv) -> int:
     out = args.out or default_out(args.runs[0])
     os.makedirs(out, exist_ok=True)
 
-    from . import plots, render  # matplotlib is imported only once the input is known to be usable
+    try:
+        from . import plots, render  # matplotlib is imported only once the input is known to be usable
+    except ImportError as e:
+        print(f"{PROG}: error: {e} (scripts/setup installs what the report needs)", file=sys.stderr)
+        return 1
     all_docs = docs + (base_docs or [])
     figures = plots.draw_all(model, [d for d in all_docs if d.ok], out)
     sources = "Runs: " + describe(args.runs, docs)
