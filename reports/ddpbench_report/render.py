@@ -3,12 +3,13 @@ every image as a base64 data URI and loads nothing else (it opens from a file wi
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import os
 
 from . import compare, stats
 from .kernels import kernel_rows
-from .load import key_name
+from .load import key_name, tidy_row
 from .plots import footer_text
 
 # Blocks: ("h1"|"h2"|"h3"|"p", text), ("table", header, rows), ("img", file, caption).
@@ -228,4 +229,17 @@ def write(model, docs, figures, out_dir: str, sources: str) -> tuple:
         f.write(to_markdown(blocks))
     with open(html_path, "w", encoding="utf-8") as f:
         f.write(to_html(blocks, out_dir))
+    write_rows(model, docs, os.path.join(out_dir, "cells.csv"))
     return md_path, html_path
+
+
+def write_rows(model, docs, path: str) -> None:
+    """The tidy rows behind the tables, one per cell run (repeats apart, failed and skipped cells too),
+    in SI units, for spreadsheets and plots of one's own."""
+    rows = {id(d): r for c in model.cells + model.aa_cells for d, r in zip(c.docs, c.rows)}
+    table = [rows.get(id(d)) or tidy_row(d) for d in docs]
+    columns = list(dict.fromkeys(k for r in table for k in r))
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        out = csv.DictWriter(f, columns)
+        out.writeheader()
+        out.writerows(table)

@@ -77,6 +77,23 @@ def test_within_run_table_equals_documents(report_a):
     assert (w2["candidate"], w2["baseline"], w2["ratio"], w2["verdict"]) == ("950", "400", "2.375x", "one run: no verdict")
 
 
+def test_tidy_rows_equal_documents(report_a):
+    run, _, _ = report_a
+    import csv
+    with open(run / "report" / "cells.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 16                                   # every document, failed and skipped ones too
+    for row in rows:
+        doc = json.loads((run / "cells" / f"cell{rows.index(row)}.json").read_text())
+        assert row["cell_id"] == doc["cell_id"] and int(row["repeat"]) == doc["repeat"]
+        assert row["state"] == doc["status"]["state"]
+        if row["state"] == "ok":
+            assert float(row["tokens_per_s_per_gpu"]) == doc["summary"]["tokens_per_s_per_gpu"]
+            assert float(row["step_time_p50_s"]) == doc["summary"]["step_time_p50_s"]
+    first = rows[0]
+    assert (first["steps_to_target"], float(first["time_to_target_s"])) == ("4", pytest.approx(0.4))
+
+
 def test_verdict_needs_both_conditions(report_a):
     _, md, _ = report_a
     rows = comparison(md, "builtin against hf")
