@@ -89,7 +89,7 @@ def group_cells(docs: list, side: str, run_name: str = "") -> tuple[list, list]:
     for group in labels_seen.values():
         if len(group) > 1:
             for c in group:
-                c.label += "#" + c.cell_id.split("#", 1)[-1] if "#" in c.cell_id else f" ({c.cell_id})"
+                c.label += ("#" + c.cell_id.split("#", 1)[1]) if "#" in c.cell_id else f" ({c.cell_id})"
     return cells, aa
 
 
