@@ -259,3 +259,15 @@ def test_a_run_with_only_failed_cells_is_still_reported(tmp_path):
     md = (run / "report" / "report.md").read_text()
     assert tables(md)["Cells that did not run to the end"][0]["reason"] == "rank 0 died in setup"
     assert "no comparison" in md
+
+
+def test_two_configurations_of_one_trainer_stay_apart(tmp_path):
+    """Same trainer and geometry, another configuration (cell_id hash): not repeats of each other."""
+    run = write_run(tmp_path / "run", [
+        cell_doc("w", "builtin", 1, 1000, cell_id="w/builtin/n1/b4/g1/s64#aaaa0001"),
+        cell_doc("w", "builtin", 1, 2000, cell_id="w/builtin/n1/b4/g1/s64#aaaa0002"),
+        cell_doc("w", "hf", 1, 500, cell_id="w/hf/n1/b4/g1/s64#bbbb0001")])
+    assert tables_only(run, "--no-tensorboard") == 0
+    cells = {r["trainer"]: r for r in tables((run / "report" / "report.md").read_text())["All cells"]}
+    assert cells["builtin#aaaa0001"]["tokens/s per GPU"] == "1,000" and cells["builtin#aaaa0001"]["runs"] == "1"
+    assert cells["builtin#aaaa0002"]["tokens/s per GPU"] == "2,000"
