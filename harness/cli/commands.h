@@ -13,6 +13,7 @@ void add_train_command(CLI::App& app, Action& action);
 void add_worker_command(CLI::App& app, Action& action);
 void add_run_command(CLI::App& app, Action& action);
 void add_doctor_command(CLI::App& app, Action& action);
+void add_report_command(CLI::App& app, Action& action);
 void add_prepare_command(CLI::App& app, Action& action);
 void add_profile_command(CLI::App& app, Action& action);
 void add_analyze_command(CLI::App& app, Action& action);

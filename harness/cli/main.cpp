@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   cli::add_train_command(app, action);
   cli::add_run_command(app, action);
   cli::add_doctor_command(app, action);
+  cli::add_report_command(app, action);
   cli::add_prepare_command(app, action);
   cli::add_profile_command(app, action);
   cli::add_analyze_command(app, action);
