@@ -1,11 +1,16 @@
 #include "profile/chrome_trace.h"
 
 #include <algorithm>
+#include <limits>
 #include <map>
 #include <set>
+#include <tuple>
+#include <unordered_map>
 #include <utility>
+#include <vector>
 
 #include "common/strings.h"
+#include "profile/analysis.h"
 
 namespace ddpbench::profile {
 
@@ -13,58 +18,221 @@ namespace {
 
 using nlohmann::json;
 
-double us(std::uint64_t ns) { return static_cast<double>(ns) / 1000.0; }
+// Where a device record sits, for the links from the call that launched it.
+struct DeviceEvent {
+  std::uint32_t device = 0, stream = 0;
+  std::uint64_t start = 0, end = 0;
+  json* event = nullptr;  // its trace event, for the External id
+};
 
-// From the ns difference, not the difference of two rounded ts, so short kernels keep their length.
-double dur_us(std::uint64_t start, std::uint64_t end) { return end > start ? us(end - start) : 0.0; }
+class Writer {
+ public:
+  Writer(const RankActivity& a, std::optional<std::uint64_t> base) : host_pid_(kHostPid + a.rank) {
+    const std::optional<std::uint64_t> earliest = earliest_record(a);
+    base_ = earliest.value_or(base.value_or(0));
+    if (base && *base <= base_) base_ = *base;
+  }
 
-json complete(std::string name, const char* cat, std::uint64_t start, std::uint64_t end, std::int64_t pid,
-              std::uint64_t tid, json args) {
-  return {{"ph", "X"},  {"cat", cat},      {"name", std::move(name)},   {"pid", pid},
-          {"tid", tid}, {"ts", us(start)}, {"dur", dur_us(start, end)}, {"args", std::move(args)}};
-}
+  std::uint64_t base() const { return base_; }
+  std::int64_t host_pid() const { return host_pid_; }
+
+  // Microseconds from the base: the division of an integer below 2^53 by 1000 is correctly rounded,
+  // so the shortest decimal that reads back as this double is the exact value with 3 decimals.
+  double ts(std::uint64_t ns) const { return static_cast<double>(ns - base_) / 1000.0; }
+  static double dur(std::uint64_t start, std::uint64_t end) {
+    return end > start ? static_cast<double>(end - start) / 1000.0 : 0.0;
+  }
+
+  json complete(std::string name, const char* cat, std::uint64_t start, std::uint64_t end, std::int64_t pid,
+                std::uint64_t tid, json args) const {
+    return {{"ph", "X"},  {"cat", cat},      {"name", std::move(name)},   {"pid", pid},
+            {"tid", tid}, {"ts", ts(start)}, {"dur", dur(start, end)}, {"args", std::move(args)}};
+  }
+
+  json flow(bool start, std::uint32_t id, std::int64_t pid, std::uint64_t tid, std::uint64_t at) const {
+    json f = {{"ph", start ? "s" : "f"}, {"id", id},          {"pid", pid},  {"tid", tid},
+              {"ts", ts(at)},            {"cat", "ac2g"},     {"name", "ac2g"}};
+    if (!start) f["bp"] = "e";  // binds to the enclosing slice, the device event
+    return f;
+  }
+
+ private:
+  std::uint64_t base_ = 0;
+  std::int64_t host_pid_ = 0;
+};
 
 json metadata(const char* what, std::int64_t pid, std::uint64_t tid, json args) {
   return {{"ph", "M"}, {"name", what}, {"pid", pid}, {"tid", tid}, {"args", std::move(args)}};
 }
 
+json device_args(std::uint32_t device, std::uint32_t stream, std::uint32_t correlation) {
+  return {{"device", device}, {"stream", stream}, {"correlation", correlation}};
+}
+
+// bytes per nanosecond is GB/s; none for a zero-length record (Kineto writes "N/A" there, which
+// HTA's float column would not take).
+void add_bandwidth(json& args, std::uint64_t bytes, std::uint64_t start, std::uint64_t end) {
+  if (end > start) args["memory bandwidth (GB/s)"] = static_cast<double>(bytes) / static_cast<double>(end - start);
+}
+
+// For each call, the index (into activity.ranges) of the innermost range of its thread that holds
+// its start; -1 where none does. One sweep per thread with a stack of open ranges.
+std::vector<std::ptrdiff_t> enclosing_ranges(const RankActivity& a) {
+  std::map<std::uint64_t, std::vector<std::size_t>> ranges_by_thread, calls_by_thread;
+  for (std::size_t i = 0; i < a.ranges.size(); ++i) ranges_by_thread[a.ranges[i].thread].push_back(i);
+  for (std::size_t i = 0; i < a.api_calls.size(); ++i) calls_by_thread[a.api_calls[i].thread].push_back(i);
+  std::vector<std::ptrdiff_t> out(a.api_calls.size(), -1);
+  for (auto& [thread, calls] : calls_by_thread) {
+    auto& ranges = ranges_by_thread[thread];
+    // Outer before inner at equal starts, so that the inner one ends up on top of the stack.
+    std::stable_sort(ranges.begin(), ranges.end(), [&](std::size_t x, std::size_t y) {
+      const auto &p = a.ranges[x], &q = a.ranges[y];
+      return p.start != q.start ? p.start < q.start : p.end > q.end;
+    });
+    std::stable_sort(calls.begin(), calls.end(),
+                     [&](std::size_t x, std::size_t y) { return a.api_calls[x].start < a.api_calls[y].start; });
+    std::vector<std::size_t> open;
+    std::size_t next = 0;
+    for (std::size_t c : calls) {
+      const std::uint64_t t = a.api_calls[c].start;
+      while (next < ranges.size() && a.ranges[ranges[next]].start <= t) open.push_back(ranges[next++]);
+      // Ranges that ended are dropped wherever they sit: ranges of one thread that overlap without
+      // nesting (start/end ranges) would otherwise hide an open one underneath.
+      std::erase_if(open, [&](std::size_t r) { return a.ranges[r].end <= t; });
+      if (!open.empty()) out[c] = static_cast<std::ptrdiff_t>(open.back());
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
-json chrome_trace(const RankActivity& a) {
-  json events = json::array();
-  const std::int64_t host_pid = kHostPid + a.rank;
+std::optional<std::uint64_t> earliest_record(const RankActivity& a) {
+  std::optional<std::uint64_t> t;
+  auto take = [&](std::uint64_t x) { t = t ? std::min(*t, x) : x; };
+  for (const auto& r : a.ranges) take(r.start);
+  for (const auto& c : a.api_calls) take(c.start);
+  for (const auto& k : a.kernels) take(k.start);
+  for (const auto& m : a.memcpys) take(m.start);
+  for (const auto& m : a.memsets) take(m.start);
+  return t;
+}
 
-  // Streams per device and host threads, for the names Perfetto shows on each track.
+json chrome_trace(const RankActivity& a, const TraceOptions& options) {
+  const Writer w(a, options.base_ns);
+  const std::int64_t host_pid = w.host_pid();
+  json events = json::array();
+
+  // Track names: streams per device, host threads.
   std::map<std::uint32_t, std::set<std::uint32_t>> streams;
   std::set<std::uint64_t> threads;
 
-  for (const auto& r : a.ranges) {
-    threads.insert(r.thread);
-    events.push_back(complete(r.name, "user_annotation", r.start, r.end, host_pid, r.thread, json::object()));
+  // Host ranges; External id = index + 1.
+  std::vector<bool> is_step(a.ranges.size(), false);
+  std::vector<int> step_number(a.ranges.size(), -1);
+  {
+    const auto steps = step_ranges(a, options.step_marker);
+    for (std::size_t n = 0; n < steps.size(); ++n) {
+      is_step[steps[n]] = true;
+      step_number[steps[n]] = static_cast<int>(n);
+    }
   }
+  for (std::size_t i = 0; i < a.ranges.size(); ++i) {
+    const RangeRecord& r = a.ranges[i];
+    threads.insert(r.thread);
+    json args = {{"External id", i + 1}};
+    std::string name = r.name;
+    if (is_step[i]) {
+      args["range"] = r.name;
+      name = "ProfilerStep#" + std::to_string(step_number[i]);
+    }
+    events.push_back(w.complete(std::move(name), "user_annotation", r.start, r.end, host_pid, r.thread, std::move(args)));
+  }
+
+  // Device records, by correlation id for the links below. Pointers into `device_events` stay valid:
+  // it is filled completely before any is taken.
+  std::vector<json> device_events;
+  device_events.reserve(a.kernels.size() + a.memcpys.size() + a.memsets.size());
+  std::vector<std::tuple<std::uint32_t, std::uint32_t, std::uint32_t, std::uint64_t, std::uint64_t>> placed;  // corr, device, stream, start, end
   for (const auto& k : a.kernels) {
     streams[k.device].insert(k.stream);
-    json args = {{"device", k.device},
-                 {"stream", k.stream},
-                 {"correlation", k.correlation},
-                 {"grid", {k.grid[0], k.grid[1], k.grid[2]}},
-                 {"block", {k.block[0], k.block[1], k.block[2]}}};
-    events.push_back(complete(k.name, "kernel", k.start, k.end, k.device, k.stream, std::move(args)));
+    json args = device_args(k.device, k.stream, k.correlation);
+    args["grid"] = {k.grid[0], k.grid[1], k.grid[2]};
+    args["block"] = {k.block[0], k.block[1], k.block[2]};
+    device_events.push_back(w.complete(k.name, "kernel", k.start, k.end, k.device, k.stream, std::move(args)));
+    placed.emplace_back(k.correlation, k.device, k.stream, k.start, k.end);
   }
   for (const auto& m : a.memcpys) {
     streams[m.device].insert(m.stream);
-    json args = {{"device", m.device},
-                 {"stream", m.stream},
-                 {"correlation", m.correlation},
-                 {"bytes", m.bytes},
-                 {"kind", m.kind}};
+    json args = device_args(m.device, m.stream, m.correlation);
+    args["bytes"] = m.bytes;
+    add_bandwidth(args, m.bytes, m.start, m.end);
+    args["kind"] = m.kind;
     const std::string name = m.kind.empty() ? "Memcpy" : "Memcpy " + m.kind;
-    events.push_back(complete(name, "gpu_memcpy", m.start, m.end, m.device, m.stream, std::move(args)));
+    device_events.push_back(w.complete(name, "gpu_memcpy", m.start, m.end, m.device, m.stream, std::move(args)));
+    placed.emplace_back(m.correlation, m.device, m.stream, m.start, m.end);
   }
   for (const auto& m : a.memsets) {
     streams[m.device].insert(m.stream);
-    json args = {{"device", m.device}, {"stream", m.stream}, {"correlation", m.correlation}, {"bytes", m.bytes}};
-    events.push_back(complete("Memset (Device)", "gpu_memset", m.start, m.end, m.device, m.stream, std::move(args)));
+    json args = device_args(m.device, m.stream, m.correlation);
+    args["bytes"] = m.bytes;
+    add_bandwidth(args, m.bytes, m.start, m.end);
+    device_events.push_back(w.complete("Memset (Device)", "gpu_memset", m.start, m.end, m.device, m.stream, std::move(args)));
+    placed.emplace_back(m.correlation, m.device, m.stream, m.start, m.end);
+  }
+  std::unordered_map<std::uint32_t, std::vector<DeviceEvent>> launched;  // by correlation
+  for (std::size_t i = 0; i < placed.size(); ++i) {
+    const auto& [corr, device, stream, start, end] = placed[i];
+    launched[corr].push_back({device, stream, start, end, &device_events[i]});
+  }
+
+  // Launch and wait calls, their flows, and the External id they pass on to what they launched.
+  const std::vector<std::ptrdiff_t> holder = enclosing_ranges(a);
+  json flows = json::array();
+  for (std::size_t i = 0; i < a.api_calls.size(); ++i) {
+    const ApiCallRecord& c = a.api_calls[i];
+    threads.insert(c.thread);
+    json args = {{"cbid", c.cbid}, {"correlation", c.correlation}};
+    if (holder[i] >= 0) args["External id"] = holder[i] + 1;
+    events.push_back(w.complete(c.name, c.driver ? "cuda_driver" : "cuda_runtime", c.start, c.end, host_pid, c.thread,
+                                std::move(args)));
+    auto it = launched.find(c.correlation);
+    if (it == launched.end()) continue;
+    flows.push_back(w.flow(true, c.correlation, host_pid, c.thread, c.start));
+    for (const DeviceEvent& d : it->second) {
+      if (holder[i] >= 0) (*d.event)["args"]["External id"] = holder[i] + 1;
+      flows.push_back(w.flow(false, c.correlation, d.device, d.stream, d.start));
+    }
+  }
+
+  // Ranges on the GPU timeline: the work launched inside each (from its thread), per stream.
+  {
+    std::map<std::uint64_t, std::vector<std::size_t>> calls_by_thread;  // sorted by start
+    for (std::size_t i = 0; i < a.api_calls.size(); ++i) calls_by_thread[a.api_calls[i].thread].push_back(i);
+    for (auto& [thread, calls] : calls_by_thread)
+      std::stable_sort(calls.begin(), calls.end(),
+                       [&](std::size_t x, std::size_t y) { return a.api_calls[x].start < a.api_calls[y].start; });
+    for (std::size_t r = 0; r < a.ranges.size(); ++r) {
+      const RangeRecord& range = a.ranges[r];
+      if (is_step[r]) continue;
+      auto calls = calls_by_thread.find(range.thread);
+      if (calls == calls_by_thread.end()) continue;
+      const auto& v = calls->second;
+      auto first = std::lower_bound(v.begin(), v.end(), range.start,
+                                    [&](std::size_t c, std::uint64_t t) { return a.api_calls[c].start < t; });
+      std::map<std::pair<std::uint32_t, std::uint32_t>, std::pair<std::uint64_t, std::uint64_t>> span;  // (device, stream)
+      for (auto c = first; c != v.end() && a.api_calls[*c].start < range.end; ++c) {
+        auto it = launched.find(a.api_calls[*c].correlation);
+        if (it == launched.end()) continue;
+        for (const DeviceEvent& d : it->second) {
+          auto [s, inserted] = span.try_emplace({d.device, d.stream}, d.start, d.end);
+          if (!inserted) s->second = {std::min(s->second.first, d.start), std::max(s->second.second, d.end)};
+        }
+      }
+      for (const auto& [where, se] : span)
+        events.push_back(w.complete(range.name, "gpu_user_annotation", se.first, se.second, where.first, where.second,
+                                    {{"External id", r + 1}}));
+    }
   }
 
   json meta = json::array();
@@ -78,8 +246,10 @@ json chrome_trace(const RankActivity& a) {
     for (std::uint32_t s : ids)
       meta.push_back(metadata("thread_name", device, s, {{"name", "stream " + std::to_string(s)}}));
   }
-  // Metadata first, as the PyTorch profiler writes it, so that tracks are named before they fill.
+  // Metadata first, as Kineto writes it, so that tracks are named before they fill.
   for (auto& e : events) meta.push_back(std::move(e));
+  for (auto& e : device_events) meta.push_back(std::move(e));
+  for (auto& e : flows) meta.push_back(std::move(e));
 
   json devices = json::array();
   if (streams.empty()) {
@@ -90,15 +260,47 @@ json chrome_trace(const RankActivity& a) {
   return {{"schemaVersion", 1},
           {"distributedInfo", {{"backend", "nccl"}, {"rank", a.rank}, {"world_size", a.world_size}}},
           {"deviceProperties", std::move(devices)},
-          {"ddpbench", {{"dropped_records", a.dropped_records}}},
-          {"traceEvents", std::move(meta)},
-          {"displayTimeUnit", "ms"}};
+          {"baseTimeNanoseconds", w.base()},
+          {"displayTimeUnit", "ms"},
+          {"ddpbench", {{"dropped_records", a.dropped_records}, {"api_calls", a.api_calls.size()}}},
+          {"traceEvents", std::move(meta)}};
 }
 
-void write_chrome_trace(const RankActivity& activity, const std::string& path) {
+std::string chrome_trace_text(const json& trace) {
   // Kernel names come from the demangler and an external program's NVTX: replace rather than throw on
   // bytes that are not UTF-8, since a trace with one odd name is still worth having.
-  write_file_atomic(path, chrome_trace(activity).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+  auto dump = [](const json& v) { return v.dump(-1, ' ', false, json::error_handler_t::replace); };
+  // An object's keys and values with ", " and ": " between them, one level deep: `"rank": 0`.
+  auto spaced = [&](const json& v) {
+    if (!v.is_object()) return dump(v);
+    std::string out = "{";
+    for (auto it = v.begin(); it != v.end(); ++it)
+      out += (it == v.begin() ? "" : ", ") + dump(it.key()) + ": " + dump(it.value());
+    return out + "}";
+  };
+  static const char* const kFirst[] = {"schemaVersion", "distributedInfo", "deviceProperties", "baseTimeNanoseconds",
+                                       "displayTimeUnit"};
+  std::string out = "{";
+  bool first = true;
+  auto key_line = [&](const std::string& key, const json& value) {
+    out += (first ? "\n  " : ",\n  ") + dump(key) + ": " + spaced(value);
+    first = false;
+  };
+  for (const char* key : kFirst)
+    if (trace.contains(key)) key_line(key, trace[key]);
+  for (auto it = trace.begin(); it != trace.end(); ++it)
+    if (it.key() != "traceEvents" && std::find(std::begin(kFirst), std::end(kFirst), it.key()) == std::end(kFirst))
+      key_line(it.key(), it.value());
+  out += first ? "\n  \"traceEvents\": [" : ",\n  \"traceEvents\": [";
+  const json empty = json::array();
+  const json& events = trace.contains("traceEvents") ? trace["traceEvents"] : empty;
+  for (std::size_t i = 0; i < events.size(); ++i) out += (i ? ",\n    " : "\n    ") + dump(events[i]);
+  out += "\n  ]\n}\n";
+  return out;
+}
+
+void write_chrome_trace(const RankActivity& activity, const std::string& path, const TraceOptions& options) {
+  write_file_atomic(path, chrome_trace_text(chrome_trace(activity, options)));
 }
 
 }  // namespace ddpbench::profile
