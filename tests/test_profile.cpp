@@ -1036,15 +1036,44 @@ TEST_F(ProfileTrace, StepMarkerNamesTheProfilerSteps) {
   RankActivity a = sample_activity();
   a.ranges.push_back(range(a.ranges[0].start + 20'000, a.ranges[0].start + 30'000, kStepRange, 5));
   std::vector<std::string> steps;
-  for (const auto& e : chrome_trace(a)["traceEvents"])
+  const auto trace = chrome_trace(a);
+  for (const auto& e : trace["traceEvents"])
     if (e["cat"] == "user_annotation" && e["name"].get<std::string>().starts_with("ProfilerStep")) steps.push_back(e["name"]);
   EXPECT_EQ(steps, (std::vector<std::string>{"ProfilerStep#0", "ProfilerStep#1"}));
   // Another marker: `data` becomes the step, `step` stays itself.
   std::set<std::string> names;
-  for (const auto& e : chrome_trace(a, {kDataRange})["traceEvents"])
+  const auto by_data = chrome_trace(a, {kDataRange});
+  for (const auto& e : by_data["traceEvents"])
     if (e["cat"] == "user_annotation") names.insert(e["name"]);
   EXPECT_EQ(names, (std::set<std::string>{"ProfilerStep#0", kStepRange}));
   EXPECT_THROW(chrome_trace(a, {"re:("}), UsageError);
+}
+
+// The backward pass's launches come from the autograd engine's thread, which has no ranges: they count
+// for the range open on the trainer's thread. A thread with ranges of its own keeps to them.
+TEST_F(ProfileTrace, CallsOfThreadsWithoutRangesCountForTheOpenRange) {
+  RankActivity a;
+  a.ranges = {range(0, 1000, kStepRange, 1), range(100, 900, kBackwardRange, 1), range(0, 50, "loader", 3)};
+  a.api_calls = {{200, 210, 2, 1, 211, false, "cudaLaunchKernel"},   // autograd thread, in backward
+                 {950, 960, 2, 2, 211, false, "cudaLaunchKernel"},   // autograd thread, after backward
+                 {500, 510, 3, 3, 211, false, "cudaLaunchKernel"}};  // loader thread, outside its range
+  a.kernels = {kernel(300, 400, "bwd", 7), kernel(965, 990, "opt", 7), kernel(600, 700, "copy", 9)};
+  for (std::uint32_t i = 0; i < 3; ++i) a.kernels[i].correlation = i + 1;
+  std::map<int, nlohmann::json> calls;
+  std::vector<nlohmann::json> annotations;
+  const auto t = chrome_trace(a);
+  for (const auto& e : t["traceEvents"]) {
+    if (e.value("cat", "") == "cuda_runtime") calls[e["args"]["correlation"].get<int>()] = e["args"];
+    if (e.value("cat", "") == "gpu_user_annotation") annotations.push_back(e);
+  }
+  EXPECT_EQ(calls[1]["External id"], 2) << "backward";
+  EXPECT_EQ(calls[2]["External id"], 1) << "the step";
+  EXPECT_FALSE(calls[3].contains("External id"));
+  ASSERT_EQ(annotations.size(), 1u);
+  EXPECT_EQ(annotations[0]["name"], kBackwardRange);
+  EXPECT_EQ(annotations[0]["tid"], 7);
+  EXPECT_DOUBLE_EQ(annotations[0]["ts"].get<double>(), 0.3);
+  EXPECT_DOUBLE_EQ(annotations[0]["dur"].get<double>(), 0.1);
 }
 
 TEST_F(ProfileTrace, TextPutsTheRankWhereHtaSearchesForIt) {

@@ -75,33 +75,56 @@ void add_bandwidth(json& args, std::uint64_t bytes, std::uint64_t start, std::ui
   if (end > start) args["memory bandwidth (GB/s)"] = static_cast<double>(bytes) / static_cast<double>(end - start);
 }
 
-// For each call, the index (into activity.ranges) of the innermost range of its thread that holds
-// its start; -1 where none does. One sweep per thread with a stack of open ranges.
+// For each call (indices sorted by start), the innermost of the ranges (indices sorted by start,
+// outer first at equal starts) that holds its start, written into out; -1 where none does.
+void sweep_innermost(const RankActivity& a, const std::vector<std::size_t>& ranges, const std::vector<std::size_t>& calls,
+                     std::vector<std::ptrdiff_t>& out) {
+  std::vector<std::size_t> open;
+  std::size_t next = 0;
+  for (std::size_t c : calls) {
+    const std::uint64_t t = a.api_calls[c].start;
+    while (next < ranges.size() && a.ranges[ranges[next]].start <= t) open.push_back(ranges[next++]);
+    // Ranges that ended are dropped wherever they sit: ranges that overlap without nesting
+    // (start/end ranges, other threads' ranges) would otherwise hide an open one underneath.
+    std::erase_if(open, [&](std::size_t r) { return a.ranges[r].end <= t; });
+    out[c] = open.empty() ? -1 : static_cast<std::ptrdiff_t>(open.back());
+  }
+}
+
+// For each call, the index (into activity.ranges) of the range it was made in; -1 where none. A
+// thread with ranges of its own: the innermost of them holding the call. A thread without any
+// (PyTorch's autograd engine launches the backward pass from a worker thread; NCCL's and data
+// loaders' threads): the innermost range open at that moment on any thread, latest started first.
 std::vector<std::ptrdiff_t> enclosing_ranges(const RankActivity& a) {
-  std::map<std::uint64_t, std::vector<std::size_t>> ranges_by_thread, calls_by_thread;
-  for (std::size_t i = 0; i < a.ranges.size(); ++i) ranges_by_thread[a.ranges[i].thread].push_back(i);
-  for (std::size_t i = 0; i < a.api_calls.size(); ++i) calls_by_thread[a.api_calls[i].thread].push_back(i);
-  std::vector<std::ptrdiff_t> out(a.api_calls.size(), -1);
-  for (auto& [thread, calls] : calls_by_thread) {
-    auto& ranges = ranges_by_thread[thread];
-    // Outer before inner at equal starts, so that the inner one ends up on top of the stack.
+  auto by_start = [&](std::vector<std::size_t>& ranges) {
     std::stable_sort(ranges.begin(), ranges.end(), [&](std::size_t x, std::size_t y) {
       const auto &p = a.ranges[x], &q = a.ranges[y];
       return p.start != q.start ? p.start < q.start : p.end > q.end;
     });
+  };
+  std::map<std::uint64_t, std::vector<std::size_t>> ranges_by_thread, calls_by_thread;
+  std::vector<std::size_t> all_ranges(a.ranges.size()), borrowing;
+  for (std::size_t i = 0; i < a.ranges.size(); ++i) {
+    ranges_by_thread[a.ranges[i].thread].push_back(i);
+    all_ranges[i] = i;
+  }
+  for (std::size_t i = 0; i < a.api_calls.size(); ++i) calls_by_thread[a.api_calls[i].thread].push_back(i);
+  std::vector<std::ptrdiff_t> out(a.api_calls.size(), -1);
+  for (auto& [thread, calls] : calls_by_thread) {
     std::stable_sort(calls.begin(), calls.end(),
                      [&](std::size_t x, std::size_t y) { return a.api_calls[x].start < a.api_calls[y].start; });
-    std::vector<std::size_t> open;
-    std::size_t next = 0;
-    for (std::size_t c : calls) {
-      const std::uint64_t t = a.api_calls[c].start;
-      while (next < ranges.size() && a.ranges[ranges[next]].start <= t) open.push_back(ranges[next++]);
-      // Ranges that ended are dropped wherever they sit: ranges of one thread that overlap without
-      // nesting (start/end ranges) would otherwise hide an open one underneath.
-      std::erase_if(open, [&](std::size_t r) { return a.ranges[r].end <= t; });
-      if (!open.empty()) out[c] = static_cast<std::ptrdiff_t>(open.back());
+    auto own = ranges_by_thread.find(thread);
+    if (own == ranges_by_thread.end()) {
+      borrowing.insert(borrowing.end(), calls.begin(), calls.end());
+      continue;
     }
+    by_start(own->second);
+    sweep_innermost(a, own->second, calls, out);
   }
+  std::stable_sort(borrowing.begin(), borrowing.end(),
+                   [&](std::size_t x, std::size_t y) { return a.api_calls[x].start < a.api_calls[y].start; });
+  by_start(all_ranges);
+  sweep_innermost(a, all_ranges, borrowing, out);
   return out;
 }
 
@@ -205,10 +228,12 @@ json chrome_trace(const RankActivity& a, const TraceOptions& options) {
     }
   }
 
-  // Ranges on the GPU timeline: the work launched inside each (from its thread), per stream.
+  // Ranges on the GPU timeline: the work launched inside each, per stream. A call counts for the ranges
+  // of the thread whose range it was made in (its own, or the one it borrowed, see enclosing_ranges).
   {
     std::map<std::uint64_t, std::vector<std::size_t>> calls_by_thread;  // sorted by start
-    for (std::size_t i = 0; i < a.api_calls.size(); ++i) calls_by_thread[a.api_calls[i].thread].push_back(i);
+    for (std::size_t i = 0; i < a.api_calls.size(); ++i)
+      if (holder[i] >= 0) calls_by_thread[a.ranges[static_cast<std::size_t>(holder[i])].thread].push_back(i);
     for (auto& [thread, calls] : calls_by_thread)
       std::stable_sort(calls.begin(), calls.end(),
                        [&](std::size_t x, std::size_t y) { return a.api_calls[x].start < a.api_calls[y].start; });
