@@ -144,20 +144,25 @@ def host_waits(doc, lo, hi):
     return sum(e["start"] - p["end"] for p, e in zip(events, events[1:]) if calls[e["correlation"]]["start"] > p["end"])
 
 
+def analyze_and_load(tmp, docs, warmup):
+    (tmp / "ranks").mkdir()
+    for rank, doc in docs.items():
+        (tmp / "ranks" / f"rank{rank}.activity.json").write_text(json.dumps(doc))
+    out = subprocess.run([binary(), "analyze", str(tmp / "ranks"), "--warmup", str(warmup), "--out",
+                          str(tmp / "profile.json"), "--traces", str(tmp / "traces")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return json.loads((tmp / "profile.json").read_text()), hta_check.load(tmp / "traces"), out.stdout
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hta")
-    (tmp / "ranks").mkdir()
     docs, starts = {}, {}
     for rank in (0, 1):
         docs[rank], starts[rank] = build_rank(rank)
-        (tmp / "ranks" / f"rank{rank}.activity.json").write_text(json.dumps(docs[rank]))
-    out = subprocess.run([binary(), "analyze", str(tmp / "ranks"), "--warmup", "0", "--out", str(tmp / "profile.json"),
-                          "--traces", str(tmp / "traces")], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stdout + out.stderr
-    profile = json.loads((tmp / "profile.json").read_text())
-    analyzer = hta_check.load(tmp / "traces")
-    return {"tmp": tmp, "docs": docs, "starts": starts, "profile": profile, "analyzer": analyzer, "stdout": out.stdout}
+    profile, analyzer, stdout = analyze_and_load(tmp, docs, warmup=0)
+    return {"tmp": tmp, "docs": docs, "starts": starts, "profile": profile, "analyzer": analyzer, "stdout": stdout}
 
 
 def test_traces_folder_holds_only_the_traces_and_each_rank_loads_as_itself(run):
@@ -210,6 +215,40 @@ def test_hta_check_compares_on_the_measured_window(run):
     report, ok = hta_check.compare(run["analyzer"], profile)
     assert ok, hta_check.render(report, {})
     assert report["ranks"][0]["steps"] == STEPS - 2
+
+
+def test_hta_check_cuts_a_run_like_trace_to_the_measured_steps(tmp_path):
+    """As a real run: GPU work before the first step (the matrix-rate measurement), a warm-up step,
+    kernels running on past their step's end into the next, idle host time between steps. HTA's own
+    window then spans all of that; hta_check cuts its events to ddpbench's measured steps, where the
+    figures agree again."""
+    docs = {}
+    for rank in (0, 1):
+        doc, starts = build_rank(rank)
+        r = Rank(rank, 2)
+        r.doc, r.corr = doc, max(c["correlation"] for c in doc["api_calls"])
+        # Before anything: a burst of GEMMs from a thread with no ranges at all.
+        r.thread = 9000
+        for i in range(3):
+            r.kernel(GEMM, COMPUTE_STREAM, BASE - 900_000 + i * 200_000, BASE - 750_000 + i * 200_000,
+                     (BASE - 990_000 + i * 1_000, BASE - 989_000 + i * 1_000))
+        # Step 1's last kernel runs 40 us into step 2 (on a stream of its own).
+        s1, s2 = starts[1], starts[2]
+        r.thread = 4000 + rank
+        r.kernel(GEMM, 21, s2 - 60_000, s2 + 40_000, (s1 + 900_000, s1 + 900_300))
+        # Idle host time between steps 2 and 3: step 2's range ends 30 us early.
+        for g in doc["ranges"]:
+            if g["name"] == "step" and g["start"] == s2:
+                g["end"] -= 30_000
+        docs[rank] = doc
+    profile, analyzer, _ = analyze_and_load(tmp_path, docs, warmup=1)
+    report, ok = hta_check.compare(analyzer, profile)
+    assert ok, hta_check.render(report, {})
+    assert report["ranks"][0]["steps"] == STEPS - 2  # steps 1 and 2: measured, without the last
+    # Uncut, HTA's window holds the warm-up step and the burst before it: the figures differ there.
+    uncut = hta_check.hta_figures(analyzer)[0]
+    dd = hta_check.ddpbench_figures(profile["ranks"][0], hta_check.compared_steps(profile["ranks"][0]))
+    assert uncut["compute_ns"] > dd["compute_ns"] + 3 * 150_000
 
 
 def test_idle_time_breakdown_reports_host_wait(run):
