@@ -228,7 +228,20 @@ def run_analyses(analyzer, profile):
             out["note"] = "HTA's straggler algorithm with ncclDevKernel* read as ncclKernel*"
         return out
 
+    def memory_bandwidth():
+        summary = analyzer.get_memory_bw_summary(ranks=ranks)
+        if summary is None or len(summary) == 0:
+            return None
+        mean = summary["memory_bw_gbps"]["mean"]
+        return {f"rank {r} {name}": float(v) for (r, name), v in mean.items()}
+
+    def gpu_annotations():
+        df = analyzer.get_gpu_user_annotation_breakdown(visualize=False, use_gpu_annotation=True)
+        return None if df is None else df[["rank", "name", "sum (us)", "mean (us)"]].to_dict("records")
+
     attempt("idle_time_breakdown", idle)
+    attempt("memory_bandwidth_gbps_mean", memory_bandwidth)
+    attempt("gpu_user_annotation_breakdown", gpu_annotations)
     attempt("cuda_kernel_launch_stats", launches)
     attempt("queue_length_summary", queue)
     attempt("critical_path", critical_path)

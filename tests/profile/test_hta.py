@@ -277,6 +277,18 @@ def test_launch_statistics_link_every_launch_to_its_kernel(run):
     assert first["launch_delay"] == pytest.approx(5.0)
 
 
+def test_gpu_annotations_and_memory_bandwidth(run):
+    analyses = hta_check.run_analyses(run["analyzer"], run["profile"])
+    rows = {(r["rank"], r["name"]): r for r in analyses["gpu_user_annotation_breakdown"]["summary"]}
+    # forward launched its three GEMMs onto one stream: 30 us to 390 us (+97 ns on rank 1) of each step.
+    assert rows[(0, "forward")]["mean (us)"] == pytest.approx(360.0)
+    assert rows[(1, "forward")]["mean (us)"] == pytest.approx(360.097)
+    assert rows[(0, "forward")]["sum (us)"] == pytest.approx(3 * 360.0)
+    bw = analyses["memory_bandwidth_gbps_mean"]["summary"]
+    assert bw["rank 0 Memcpy HtoD"] == pytest.approx((8 << 20) / 20_003)  # bytes per ns = GB/s
+    assert bw["rank 0 Memset"] == pytest.approx(4096 / 1_000)
+
+
 def test_critical_path_and_stragglers_run(run):
     analyses = hta_check.run_analyses(run["analyzer"], run["profile"])
     for name, res in analyses.items():
