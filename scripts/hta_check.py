@@ -129,11 +129,31 @@ def _equal(a, b, tolerance):
     return abs(a - b) <= tolerance
 
 
+def classified_differently(analyzer):
+    """Kernel names that HTA and ddpbench put in different classes (ddpbench: communication is a name
+    starting with nccl, every other kernel is compute; HTA: its own patterns), which would make the
+    compute and non-compute rows differ by those kernels' time."""
+    from hta.utils.utils import get_kernel_type
+
+    t = analyzer.t
+    table = t.symbol_table.get_sym_table()
+    kernel_cat = t.symbol_table.get_sym_id_map().get("kernel", -1)
+    out = set()
+    for df in t.traces.values():
+        for name_id in df.loc[df["cat"].eq(kernel_cat), "name"].unique():
+            name = table[name_id]
+            ours = "COMMUNICATION" if name.startswith("nccl") else "COMPUTATION"
+            if get_kernel_type(name) != ours:
+                out.add(name)
+    return sorted(out)
+
+
 def compare(analyzer, profile, tolerance_ns=1.0):
     """Compares per rank; returns (report dict, all equal)."""
     hta_ranks = sorted(analyzer.t.get_ranks())
     prof_ranks = {r["rank"]: r for r in profile["ranks"]}
-    report = {"hta_ranks": hta_ranks, "ddpbench_ranks": sorted(prof_ranks), "ranks": {}}
+    report = {"hta_ranks": hta_ranks, "ddpbench_ranks": sorted(prof_ranks), "ranks": {},
+              "classified_differently": classified_differently(analyzer)}
     ok = hta_ranks == sorted(prof_ranks)
     dd = {r: ddpbench_figures(prof_ranks[r], compared_steps(prof_ranks[r])) for r in hta_ranks if r in prof_ranks}
     hta = hta_figures(analyzer, {r: d["windows"] for r, d in dd.items()}) if dd else {}
@@ -251,6 +271,8 @@ def run_analyses(analyzer, profile):
 
 def render(report, analyses):
     lines = [f"HTA loaded ranks {report['hta_ranks']}; ddpbench analysed ranks {report['ddpbench_ranks']}"]
+    if report.get("classified_differently"):
+        lines.append(f"kernels HTA and ddpbench classify differently: {report['classified_differently'][:10]}")
     for r, rep in sorted(report["ranks"].items()):
         lines.append(f"rank {r}, {rep['steps']} steps (measured, without the last):")
         for row in rep["rows"]:

@@ -207,6 +207,7 @@ def test_hta_check_compares_on_the_measured_window(run):
     report, ok = hta_check.compare(run["analyzer"], run["profile"])
     assert ok, hta_check.render(report, {})
     assert report["hta_ranks"] == [0, 1]
+    assert report["classified_differently"] == []
     assert {r: rep["steps"] for r, rep in report["ranks"].items()} == {0: STEPS - 1, 1: STEPS - 1}
     # With a warm-up step the window shrinks and HTA, cut to it, still agrees.
     profile = json.loads(json.dumps(run["profile"]))
@@ -236,6 +237,9 @@ def test_hta_check_cuts_a_run_like_trace_to_the_measured_steps(tmp_path):
         s1, s2 = starts[1], starts[2]
         r.thread = 4000 + rank
         r.kernel(GEMM, 21, s2 - 60_000, s2 + 40_000, (s1 + 900_000, s1 + 900_300))
+        # A kernel whose name HTA takes for a synchronization (".*Sync"), in the warm-up step only.
+        r.kernel("void grid_Sync_kernel()", COMPUTE_STREAM, starts[0] + 260_000, starts[0] + 270_000,
+                 (starts[0] + 255_000, starts[0] + 255_500))
         # Idle host time between steps 2 and 3: step 2's range ends 30 us early.
         for g in doc["ranges"]:
             if g["name"] == "step" and g["start"] == s2:
@@ -245,6 +249,7 @@ def test_hta_check_cuts_a_run_like_trace_to_the_measured_steps(tmp_path):
     report, ok = hta_check.compare(analyzer, profile)
     assert ok, hta_check.render(report, {})
     assert report["ranks"][0]["steps"] == STEPS - 2  # steps 1 and 2: measured, without the last
+    assert report["classified_differently"] == ["void grid_Sync_kernel()"]
     # Uncut, HTA's window holds the warm-up step and the burst before it: the figures differ there.
     uncut = hta_check.hta_figures(analyzer)[0]
     dd = hta_check.ddpbench_figures(profile["ranks"][0], hta_check.compared_steps(profile["ranks"][0]))
