@@ -148,6 +148,27 @@ def classified_differently(analyzer):
     return sorted(out)
 
 
+def launch_links(analyzer):
+    """Per rank, from the trace files as written: device events with no launch call of theirs (HTA
+    drops those from every analysis once a trace has ProfilerSteps; a launch API the collector does
+    not record shows here) and correlation ids that more than one call carries."""
+    from collections import Counter
+
+    from hta.common.trace_file import read_trace
+
+    out = {}
+    for rank, path in analyzer.t.trace_files.items():
+        events = read_trace(path)["traceEvents"]
+        calls = Counter(e["args"]["correlation"] for e in events
+                        if e.get("ph") == "X" and e.get("cat") in ("cuda_runtime", "cuda_driver"))
+        unlaunched = Counter(e["name"] for e in events if e.get("ph") == "X" and e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")
+                             and e["args"]["correlation"] not in calls)
+        out[rank] = {"device_events_without_launch": sum(unlaunched.values()),
+                     "most_common_without_launch": unlaunched.most_common(5),
+                     "correlations_on_several_calls": sum(1 for n in calls.values() if n > 1)}
+    return out
+
+
 def compare(analyzer, profile, tolerance_ns=1.0):
     """Compares per rank; returns (report dict, all equal)."""
     hta_ranks = sorted(analyzer.t.get_ranks())
@@ -259,6 +280,7 @@ def run_analyses(analyzer, profile):
         df = analyzer.get_gpu_user_annotation_breakdown(visualize=False, use_gpu_annotation=True)
         return None if df is None else df[["rank", "name", "sum (us)", "mean (us)"]].to_dict("records")
 
+    attempt("launch_links", lambda: launch_links(analyzer))
     attempt("idle_time_breakdown", idle)
     attempt("memory_bandwidth_gbps_mean", memory_bandwidth)
     attempt("gpu_user_annotation_breakdown", gpu_annotations)

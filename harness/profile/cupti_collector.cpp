@@ -504,7 +504,8 @@ void CuptiCollector::start(const CollectorOptions& options) {
   }
   for (CUpti_ActivityKind kind : kOptionalKinds)
     if (cuptiActivityEnable(kind) == CUPTI_SUCCESS) enabled_.push_back(kind);
-  // All or none: a trace with some launches linked and others not would mislead more than none.
+  // Each API that CUPTI accepts (a call this CUPTI no longer knows is refused alone); without kernel
+  // launches, none: a trace with copies linked but no kernels would mislead more than one without.
   api_calls_enabled_.store(options.api_calls && enable_api_calls(1));
   if (options.api_calls && !api_calls_recorded()) enable_api_calls(0);
   {
@@ -520,16 +521,21 @@ void CuptiCollector::start(const CollectorOptions& options) {
   running_.store(true);
 }
 
+// True when CUPTI took the kernel launch calls (cudaLaunchKernel and CUDA 13's __cudaLaunchKernel).
 bool CuptiCollector::enable_api_calls(std::uint8_t enable) {
-  bool all = true;
-  for (const TracedApi& api : kRuntimeApis) all = cuptiActivityEnableRuntimeApi(api.cbid, enable) == CUPTI_SUCCESS && all;
-  for (const TracedApi& api : kDriverApis) all = cuptiActivityEnableDriverApi(api.cbid, enable) == CUPTI_SUCCESS && all;
-  return all;
+  bool launches = true;
+  for (const TracedApi& api : kRuntimeApis) {
+    const bool taken = cuptiActivityEnableRuntimeApi(api.cbid, enable) == CUPTI_SUCCESS;
+    if (api.cbid == CUPTI_RUNTIME_TRACE_CBID_cudaLaunchKernel_v7000 || api.cbid == CUPTI_RUNTIME_TRACE_CBID___cudaLaunchKernel_v13000)
+      launches = launches && taken;
+  }
+  for (const TracedApi& api : kDriverApis) cuptiActivityEnableDriverApi(api.cbid, enable);
+  return launches;
 }
 
 void CuptiCollector::disable_enabled(std::string* first_error) {
   if (api_calls_enabled_.exchange(false) && !enable_api_calls(0) && first_error && first_error->empty())
-    *first_error = "CUPTI cuptiActivityEnable{Runtime,Driver}Api(disable) failed";
+    *first_error = "CUPTI cuptiActivityEnableRuntimeApi(cudaLaunchKernel, disable) failed";
   for (CUpti_ActivityKind kind : enabled_) {
     const CUptiResult result = cuptiActivityDisable(kind);
     if (result != CUPTI_SUCCESS && first_error && first_error->empty())

@@ -240,6 +240,9 @@ def test_hta_check_cuts_a_run_like_trace_to_the_measured_steps(tmp_path):
         # A kernel whose name HTA takes for a synchronization (".*Sync"), in the warm-up step only.
         r.kernel("void grid_Sync_kernel()", COMPUTE_STREAM, starts[0] + 260_000, starts[0] + 270_000,
                  (starts[0] + 255_000, starts[0] + 255_500))
+        # A kernel launched through an API the collector does not record, in the warm-up step.
+        doc["kernels"].append({"start": starts[0] + 280_000, "end": starts[0] + 290_000, "device": rank,
+                               "stream": COMPUTE_STREAM, "correlation": 999_999, "name": "void untraced()"})
         # Idle host time between steps 2 and 3: step 2's range ends 30 us early.
         for g in doc["ranges"]:
             if g["name"] == "step" and g["start"] == s2:
@@ -250,6 +253,9 @@ def test_hta_check_cuts_a_run_like_trace_to_the_measured_steps(tmp_path):
     assert ok, hta_check.render(report, {})
     assert report["ranks"][0]["steps"] == STEPS - 2  # steps 1 and 2: measured, without the last
     assert report["classified_differently"] == ["void grid_Sync_kernel()"]
+    links = hta_check.launch_links(analyzer)
+    assert links[0]["device_events_without_launch"] == 1
+    assert links[0]["most_common_without_launch"] == [("void untraced()", 1)]
     # Uncut, HTA's window holds the warm-up step and the burst before it: the figures differ there.
     uncut = hta_check.hta_figures(analyzer)[0]
     dd = hta_check.ddpbench_figures(profile["ranks"][0], hta_check.compared_steps(profile["ranks"][0]))
@@ -265,6 +271,12 @@ def test_idle_time_breakdown_reports_host_wait(run):
         known = host_waits(run["docs"][rank], starts[0], starts[STEPS - 1])
         assert known >= 3 * 52_000
         assert host_wait * 1000 == pytest.approx(known, abs=1), rank
+
+
+def test_every_device_event_has_its_launch(run):
+    links = hta_check.launch_links(run["analyzer"])
+    assert links == {r: {"device_events_without_launch": 0, "most_common_without_launch": [],
+                         "correlations_on_several_calls": 0} for r in (0, 1)}
 
 
 def test_launch_statistics_link_every_launch_to_its_kernel(run):
