@@ -1,10 +1,8 @@
 #include "profile/chrome_trace.h"
 
 #include <algorithm>
-#include <limits>
 #include <map>
 #include <set>
-#include <tuple>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -22,7 +20,7 @@ using nlohmann::json;
 struct DeviceEvent {
   std::uint32_t device = 0, stream = 0;
   std::uint64_t start = 0, end = 0;
-  json* event = nullptr;  // its trace event, for the External id
+  std::size_t event = 0;  // index of its trace event, for the External id
 };
 
 class Writer {
@@ -77,8 +75,8 @@ void add_bandwidth(json& args, std::uint64_t bytes, std::uint64_t start, std::ui
 
 // For each call (indices sorted by start), the innermost of the ranges (indices sorted by start,
 // outer first at equal starts) that holds its start, written into out; -1 where none does.
-void sweep_innermost(const RankActivity& a, const std::vector<std::size_t>& ranges, const std::vector<std::size_t>& calls,
-                     std::vector<std::ptrdiff_t>& out) {
+void sweep_innermost(const RankActivity& a, const std::vector<std::size_t>& ranges,
+                     const std::vector<std::size_t>& calls, std::vector<std::ptrdiff_t>& out) {
   std::vector<std::size_t> open;
   std::size_t next = 0;
   for (std::size_t c : calls) {
@@ -169,44 +167,41 @@ json chrome_trace(const RankActivity& a, const TraceOptions& options) {
       args["range"] = r.name;
       name = "ProfilerStep#" + std::to_string(step_number[i]);
     }
-    events.push_back(w.complete(std::move(name), "user_annotation", r.start, r.end, host_pid, r.thread, std::move(args)));
+    events.push_back(
+        w.complete(std::move(name), "user_annotation", r.start, r.end, host_pid, r.thread, std::move(args)));
   }
 
-  // Device records, by correlation id for the links below. Pointers into `device_events` stay valid:
-  // it is filled completely before any is taken.
+  // Device records, and where each sits by correlation id, for the links below.
   std::vector<json> device_events;
-  device_events.reserve(a.kernels.size() + a.memcpys.size() + a.memsets.size());
-  std::vector<std::tuple<std::uint32_t, std::uint32_t, std::uint32_t, std::uint64_t, std::uint64_t>> placed;  // corr, device, stream, start, end
+  std::unordered_map<std::uint32_t, std::vector<DeviceEvent>> launched;
+  auto place = [&](json event, std::uint32_t correlation, std::uint32_t device, std::uint32_t stream,
+                   std::uint64_t start, std::uint64_t end) {
+    streams[device].insert(stream);
+    launched[correlation].push_back({device, stream, start, end, device_events.size()});
+    device_events.push_back(std::move(event));
+  };
   for (const auto& k : a.kernels) {
-    streams[k.device].insert(k.stream);
     json args = device_args(k.device, k.stream, k.correlation);
     args["grid"] = {k.grid[0], k.grid[1], k.grid[2]};
     args["block"] = {k.block[0], k.block[1], k.block[2]};
-    device_events.push_back(w.complete(k.name, "kernel", k.start, k.end, k.device, k.stream, std::move(args)));
-    placed.emplace_back(k.correlation, k.device, k.stream, k.start, k.end);
+    place(w.complete(k.name, "kernel", k.start, k.end, k.device, k.stream, std::move(args)), k.correlation, k.device,
+          k.stream, k.start, k.end);
   }
   for (const auto& m : a.memcpys) {
-    streams[m.device].insert(m.stream);
     json args = device_args(m.device, m.stream, m.correlation);
     args["bytes"] = m.bytes;
     add_bandwidth(args, m.bytes, m.start, m.end);
     args["kind"] = m.kind;
     const std::string name = m.kind.empty() ? "Memcpy" : "Memcpy " + m.kind;
-    device_events.push_back(w.complete(name, "gpu_memcpy", m.start, m.end, m.device, m.stream, std::move(args)));
-    placed.emplace_back(m.correlation, m.device, m.stream, m.start, m.end);
+    place(w.complete(name, "gpu_memcpy", m.start, m.end, m.device, m.stream, std::move(args)), m.correlation, m.device,
+          m.stream, m.start, m.end);
   }
   for (const auto& m : a.memsets) {
-    streams[m.device].insert(m.stream);
     json args = device_args(m.device, m.stream, m.correlation);
     args["bytes"] = m.bytes;
     add_bandwidth(args, m.bytes, m.start, m.end);
-    device_events.push_back(w.complete("Memset (Device)", "gpu_memset", m.start, m.end, m.device, m.stream, std::move(args)));
-    placed.emplace_back(m.correlation, m.device, m.stream, m.start, m.end);
-  }
-  std::unordered_map<std::uint32_t, std::vector<DeviceEvent>> launched;  // by correlation
-  for (std::size_t i = 0; i < placed.size(); ++i) {
-    const auto& [corr, device, stream, start, end] = placed[i];
-    launched[corr].push_back({device, stream, start, end, &device_events[i]});
+    place(w.complete("Memset (Device)", "gpu_memset", m.start, m.end, m.device, m.stream, std::move(args)),
+          m.correlation, m.device, m.stream, m.start, m.end);
   }
 
   // Launch and wait calls, their flows, and the External id they pass on to what they launched.
@@ -223,7 +218,7 @@ json chrome_trace(const RankActivity& a, const TraceOptions& options) {
     if (it == launched.end()) continue;
     flows.push_back(w.flow(true, c.correlation, host_pid, c.thread, c.start));
     for (const DeviceEvent& d : it->second) {
-      if (holder[i] >= 0) (*d.event)["args"]["External id"] = holder[i] + 1;
+      if (holder[i] >= 0) device_events[d.event]["args"]["External id"] = holder[i] + 1;
       flows.push_back(w.flow(false, c.correlation, d.device, d.stream, d.start));
     }
   }
@@ -245,7 +240,8 @@ json chrome_trace(const RankActivity& a, const TraceOptions& options) {
       const auto& v = calls->second;
       auto first = std::lower_bound(v.begin(), v.end(), range.start,
                                     [&](std::size_t c, std::uint64_t t) { return a.api_calls[c].start < t; });
-      std::map<std::pair<std::uint32_t, std::uint32_t>, std::pair<std::uint64_t, std::uint64_t>> span;  // (device, stream)
+      // (device, stream) -> (first start, last end)
+      std::map<std::pair<std::uint32_t, std::uint32_t>, std::pair<std::uint64_t, std::uint64_t>> span;
       for (auto c = first; c != v.end() && a.api_calls[*c].start < range.end; ++c) {
         auto it = launched.find(a.api_calls[*c].correlation);
         if (it == launched.end()) continue;

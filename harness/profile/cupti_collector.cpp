@@ -526,7 +526,8 @@ bool CuptiCollector::enable_api_calls(std::uint8_t enable) {
   bool launches = true;
   for (const TracedApi& api : kRuntimeApis) {
     const bool taken = cuptiActivityEnableRuntimeApi(api.cbid, enable) == CUPTI_SUCCESS;
-    if (api.cbid == CUPTI_RUNTIME_TRACE_CBID_cudaLaunchKernel_v7000 || api.cbid == CUPTI_RUNTIME_TRACE_CBID___cudaLaunchKernel_v13000)
+    if (api.cbid == CUPTI_RUNTIME_TRACE_CBID_cudaLaunchKernel_v7000 ||
+        api.cbid == CUPTI_RUNTIME_TRACE_CBID___cudaLaunchKernel_v13000)
       launches = launches && taken;
   }
   for (const TracedApi& api : kDriverApis) cuptiActivityEnableDriverApi(api.cbid, enable);

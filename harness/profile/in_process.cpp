@@ -47,8 +47,10 @@ RankActivity InProcessProfiler::finish(int rank, int world_size) {
   activity.world_size = world_size;
   // CUPTI's DEVICE records come only where the kind was enabled before the context existed, which
   // is never the case here: ask the runtime for the name instead.
-  if (activity.device_name.empty())
-    activity.device_name = ddp::cuda::device_name(activity.kernels.empty() ? 0 : static_cast<int>(activity.kernels.front().device));
+  if (activity.device_name.empty()) {
+    const int device = activity.kernels.empty() ? 0 : static_cast<int>(activity.kernels.front().device);
+    activity.device_name = ddp::cuda::device_name(device);
+  }
   return activity;
 }
 
