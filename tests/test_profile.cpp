@@ -1049,31 +1049,42 @@ TEST_F(ProfileTrace, StepMarkerNamesTheProfilerSteps) {
   EXPECT_THROW(chrome_trace(a, {"re:("}), UsageError);
 }
 
-// The backward pass's launches come from the autograd engine's thread, which has no ranges: they count
-// for the range open on the trainer's thread. A thread with ranges of its own keeps to them.
-TEST_F(ProfileTrace, CallsOfThreadsWithoutRangesCountForTheOpenRange) {
+// The backward pass's launches come from the autograd engine's thread, whose only ranges are each
+// bucket's allreduce: outside those they count for the range open on the trainer's thread, and
+// `backward` on the GPU covers the allreduce launched within it too.
+TEST_F(ProfileTrace, CallsOutsideTheirThreadsRangesCountForTheOpenRange) {
   RankActivity a;
-  a.ranges = {range(0, 1000, kStepRange, 1), range(100, 900, kBackwardRange, 1), range(0, 50, "loader", 3)};
+  a.ranges = {range(0, 1000, kStepRange, 1), range(100, 900, kBackwardRange, 1), range(250, 260, kAllreduceRange, 2),
+              range(0, 50, "loader", 3)};
   a.api_calls = {{200, 210, 2, 1, 211, false, "cudaLaunchKernel"},   // autograd thread, in backward
-                 {950, 960, 2, 2, 211, false, "cudaLaunchKernel"},   // autograd thread, after backward
-                 {500, 510, 3, 3, 211, false, "cudaLaunchKernel"}};  // loader thread, outside its range
-  a.kernels = {kernel(300, 400, "bwd", 7), kernel(965, 990, "opt", 7), kernel(600, 700, "copy", 9)};
-  for (std::uint32_t i = 0; i < 3; ++i) a.kernels[i].correlation = i + 1;
+                 {255, 258, 2, 2, 652, true, "cuLaunchKernelEx"},    // autograd thread, in its allreduce
+                 {950, 960, 2, 3, 211, false, "cudaLaunchKernel"},   // autograd thread, after backward
+                 {500, 510, 3, 4, 211, false, "cudaLaunchKernel"}};  // loader thread, outside its range
+  a.kernels = {kernel(300, 400, "bwd", 7), nccl(420, 800, 13), kernel(965, 990, "opt", 7), kernel(600, 700, "copy", 9)};
+  for (std::uint32_t i = 0; i < 4; ++i) a.kernels[i].correlation = i + 1;
   std::map<int, nlohmann::json> calls;
-  std::vector<nlohmann::json> annotations;
+  std::map<std::pair<std::string, int>, nlohmann::json> annotations;  // (name, stream)
   const auto t = chrome_trace(a);
   for (const auto& e : t["traceEvents"]) {
-    if (e.value("cat", "") == "cuda_runtime") calls[e["args"]["correlation"].get<int>()] = e["args"];
-    if (e.value("cat", "") == "gpu_user_annotation") annotations.push_back(e);
+    const std::string cat = e.value("cat", "");
+    if (cat == "cuda_runtime" || cat == "cuda_driver") calls[e["args"]["correlation"].get<int>()] = e["args"];
+    if (cat == "gpu_user_annotation") annotations[{e["name"], e["tid"].get<int>()}] = e;
   }
   EXPECT_EQ(calls[1]["External id"], 2) << "backward";
-  EXPECT_EQ(calls[2]["External id"], 1) << "the step";
-  EXPECT_FALSE(calls[3].contains("External id"));
-  ASSERT_EQ(annotations.size(), 1u);
-  EXPECT_EQ(annotations[0]["name"], kBackwardRange);
-  EXPECT_EQ(annotations[0]["tid"], 7);
-  EXPECT_DOUBLE_EQ(annotations[0]["ts"].get<double>(), 0.3);
-  EXPECT_DOUBLE_EQ(annotations[0]["dur"].get<double>(), 0.1);
+  EXPECT_EQ(calls[2]["External id"], 3) << "its own allreduce";
+  EXPECT_EQ(calls[3]["External id"], 1) << "the step";
+  EXPECT_EQ(calls[4]["External id"], 2) << "backward, open when the loader thread's range was not";
+  std::set<std::pair<std::string, int>> where;
+  for (const auto& [key, e] : annotations) where.insert(key);
+  EXPECT_EQ(where, (std::set<std::pair<std::string, int>>{{kBackwardRange, 7}, {kBackwardRange, 9}, {kBackwardRange, 13},
+                                                           {kAllreduceRange, 13}}));
+  const auto& bwd7 = annotations[std::make_pair(std::string(kBackwardRange), 7)];
+  const auto& bwd13 = annotations[std::make_pair(std::string(kBackwardRange), 13)];
+  const auto& allreduce13 = annotations[std::make_pair(std::string(kAllreduceRange), 13)];
+  EXPECT_DOUBLE_EQ(bwd7["ts"].get<double>(), 0.3);
+  EXPECT_DOUBLE_EQ(bwd7["dur"].get<double>(), 0.1);
+  EXPECT_DOUBLE_EQ(bwd13["dur"].get<double>(), 0.38);
+  EXPECT_EQ(allreduce13["args"]["External id"], 3);
 }
 
 TEST_F(ProfileTrace, TextPutsTheRankWhereHtaSearchesForIt) {

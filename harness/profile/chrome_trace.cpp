@@ -89,10 +89,11 @@ void sweep_innermost(const RankActivity& a, const std::vector<std::size_t>& rang
   }
 }
 
-// For each call, the index (into activity.ranges) of the range it was made in; -1 where none. A
-// thread with ranges of its own: the innermost of them holding the call. A thread without any
-// (PyTorch's autograd engine launches the backward pass from a worker thread; NCCL's and data
-// loaders' threads): the innermost range open at that moment on any thread, latest started first.
+// For each call, the index (into activity.ranges) of the range it was made in; -1 where none: the
+// innermost range of its own thread that holds it, or else the innermost range open on any thread at
+// that moment (the latest started). The second is how the backward pass's launches, which PyTorch's
+// autograd engine makes from a worker thread (with ranges of its own only around each bucket's
+// allreduce), count for the trainer's `backward`.
 std::vector<std::ptrdiff_t> enclosing_ranges(const RankActivity& a) {
   auto by_start = [&](std::vector<std::size_t>& ranges) {
     std::stable_sort(ranges.begin(), ranges.end(), [&](std::size_t x, std::size_t y) {
@@ -100,8 +101,12 @@ std::vector<std::ptrdiff_t> enclosing_ranges(const RankActivity& a) {
       return p.start != q.start ? p.start < q.start : p.end > q.end;
     });
   };
+  auto calls_by_start = [&](std::vector<std::size_t>& calls) {
+    std::stable_sort(calls.begin(), calls.end(),
+                     [&](std::size_t x, std::size_t y) { return a.api_calls[x].start < a.api_calls[y].start; });
+  };
   std::map<std::uint64_t, std::vector<std::size_t>> ranges_by_thread, calls_by_thread;
-  std::vector<std::size_t> all_ranges(a.ranges.size()), borrowing;
+  std::vector<std::size_t> all_ranges(a.ranges.size()), unheld;
   for (std::size_t i = 0; i < a.ranges.size(); ++i) {
     ranges_by_thread[a.ranges[i].thread].push_back(i);
     all_ranges[i] = i;
@@ -109,20 +114,17 @@ std::vector<std::ptrdiff_t> enclosing_ranges(const RankActivity& a) {
   for (std::size_t i = 0; i < a.api_calls.size(); ++i) calls_by_thread[a.api_calls[i].thread].push_back(i);
   std::vector<std::ptrdiff_t> out(a.api_calls.size(), -1);
   for (auto& [thread, calls] : calls_by_thread) {
-    std::stable_sort(calls.begin(), calls.end(),
-                     [&](std::size_t x, std::size_t y) { return a.api_calls[x].start < a.api_calls[y].start; });
-    auto own = ranges_by_thread.find(thread);
-    if (own == ranges_by_thread.end()) {
-      borrowing.insert(borrowing.end(), calls.begin(), calls.end());
-      continue;
+    calls_by_start(calls);
+    if (auto own = ranges_by_thread.find(thread); own != ranges_by_thread.end()) {
+      by_start(own->second);
+      sweep_innermost(a, own->second, calls, out);
     }
-    by_start(own->second);
-    sweep_innermost(a, own->second, calls, out);
+    for (std::size_t c : calls)
+      if (out[c] < 0) unheld.push_back(c);
   }
-  std::stable_sort(borrowing.begin(), borrowing.end(),
-                   [&](std::size_t x, std::size_t y) { return a.api_calls[x].start < a.api_calls[y].start; });
+  calls_by_start(unheld);
   by_start(all_ranges);
-  sweep_innermost(a, all_ranges, borrowing, out);
+  sweep_innermost(a, all_ranges, unheld, out);
   return out;
 }
 
@@ -223,26 +225,24 @@ json chrome_trace(const RankActivity& a, const TraceOptions& options) {
     }
   }
 
-  // Ranges on the GPU timeline: the work launched inside each, per stream. A call counts for the ranges
-  // of the thread whose range it was made in (its own, or the one it borrowed, see enclosing_ranges).
+  // Ranges on the GPU timeline: per stream, the work launched in each range or in a range that lies
+  // within it, on any thread (a bucket's allreduce on the autograd thread, within `backward`).
   {
-    std::map<std::uint64_t, std::vector<std::size_t>> calls_by_thread;  // sorted by start
-    for (std::size_t i = 0; i < a.api_calls.size(); ++i)
-      if (holder[i] >= 0) calls_by_thread[a.ranges[static_cast<std::size_t>(holder[i])].thread].push_back(i);
-    for (auto& [thread, calls] : calls_by_thread)
-      std::stable_sort(calls.begin(), calls.end(),
-                       [&](std::size_t x, std::size_t y) { return a.api_calls[x].start < a.api_calls[y].start; });
+    std::vector<std::size_t> calls(a.api_calls.size());  // by start
+    for (std::size_t i = 0; i < calls.size(); ++i) calls[i] = i;
+    std::stable_sort(calls.begin(), calls.end(),
+                     [&](std::size_t x, std::size_t y) { return a.api_calls[x].start < a.api_calls[y].start; });
     for (std::size_t r = 0; r < a.ranges.size(); ++r) {
       const RangeRecord& range = a.ranges[r];
       if (is_step[r]) continue;
-      auto calls = calls_by_thread.find(range.thread);
-      if (calls == calls_by_thread.end()) continue;
-      const auto& v = calls->second;
-      auto first = std::lower_bound(v.begin(), v.end(), range.start,
+      auto first = std::lower_bound(calls.begin(), calls.end(), range.start,
                                     [&](std::size_t c, std::uint64_t t) { return a.api_calls[c].start < t; });
       // (device, stream) -> (first start, last end)
       std::map<std::pair<std::uint32_t, std::uint32_t>, std::pair<std::uint64_t, std::uint64_t>> span;
-      for (auto c = first; c != v.end() && a.api_calls[*c].start < range.end; ++c) {
+      for (auto c = first; c != calls.end() && a.api_calls[*c].start < range.end; ++c) {
+        if (holder[*c] < 0) continue;
+        const RangeRecord& made_in = a.ranges[static_cast<std::size_t>(holder[*c])];
+        if (made_in.start < range.start || made_in.end > range.end) continue;
         auto it = launched.find(a.api_calls[*c].correlation);
         if (it == launched.end()) continue;
         for (const DeviceEvent& d : it->second) {

@@ -14,13 +14,13 @@
 //  - Launch and wait calls (ApiCallRecord) are "cuda_runtime" / "cuda_driver" events on the host
 //    thread with args cbid and correlation, and each launch is tied to what it launched by an "ac2g"
 //    flow (ph s on the call, ph f with bp e on the device event, id = correlation).
-//  - A call is made in the innermost range of its thread that holds it; a call of a thread without
-//    ranges of its own (PyTorch's autograd engine runs the backward pass on a worker thread) in the
-//    innermost range open on any thread at that moment.
+//  - A call is made in the innermost range of its thread that holds it, or, where none of its thread
+//    does, in the innermost range open on any thread at that moment (PyTorch's autograd engine
+//    launches the backward pass from a worker thread).
 //  - Every other range also appears as a "gpu_user_annotation" on each stream that ran work launched
-//    in it (or in a range nested in it), spanning the first start to the last end of that work, as
-//    Kineto draws them. Step ranges do not: HTA takes any event named ProfilerStep as an iteration
-//    boundary, wherever it lies.
+//    in it or in a range lying within it (on any thread), spanning the first start to the last end of
+//    that work, as Kineto draws them. Step ranges do not: HTA takes any event named ProfilerStep as
+//    an iteration boundary, wherever it lies.
 //  - "External id" as Kineto uses it: a range's own id; on a call, the id of the range it was made in;
 //    on a device event, that of the call that launched it.
 // Timestamps: baseTimeNanoseconds is the earliest record (or TraceOptions::base_ns); ts and dur are
