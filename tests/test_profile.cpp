@@ -1047,6 +1047,13 @@ TEST_F(ProfileTrace, StepMarkerNamesTheProfilerSteps) {
     if (e["cat"] == "user_annotation") names.insert(e["name"]);
   EXPECT_EQ(names, (std::set<std::string>{"ProfilerStep#0", kStepRange}));
   EXPECT_THROW(chrome_trace(a, {"re:("}), UsageError);
+  // Without launch records, the steps keep their name (HTA would drop every device event otherwise).
+  a.api_calls.clear();
+  std::set<std::string> plain;
+  const auto no_launches = chrome_trace(a);
+  for (const auto& e : no_launches["traceEvents"])
+    if (e["cat"] == "user_annotation") plain.insert(e["name"]);
+  EXPECT_EQ(plain, (std::set<std::string>{kStepRange, kDataRange}));
 }
 
 // The backward pass's launches come from the autograd engine's thread, whose only ranges are each

@@ -151,9 +151,11 @@ json chrome_trace(const RankActivity& a, const TraceOptions& options) {
   std::set<std::uint64_t> threads;
 
   // Host ranges; External id = index + 1.
+  // Without launch records no ProfilerStep: HTA keeps only device work whose launch it sees in a
+  // step, so it would drop every device event; under their own names the steps cost it nothing.
   std::vector<bool> is_step(a.ranges.size(), false);
   std::vector<int> step_number(a.ranges.size(), -1);
-  {
+  if (!a.api_calls.empty()) {
     const auto steps = step_ranges(a, options.step_marker);
     for (std::size_t n = 0; n < steps.size(); ++n) {
       is_step[steps[n]] = true;

@@ -10,7 +10,8 @@
 //  - Host-side ranges are "user_annotation" events on pid = kHostPid + rank (above any device id),
 //    tid = host thread. The step ranges (TraceOptions::step_marker) are named ProfilerStep#N,
 //    N = 0, 1, ... in time order, which is what HTA takes as iterations; their own name stays in
-//    args.range.
+//    args.range. Not so in a trace without launch records: HTA keeps only the device work whose
+//    launch lies before the last ProfilerStep, and would keep none.
 //  - Launch and wait calls (ApiCallRecord) are "cuda_runtime" / "cuda_driver" events on the host
 //    thread with args cbid and correlation, and each launch is tied to what it launched by an "ac2g"
 //    flow (ph s on the call, ph f with bp e on the device event, id = correlation).

@@ -262,6 +262,26 @@ def test_hta_check_cuts_a_run_like_trace_to_the_measured_steps(tmp_path):
     assert uncut["compute_ns"] > dd["compute_ns"] + 3 * 150_000
 
 
+def test_without_launch_records_hta_keeps_every_device_event(tmp_path):
+    """DDPBENCH_PROFILE_LAUNCHES=0: no launch calls, so no ProfilerStep either (HTA would drop all
+    device work it cannot tie to a launch in a step); HTA's figures then cover the whole trace."""
+    docs = {}
+    for rank in (0, 1):
+        docs[rank], _ = build_rank(rank)
+        docs[rank]["api_calls"] = []
+    profile, analyzer, _ = analyze_and_load(tmp_path, docs, warmup=1)
+    figures = hta_check.hta_figures(analyzer)
+    for rank in (0, 1):
+        events = docs[rank]["kernels"] + docs[rank]["memcpys"] + docs[rank]["memsets"]
+        lo, hi = min(e["start"] for e in events), max(e["end"] for e in events)
+        known = expected(docs[rank], lo, hi)
+        for key in ("compute_ns", "non_compute_ns", "idle_ns"):
+            assert figures[rank][key] == pytest.approx(known[key], abs=0.5), (rank, key)
+        assert figures[rank]["overlap_pctg"] == known["overlap_pctg"]
+    report, ok = hta_check.compare(analyzer, profile)
+    assert ok, hta_check.render(report, {})
+
+
 def test_idle_time_breakdown_reports_host_wait(run):
     df, _ = run["analyzer"].get_idle_time_breakdown(ranks=[0, 1], visualize=False)
     for rank in (0, 1):
