@@ -232,6 +232,11 @@ TEST_F(Cli, AnalyzeRecordedActivityFindsTheStraggler) {
   for (const auto& entry : fs::directory_iterator(dir_ / "traces")) traces.insert(entry.path().filename().string());
   EXPECT_EQ(traces, (std::set<std::string>{"rank0.trace.json", "rank1.trace.json"}));
   EXPECT_NE(r.output.find("traces (Perfetto, Holistic Trace Analysis): traces/"), std::string::npos) << r.output;
+  // By default beside the activity folder, as in a run folder: run/ranks -> run/traces.
+  fs::create_directories(dir_ / "run" / "ranks");
+  for (const char* f : {"rank0.activity.json", "rank1.activity.json"}) fs::copy_file(dir_ / f, dir_ / "run" / "ranks" / f);
+  ASSERT_EQ(run("analyze run/ranks/ --warmup 1", dir_).status, 0);
+  EXPECT_TRUE(fs::exists(dir_ / "run" / "traces" / "rank1.trace.json"));
 
   const auto bad = run("analyze . --step-marker iteration", dir_);
   EXPECT_EQ(bad.status, 2);

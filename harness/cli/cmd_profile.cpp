@@ -131,7 +131,7 @@ int analyze_main(const AnalyzeArgs& a) {
   // Beside the activity folder, where `train --profile` and `profile` put them: <run>/ranks or
   // <run>/activity -> <run>/traces.
   const std::string traces =
-      a.traces.empty() ? trace_dir_of_run(fs::absolute(a.dir).lexically_normal().parent_path().string()) : a.traces;
+      a.traces.empty() ? trace_dir_of_run(fs::canonical(a.dir).parent_path().string()) : a.traces;
   const auto report = analyze_activity(a.dir, ranks, a.analysis, traces);
   const std::string out = a.out.empty() ? a.dir + "/profile.json" : a.out;
   write_file_atomic(out, report.json.dump(2) + "\n");
