@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -220,7 +221,7 @@ TEST_F(Cli, AnalyzeRecordedActivityFindsTheStraggler) {
     ddpbench::write_file_atomic((dir_ / ("rank" + std::to_string(rank) + ".activity.json")).string(),
                                 ddpbench::profile::to_json(a).dump());
   }
-  const auto r = run("analyze . --warmup 1 --gap-us 100", dir_);
+  const auto r = run("analyze . --warmup 1 --gap-us 100 --traces traces", dir_);
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("rank 1/2 on NVIDIA H100 80GB HBM3: 3 steps measured"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("straggler: rank 0"), std::string::npos) << r.output;
@@ -231,7 +232,16 @@ TEST_F(Cli, AnalyzeRecordedActivityFindsTheStraggler) {
   const auto& wait = j["stragglers"]["collective_wait"];
   EXPECT_EQ(wait["last_most_often"], 0);
   EXPECT_DOUBLE_EQ(wait["ranks"][1]["median_wait_ns"].get<double>(), 3'000'000.0);
-  EXPECT_TRUE(fs::exists(dir_ / "rank1.trace.json"));
+  // The traces folder holds the traces and nothing else: Holistic Trace Analysis reads every .json in it.
+  std::set<std::string> traces;
+  for (const auto& entry : fs::directory_iterator(dir_ / "traces")) traces.insert(entry.path().filename().string());
+  EXPECT_EQ(traces, (std::set<std::string>{"rank0.trace.json", "rank1.trace.json"}));
+  EXPECT_NE(r.output.find("traces (Perfetto, Holistic Trace Analysis): traces/"), std::string::npos) << r.output;
+  // By default beside the activity folder, as in a run folder: run/ranks -> run/traces.
+  fs::create_directories(dir_ / "run" / "ranks");
+  for (const char* f : {"rank0.activity.json", "rank1.activity.json"}) fs::copy_file(dir_ / f, dir_ / "run" / "ranks" / f);
+  ASSERT_EQ(run("analyze run/ranks/ --warmup 1", dir_).status, 0);
+  EXPECT_TRUE(fs::exists(dir_ / "run" / "traces" / "rank1.trace.json"));
 
   const auto bad = run("analyze . --step-marker iteration", dir_);
   EXPECT_EQ(bad.status, 2);

@@ -3,10 +3,12 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "common/error.h"
 #include "profile/cupti_collector.h"
 
 namespace ddpbench::profile {
@@ -245,6 +247,95 @@ TEST(CuptiRecords, MemoryAllocationAndRelease) {
                                           CUPTI_ACTIVITY_MEMORY_KIND_DEVICE_STATIC, 1, 1, 1))->kind, "device_static");
 }
 
+// --- launch and wait calls ------------------------------------------------------------------
+
+ApiActivity api_activity(CUpti_ActivityKind kind, CUpti_CallbackId cbid, std::uint64_t start, std::uint64_t end,
+                         std::uint32_t correlation, std::uint32_t thread = 4242) {
+  ApiActivity a{};
+  a.kind = kind;
+  a.cbid = cbid;
+  a.start = start;
+  a.end = end;
+  a.processId = 1000;
+  a.threadId = thread;
+  a.correlationId = correlation;
+  return a;
+}
+
+TEST(CuptiRecords, RuntimeAndDriverLaunchCalls) {
+  const auto launch = api_call_record(api_activity(CUPTI_ACTIVITY_KIND_RUNTIME,
+                                                   CUPTI_RUNTIME_TRACE_CBID_cudaLaunchKernel_v7000, 100, 180, 42));
+  ASSERT_TRUE(launch.has_value());
+  EXPECT_EQ(launch->name, "cudaLaunchKernel");
+  EXPECT_EQ(launch->start, 100u);
+  EXPECT_EQ(launch->end, 180u);
+  EXPECT_EQ(launch->thread, 4242u);
+  EXPECT_EQ(launch->correlation, 42u) << "the kernel record's correlation id: the link to the kernel";
+  EXPECT_EQ(launch->cbid, static_cast<std::uint32_t>(CUPTI_RUNTIME_TRACE_CBID_cudaLaunchKernel_v7000));
+  EXPECT_FALSE(launch->driver);
+
+  // Per-thread-stream variants and CUDA 13's <<<>>> entry point read as the documented function.
+  for (auto cbid : {CUPTI_RUNTIME_TRACE_CBID_cudaLaunchKernel_ptsz_v7000, CUPTI_RUNTIME_TRACE_CBID___cudaLaunchKernel_v13000,
+                    CUPTI_RUNTIME_TRACE_CBID___cudaLaunchKernel_ptsz_v13000})
+    EXPECT_EQ(api_call_record(api_activity(CUPTI_ACTIVITY_KIND_RUNTIME, cbid, 1, 2, 1))->name, "cudaLaunchKernel") << cbid;
+  EXPECT_EQ(api_call_record(api_activity(CUPTI_ACTIVITY_KIND_RUNTIME, CUPTI_RUNTIME_TRACE_CBID_cudaMemcpyAsync_ptsz_v7000, 1, 2, 1))->name,
+            "cudaMemcpyAsync");
+  EXPECT_EQ(api_call_record(api_activity(CUPTI_ACTIVITY_KIND_RUNTIME, CUPTI_RUNTIME_TRACE_CBID_cudaMemsetAsync_v3020, 1, 2, 1))->name,
+            "cudaMemsetAsync");
+  EXPECT_EQ(api_call_record(api_activity(CUPTI_ACTIVITY_KIND_RUNTIME, CUPTI_RUNTIME_TRACE_CBID_cudaLaunchKernelExC_v11060, 1, 2, 1))->name,
+            "cudaLaunchKernelExC");
+  EXPECT_EQ(api_call_record(api_activity(CUPTI_ACTIVITY_KIND_RUNTIME, CUPTI_RUNTIME_TRACE_CBID_cudaStreamSynchronize_v3020, 1, 2, 1))->name,
+            "cudaStreamSynchronize");
+
+  const auto nccl = api_call_record(api_activity(CUPTI_ACTIVITY_KIND_DRIVER, CUPTI_DRIVER_TRACE_CBID_cuLaunchKernelEx, 5, 9, 7));
+  ASSERT_TRUE(nccl.has_value());
+  EXPECT_TRUE(nccl->driver);
+  EXPECT_EQ(nccl->name, "cuLaunchKernelEx");
+  EXPECT_EQ(api_call_record(api_activity(CUPTI_ACTIVITY_KIND_DRIVER, CUPTI_DRIVER_TRACE_CBID_cuLaunchKernel, 5, 9, 7))->name,
+            "cuLaunchKernel");
+
+  // A call outside the list (someone enabled the whole kind) keeps its id; an untimed one is dropped.
+  EXPECT_EQ(api_call_record(api_activity(CUPTI_ACTIVITY_KIND_RUNTIME, CUPTI_RUNTIME_TRACE_CBID_cudaGetDevice_v3020, 1, 2, 1))->name,
+            "runtime API " + std::to_string(CUPTI_RUNTIME_TRACE_CBID_cudaGetDevice_v3020));
+  EXPECT_FALSE(api_call_record(api_activity(CUPTI_ACTIVITY_KIND_RUNTIME, CUPTI_RUNTIME_TRACE_CBID_cudaLaunchKernel_v7000, 0, 0, 1)));
+  EXPECT_FALSE(api_call_record(api_activity(CUPTI_ACTIVITY_KIND_RUNTIME, CUPTI_RUNTIME_TRACE_CBID_cudaLaunchKernel_v7000, 9, 3, 1)));
+}
+
+TEST(CuptiRecords, TracedApiListsCoverLaunchesCopiesAndWaitsOnly) {
+  std::set<std::string> runtime, driver;
+  std::set<CUpti_CallbackId> ids;
+  for (const TracedApi& api : traced_runtime_apis()) {
+    runtime.insert(api.name);
+    EXPECT_TRUE(ids.insert(api.cbid).second) << "listed twice: " << api.name;
+    const std::string n = api.name;
+    EXPECT_TRUE(n.find("Launch") != std::string::npos || n.starts_with("cudaMemcpy") || n.starts_with("cudaMemset") ||
+                n.find("Synchronize") != std::string::npos || n == "cudaStreamWaitEvent")
+        << n;
+    EXPECT_EQ(n.find("_v"), std::string::npos) << n;
+    EXPECT_EQ(n.find("_pt"), std::string::npos) << n;
+  }
+  for (const TracedApi& api : traced_driver_apis()) driver.insert(api.name);
+  for (const char* n : {"cudaLaunchKernel", "cudaLaunchKernelExC", "cudaLaunchCooperativeKernel", "cudaGraphLaunch",
+                        "cudaMemcpy", "cudaMemcpyAsync", "cudaMemcpyPeerAsync", "cudaMemset", "cudaMemsetAsync",
+                        "cudaDeviceSynchronize", "cudaStreamSynchronize", "cudaEventSynchronize", "cudaStreamWaitEvent"})
+    EXPECT_TRUE(runtime.count(n)) << n;
+  EXPECT_EQ(driver, (std::set<std::string>{"cuLaunchKernel", "cuLaunchKernelEx", "cuLaunchCooperativeKernel",
+                                           "cuLaunchCooperativeKernelMultiDevice", "cuGraphLaunch"}));
+}
+
+TEST(CuptiRecords, LaunchSwitchFromTheEnvironment) {
+  const char* name = "DDPBENCH_PROFILE_LAUNCHES";
+  ::unsetenv(name);
+  EXPECT_TRUE(CollectorOptions::from_env().api_calls) << "on by default";
+  ::setenv(name, "0", 1);
+  EXPECT_FALSE(CollectorOptions::from_env().api_calls);
+  ::setenv(name, "1", 1);
+  EXPECT_TRUE(CollectorOptions::from_env().api_calls);
+  ::setenv(name, "off", 1);
+  EXPECT_THROW(CollectorOptions::from_env(), UsageError);
+  ::unsetenv(name);
+}
+
 // --- NVTX markers ----------------------------------------------------------------------------
 
 TEST(CuptiMarkers, StartEndPairIntoARange) {
@@ -386,13 +477,21 @@ TEST(CuptiParser, DispatchesEveryKindSortsAndCounts) {
   parser.add(as_activity(end_marker(2, 720, 11)));
   parser.add(as_activity(end_marker(1, 730, 11)));
   parser.add(as_activity(start_marker(3, 740, 11, "step")));  // still open at take
+  parser.add(as_activity(api_activity(CUPTI_ACTIVITY_KIND_RUNTIME, CUPTI_RUNTIME_TRACE_CBID_cudaLaunchKernel_v7000, 4000, 4100, 42)));
+  parser.add(as_activity(api_activity(CUPTI_ACTIVITY_KIND_DRIVER, CUPTI_DRIVER_TRACE_CBID_cuLaunchKernelEx, 500, 600, 43)));
+  parser.add(as_activity(api_activity(CUPTI_ACTIVITY_KIND_RUNTIME, CUPTI_RUNTIME_TRACE_CBID_cudaMemcpyAsync_v3020, 0, 0, 44)));
   parser.add_dropped(3);
 
   RankActivity a = parser.take();
   ASSERT_EQ(a.kernels.size(), 2u);
   EXPECT_EQ(a.kernels[0].name, "ncclDevKernel_Generic");
   EXPECT_EQ(a.kernels[1].name, "kernel(float*, int)");
-  EXPECT_EQ(a.untimed_records, 1u);
+  EXPECT_EQ(a.untimed_records, 2u) << "the untimed kernel and the untimed memcpy call";
+  ASSERT_EQ(a.api_calls.size(), 2u);
+  EXPECT_EQ(a.api_calls[0].name, "cuLaunchKernelEx");  // sorted by start
+  EXPECT_TRUE(a.api_calls[0].driver);
+  EXPECT_EQ(a.api_calls[1].name, "cudaLaunchKernel");
+  EXPECT_EQ(a.api_calls[1].correlation, 42u);
   ASSERT_EQ(a.memcpys.size(), 1u);
   EXPECT_EQ(a.memcpys[0].kind, "HtoD");
   ASSERT_EQ(a.memsets.size(), 1u);
@@ -412,6 +511,7 @@ TEST(CuptiParser, DispatchesEveryKindSortsAndCounts) {
   parser.add(as_activity(end_marker(3, 800, 11)));
   RankActivity b = parser.take();
   EXPECT_TRUE(b.kernels.empty());
+  EXPECT_TRUE(b.api_calls.empty());
   EXPECT_EQ(b.dropped_records, 0u);
   EXPECT_EQ(b.overhead_records, 0u);
   ASSERT_EQ(b.ranges.size(), 1u);

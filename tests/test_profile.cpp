@@ -11,7 +11,9 @@
 #include <limits>
 #include <map>
 #include <random>
+#include <regex>
 #include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -794,6 +796,12 @@ RankActivity sample_activity() {
   a.memory[1].kind = "managed";
   a.ranges = {range(base, base + 10'000, kStepRange, 140'000'000'000'001ull),
               range(base + 1, base + 900, kDataRange, 140'000'000'000'001ull)};
+  // The memcpy's and the first kernel's launches inside `data`, the NCCL kernel's in the step only.
+  a.api_calls = {{base + 2, base + 8, 140'000'000'000'001ull, 17, 41, false, "cudaMemcpyAsync"},
+                 {base + 500, base + 700, 140'000'000'000'001ull, 4242, 211, false, "cudaLaunchKernel"},
+                 {base + 1500, base + 1600, 140'000'000'000'001ull, 99, 652, true, "cuLaunchKernelEx"},
+                 {base + 9800, base + 9900, 140'000'000'000'001ull, 100, 165, false, "cudaDeviceSynchronize"}};
+  a.kernels[1].correlation = 99;
   return a;
 }
 
@@ -811,6 +819,13 @@ TEST(ProfileFormats, ActivityJsonRoundTripIsExact) {
   EXPECT_EQ(back.kernels[0].name, a.kernels[0].name);
   EXPECT_EQ(back.kernels[0].grid[0], 1024u);
   EXPECT_EQ(back.kernels[0].block[0], 128u);
+  ASSERT_EQ(back.api_calls.size(), 4u);
+  EXPECT_EQ(back.api_calls[2].start, a.api_calls[2].start);
+  EXPECT_EQ(back.api_calls[2].thread, 140'000'000'000'001ull);
+  EXPECT_EQ(back.api_calls[2].correlation, 99u);
+  EXPECT_EQ(back.api_calls[2].cbid, 652u);
+  EXPECT_TRUE(back.api_calls[2].driver);
+  EXPECT_EQ(back.api_calls[2].name, "cuLaunchKernelEx");
   EXPECT_EQ(back.kernels[0].correlation, 4242u);
   EXPECT_EQ(back.memcpys.at(0).bytes, std::numeric_limits<std::uint64_t>::max());
   EXPECT_EQ(back.memcpys.at(0).kind, "HtoD");
@@ -896,19 +911,22 @@ class ProfileTrace : public ::testing::Test {
 
 TEST_F(ProfileTrace, ChromeTraceHasTheLayoutHtaReads) {
   const RankActivity a = sample_activity();
+  const std::uint64_t base = 1'733'000'000'123'456'789ull;
+  const std::uint64_t thread = 140'000'000'000'001ull;
   const auto t = chrome_trace(a);
   EXPECT_EQ(t["schemaVersion"], 1);
   EXPECT_EQ(t["distributedInfo"]["rank"], 1);
   EXPECT_EQ(t["distributedInfo"]["world_size"], 2);
   EXPECT_EQ(t["distributedInfo"]["backend"], "nccl");
   EXPECT_EQ(t["displayTimeUnit"], "ms");
+  EXPECT_EQ(t["baseTimeNanoseconds"], base);  // the earliest record: the step range
   ASSERT_EQ(t["deviceProperties"].size(), 1u);
   EXPECT_EQ(t["deviceProperties"][0]["id"], 1);
   EXPECT_EQ(t["deviceProperties"][0]["name"], a.device_name);
 
   std::map<std::string, int> by_cat;
   std::set<std::string> meta_names;
-  const double base_us = 1'733'000'000'123'456'789.0 / 1000.0;
+  std::map<std::string, nlohmann::json> flows;  // "s<id>" / "f<id>"
   for (const auto& e : t["traceEvents"]) {
     ASSERT_TRUE(e.contains("ph"));
     if (e["ph"] == "M") {
@@ -916,42 +934,187 @@ TEST_F(ProfileTrace, ChromeTraceHasTheLayoutHtaReads) {
       EXPECT_TRUE(e["args"].contains("name") || e["args"].contains("sort_index"));
       continue;
     }
+    if (e["ph"] == "s" || e["ph"] == "f") {
+      EXPECT_EQ(e["cat"], "ac2g");
+      flows[e["ph"].get<std::string>() + e["id"].dump()] = e;
+      continue;
+    }
     ASSERT_EQ(e["ph"], "X");
     for (const char* key : {"ts", "dur", "pid", "tid", "name", "cat"}) ASSERT_TRUE(e.contains(key)) << key << e;
-    EXPECT_TRUE(e["ts"].is_number_float());
-    EXPECT_TRUE(e["dur"].is_number_float());
     EXPECT_GE(e["dur"].get<double>(), 0.0);
-    // Absolute microseconds, not nanoseconds and not relative to the first record.
-    EXPECT_NEAR(e["ts"].get<double>(), base_us, 20.0) << e;
+    // Microseconds from baseTimeNanoseconds, exact to the nanosecond.
+    EXPECT_GE(e["ts"].get<double>(), 0.0);
+    EXPECT_LE(e["ts"].get<double>(), 10.0) << e;
     const std::string cat = e["cat"];
     ++by_cat[cat];
-    if (cat == "user_annotation") {
+    if (cat == "user_annotation" || cat == "cuda_runtime" || cat == "cuda_driver") {
       EXPECT_EQ(e["pid"], kHostPid + 1);
-      EXPECT_EQ(e["tid"], 140'000'000'000'001ull);
-    } else {
+      EXPECT_EQ(e["tid"], thread);
+      EXPECT_FALSE(e["args"].contains("stream")) << "HTA tells host events by their missing stream";
+    } else if (cat != "gpu_user_annotation") {
       EXPECT_EQ(e["pid"], 1);  // the device
       EXPECT_EQ(e["tid"], e["args"]["stream"]);
       for (const char* key : {"device", "stream", "correlation"}) EXPECT_TRUE(e["args"].contains(key)) << key;
     }
+    if (cat == "user_annotation") {
+      EXPECT_NE(e["name"], kStepRange) << "the step range is written as ProfilerStep#N";
+      if (e["name"] == "ProfilerStep#0") {
+        EXPECT_EQ(e["args"]["range"], kStepRange);
+        EXPECT_EQ(e["args"]["External id"], 1);
+        EXPECT_DOUBLE_EQ(e["ts"].get<double>(), 0.0);
+        EXPECT_DOUBLE_EQ(e["dur"].get<double>(), 10.0);
+      } else {
+        EXPECT_EQ(e["name"], kDataRange);
+        EXPECT_EQ(e["args"]["External id"], 2);
+        EXPECT_DOUBLE_EQ(e["ts"].get<double>(), 0.001);
+      }
+    }
+    if (cat == "cuda_runtime" || cat == "cuda_driver") {
+      const auto corr = e["args"]["correlation"].get<int>();
+      EXPECT_EQ(cat == "cuda_driver", corr == 99) << e;
+      // The innermost range holding the call: data for the memcpy and the first kernel, the step else.
+      EXPECT_EQ(e["args"]["External id"], corr == 17 || corr == 4242 ? 2 : 1) << e;
+      if (corr == 4242) {
+        EXPECT_EQ(e["name"], "cudaLaunchKernel");
+        EXPECT_EQ(e["args"]["cbid"], 211);
+        EXPECT_DOUBLE_EQ(e["ts"].get<double>(), 0.5);
+        EXPECT_DOUBLE_EQ(e["dur"].get<double>(), 0.2);
+      }
+    }
     if (cat == "kernel" && e["args"]["correlation"] == 4242) {
       EXPECT_EQ(e["args"]["grid"], nlohmann::json({1024, 2, 1}));
       EXPECT_EQ(e["args"]["block"], nlohmann::json({128, 1, 1}));
+      EXPECT_DOUBLE_EQ(e["ts"].get<double>(), 1.0);
       EXPECT_DOUBLE_EQ(e["dur"].get<double>(), 1.5);
+      EXPECT_EQ(e["args"]["External id"], 2) << "a kernel carries its launch's External id";
     }
     if (cat == "gpu_memcpy") {
       EXPECT_EQ(e["name"], "Memcpy HtoD");
       EXPECT_EQ(e["args"]["kind"], "HtoD");
       EXPECT_TRUE(e["args"].contains("bytes"));
       EXPECT_DOUBLE_EQ(e["dur"].get<double>(), 0.89);
+      // bytes / ns = GB/s
+      EXPECT_DOUBLE_EQ(e["args"]["memory bandwidth (GB/s)"].get<double>(),
+                       static_cast<double>(std::numeric_limits<std::uint64_t>::max()) / 890.0);
+    }
+    if (cat == "gpu_memset") EXPECT_DOUBLE_EQ(e["args"]["memory bandwidth (GB/s)"].get<double>(), 64.0 / 100.0);
+    if (cat == "gpu_user_annotation") {
+      // `data` on the one stream its launches went to, from the memcpy's start to the kernel's end;
+      // nothing for the step, which stays on the host as ProfilerStep#0.
+      EXPECT_EQ(e["name"], kDataRange);
+      EXPECT_EQ(e["pid"], 1);
+      EXPECT_EQ(e["tid"], 7);
+      EXPECT_DOUBLE_EQ(e["ts"].get<double>(), 0.01);
+      EXPECT_DOUBLE_EQ(e["dur"].get<double>(), 2.49);
+      EXPECT_EQ(e["args"]["External id"], 2);
     }
   }
   EXPECT_EQ(by_cat["kernel"], 2);
   EXPECT_EQ(by_cat["gpu_memcpy"], 1);
   EXPECT_EQ(by_cat["gpu_memset"], 1);
   EXPECT_EQ(by_cat["user_annotation"], 2);
-  EXPECT_EQ(by_cat.size(), 4u);
+  EXPECT_EQ(by_cat["cuda_runtime"], 3);
+  EXPECT_EQ(by_cat["cuda_driver"], 1);
+  EXPECT_EQ(by_cat["gpu_user_annotation"], 1);
+  EXPECT_EQ(by_cat.size(), 7u);
   EXPECT_TRUE(meta_names.count("process_name"));
   EXPECT_TRUE(meta_names.count("thread_name"));
+  // A flow from each launch to what it launched; none for the synchronize, which launched nothing.
+  EXPECT_EQ(flows.size(), 6u);
+  EXPECT_FALSE(flows.count("s100"));
+  ASSERT_TRUE(flows.count("s4242") && flows.count("f4242"));
+  EXPECT_EQ(flows["s4242"]["pid"], kHostPid + 1);
+  EXPECT_EQ(flows["s4242"]["tid"], thread);
+  EXPECT_DOUBLE_EQ(flows["s4242"]["ts"].get<double>(), 0.5);
+  EXPECT_EQ(flows["f4242"]["pid"], 1);
+  EXPECT_EQ(flows["f4242"]["tid"], 7);
+  EXPECT_EQ(flows["f4242"]["bp"], "e");
+  EXPECT_DOUBLE_EQ(flows["f4242"]["ts"].get<double>(), 1.0);
+}
+
+TEST_F(ProfileTrace, StepMarkerNamesTheProfilerSteps) {
+  RankActivity a = sample_activity();
+  a.ranges.push_back(range(a.ranges[0].start + 20'000, a.ranges[0].start + 30'000, kStepRange, 5));
+  std::vector<std::string> steps;
+  const auto trace = chrome_trace(a);
+  for (const auto& e : trace["traceEvents"])
+    if (e["cat"] == "user_annotation" && e["name"].get<std::string>().starts_with("ProfilerStep")) steps.push_back(e["name"]);
+  EXPECT_EQ(steps, (std::vector<std::string>{"ProfilerStep#0", "ProfilerStep#1"}));
+  // Another marker: `data` becomes the step, `step` stays itself.
+  std::set<std::string> names;
+  const auto by_data = chrome_trace(a, {kDataRange});
+  for (const auto& e : by_data["traceEvents"])
+    if (e["cat"] == "user_annotation") names.insert(e["name"]);
+  EXPECT_EQ(names, (std::set<std::string>{"ProfilerStep#0", kStepRange}));
+  EXPECT_THROW(chrome_trace(a, {"re:("}), UsageError);
+  // Without launch records, the steps keep their name (HTA would drop every device event otherwise).
+  a.api_calls.clear();
+  std::set<std::string> plain;
+  const auto no_launches = chrome_trace(a);
+  for (const auto& e : no_launches["traceEvents"])
+    if (e["cat"] == "user_annotation") plain.insert(e["name"]);
+  EXPECT_EQ(plain, (std::set<std::string>{kStepRange, kDataRange}));
+}
+
+// The backward pass's launches come from the autograd engine's thread, whose only ranges are each
+// bucket's allreduce: outside those they count for the range open on the trainer's thread, and
+// `backward` on the GPU covers the allreduce launched within it too.
+TEST_F(ProfileTrace, CallsOutsideTheirThreadsRangesCountForTheOpenRange) {
+  RankActivity a;
+  a.ranges = {range(0, 1000, kStepRange, 1), range(100, 900, kBackwardRange, 1), range(250, 260, kAllreduceRange, 2),
+              range(0, 50, "loader", 3)};
+  a.api_calls = {{200, 210, 2, 1, 211, false, "cudaLaunchKernel"},   // autograd thread, in backward
+                 {255, 258, 2, 2, 652, true, "cuLaunchKernelEx"},    // autograd thread, in its allreduce
+                 {950, 960, 2, 3, 211, false, "cudaLaunchKernel"},   // autograd thread, after backward
+                 {500, 510, 3, 4, 211, false, "cudaLaunchKernel"}};  // loader thread, outside its range
+  a.kernels = {kernel(300, 400, "bwd", 7), nccl(420, 800, 13), kernel(965, 990, "opt", 7), kernel(600, 700, "copy", 9)};
+  for (std::uint32_t i = 0; i < 4; ++i) a.kernels[i].correlation = i + 1;
+  std::map<int, nlohmann::json> calls;
+  std::map<std::pair<std::string, int>, nlohmann::json> annotations;  // (name, stream)
+  const auto t = chrome_trace(a);
+  for (const auto& e : t["traceEvents"]) {
+    const std::string cat = e.value("cat", "");
+    if (cat == "cuda_runtime" || cat == "cuda_driver") calls[e["args"]["correlation"].get<int>()] = e["args"];
+    if (cat == "gpu_user_annotation") annotations[{e["name"], e["tid"].get<int>()}] = e;
+  }
+  EXPECT_EQ(calls[1]["External id"], 2) << "backward";
+  EXPECT_EQ(calls[2]["External id"], 3) << "its own allreduce";
+  EXPECT_EQ(calls[3]["External id"], 1) << "the step";
+  EXPECT_EQ(calls[4]["External id"], 2) << "backward, open when the loader thread's range was not";
+  std::set<std::pair<std::string, int>> where;
+  for (const auto& [key, e] : annotations) where.insert(key);
+  EXPECT_EQ(where, (std::set<std::pair<std::string, int>>{{kBackwardRange, 7}, {kBackwardRange, 9}, {kBackwardRange, 13},
+                                                           {kAllreduceRange, 13}}));
+  const auto& bwd7 = annotations[std::make_pair(std::string(kBackwardRange), 7)];
+  const auto& bwd13 = annotations[std::make_pair(std::string(kBackwardRange), 13)];
+  const auto& allreduce13 = annotations[std::make_pair(std::string(kAllreduceRange), 13)];
+  EXPECT_DOUBLE_EQ(bwd7["ts"].get<double>(), 0.3);
+  EXPECT_DOUBLE_EQ(bwd7["dur"].get<double>(), 0.1);
+  EXPECT_DOUBLE_EQ(bwd13["dur"].get<double>(), 0.38);
+  EXPECT_EQ(allreduce13["args"]["External id"], 3);
+}
+
+TEST_F(ProfileTrace, TextPutsTheRankWhereHtaSearchesForIt) {
+  const auto t = chrome_trace(sample_activity());
+  const std::string text = chrome_trace_text(t);
+  EXPECT_EQ(nlohmann::json::parse(text), t);
+  // HTA reads the file line by line and takes the first match of this pattern as the rank.
+  const std::regex hta_rank(R"re("rank":\s+(\d+))re");
+  std::istringstream lines(text);
+  std::string line;
+  int rank = -1, line_no = 0;
+  while (std::getline(lines, line)) {
+    ++line_no;
+    std::smatch m;
+    if (std::regex_search(line, m, hta_rank)) {
+      rank = std::stoi(m[1]);
+      break;
+    }
+  }
+  EXPECT_EQ(rank, 1);
+  EXPECT_LE(line_no, 3) << "the rank comes before the events";
+  EXPECT_EQ(text.find("\"traceEvents\""), text.rfind("\"traceEvents\""));
+  EXPECT_GT(text.find("\"traceEvents\""), text.find("\"baseTimeNanoseconds\": 1733000000123456789"));
 }
 
 TEST_F(ProfileTrace, WrittenAtomicallyAndReadable) {
@@ -959,7 +1122,9 @@ TEST_F(ProfileTrace, WrittenAtomicallyAndReadable) {
   a.kernels[0].name += "\xff";  // not UTF-8: replaced, not fatal
   const std::string path = (dir_ / "rank1.trace.json").string();
   write_chrome_trace(a, path);
-  const auto t = nlohmann::json::parse(read_file(path));
+  const std::string text = read_file(path);
+  const auto t = nlohmann::json::parse(text);
+  EXPECT_EQ(text, chrome_trace_text(t));
   EXPECT_EQ(t["distributedInfo"]["rank"], 1);
   EXPECT_FALSE(t["traceEvents"].empty());
   for (const auto& entry : fs::directory_iterator(dir_))

@@ -185,7 +185,7 @@ CellResult run_cell(const CellRequest& req) {
     for (const auto& r : outcome.ranks) ranks.push_back(r.global_rank);
     profile::AnalysisOptions options;
     options.warmup = config.warmup;
-    auto prof = analyze_activity(ranks_dir, ranks, options);
+    auto prof = analyze_activity(ranks_dir, ranks, options, trace_dir_of_run(req.dir));
     result.document["profile"] = std::move(prof.json);
     result.profile_screens = std::move(prof.rendered);
   }

@@ -77,10 +77,11 @@ int profile_main(const ProfileArgs& a) {
 
   std::vector<int> ranks;
   for (const auto& r : outcome.ranks) ranks.push_back(r.global_rank);
-  const auto report = analyze_activity(activity_dir, ranks, a.analysis);
+  const auto report = analyze_activity(activity_dir, ranks, a.analysis, trace_dir_of_run(dir));
   write_file_atomic(dir + "/profile.json", report.json.dump(2) + "\n");
   for (const auto& screen : report.rendered) std::printf("\n%s", screen.c_str());
-  std::printf("\nprofile: %s/profile.json, traces: %s/rank<k>.trace.json\n", dir.c_str(), activity_dir.c_str());
+  std::printf("\nprofile: %s/profile.json\ntraces (Perfetto, Holistic Trace Analysis): %s/\n", dir.c_str(),
+              trace_dir_of_run(dir).c_str());
   if (!report.json["missing"].empty())
     std::fprintf(stderr, "ddpbench profile: no activity from rank(s) %s (did they use the GPU and exit normally?)\n",
                  report.json["missing"].dump().c_str());
@@ -110,6 +111,7 @@ namespace {
 struct AnalyzeArgs {
   std::string dir;
   std::string out;
+  std::string traces;
   profile::AnalysisOptions analysis = default_analysis();
 };
 
@@ -126,11 +128,15 @@ int analyze_main(const AnalyzeArgs& a) {
   if (ranks.empty())
     throw UsageError(a.dir + ": holds no rank<k>.activity.json (what `ddpbench profile` and `train --profile` leave in their run folders)");
   std::sort(ranks.begin(), ranks.end());
-  const auto report = analyze_activity(a.dir, ranks, a.analysis);
+  // Beside the activity folder, where `train --profile` and `profile` put them: <run>/ranks or
+  // <run>/activity -> <run>/traces.
+  const std::string traces =
+      a.traces.empty() ? trace_dir_of_run(fs::canonical(a.dir).parent_path().string()) : a.traces;
+  const auto report = analyze_activity(a.dir, ranks, a.analysis, traces);
   const std::string out = a.out.empty() ? a.dir + "/profile.json" : a.out;
   write_file_atomic(out, report.json.dump(2) + "\n");
   for (const auto& screen : report.rendered) std::printf("\n%s", screen.c_str());
-  std::printf("\nprofile: %s, traces: %s/rank<k>.trace.json\n", out.c_str(), a.dir.c_str());
+  std::printf("\nprofile: %s\ntraces (Perfetto, Holistic Trace Analysis): %s/\n", out.c_str(), traces.c_str());
   return 0;
 }
 
@@ -141,6 +147,8 @@ void add_analyze_command(CLI::App& app, Action& action) {
   auto* sub = app.add_subcommand("analyze", "Analyze recorded activity again (rank<k>.activity.json of a profile or train --profile run), e.g. with other step or gap settings");
   sub->add_option("dir", args->dir, "the folder holding rank<k>.activity.json")->required();
   sub->add_option("--out", args->out, "where the profile JSON goes [DIR/profile.json]");
+  sub->add_option("--traces", args->traces,
+                  "folder for the Chrome traces rank<k>.trace.json, holding nothing else [traces/ beside DIR]");
   add_analysis_options(sub, args->analysis);
   sub->callback([args, &action] { action = [args] { return analyze_main(*args); }; });
 }

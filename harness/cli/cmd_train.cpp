@@ -4,6 +4,7 @@
 
 #include "cli/cell_runner.h"
 #include "cli/commands.h"
+#include "cli/profile_report.h"
 #include "cli/train_flags.h"
 #include "common/error.h"
 #include "common/strings.h"
@@ -64,7 +65,7 @@ int train_main(const TrainArgs& a) {
   const auto& s = result.document["summary"];
   if (result.ok && result.document.contains("profile")) {
     for (const auto& screen : result.profile_screens) std::printf("\n%s", screen.c_str());
-    std::printf("\ntraces (Perfetto, Holistic Trace Analysis): %s/ranks/rank<k>.trace.json\n", req.dir.c_str());
+    std::printf("\ntraces (Perfetto, Holistic Trace Analysis): %s/\n", trace_dir_of_run(req.dir).c_str());
   }
   if (result.ok) {
     std::printf("done: %s tok/s (%s per rank), step p50 %.1f ms p95 %.1f ms, peak %s, final loss %.4f\n",

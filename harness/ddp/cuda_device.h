@@ -13,5 +13,6 @@ void reset_peaks(int index);
 void release_cached_memory();  // the caching allocator's unused blocks back to the driver
 std::string nccl_version();  // "2.28.9" of the NCCL LibTorch loaded; empty if none
 std::string runtime_version();
+std::string device_name(int index);  // "NVIDIA H100 80GB HBM3"; empty if the runtime cannot say
 
 }  // namespace ddpbench::ddp::cuda

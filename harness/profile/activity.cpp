@@ -150,6 +150,15 @@ json to_json(const RankActivity& a) {
   json ranges = json::array();
   for (const auto& r : a.ranges)
     ranges.push_back({{"start", r.start}, {"end", r.end}, {"thread", r.thread}, {"name", r.name}});
+  json api_calls = json::array();
+  for (const auto& c : a.api_calls)
+    api_calls.push_back({{"start", c.start},
+                         {"end", c.end},
+                         {"thread", c.thread},
+                         {"correlation", c.correlation},
+                         {"cbid", c.cbid},
+                         {"driver", c.driver},
+                         {"name", c.name}});
   return {{"rank", a.rank},
           {"world_size", a.world_size},
           {"device_name", a.device_name},
@@ -161,7 +170,8 @@ json to_json(const RankActivity& a) {
           {"memcpys", std::move(memcpys)},
           {"memsets", std::move(memsets)},
           {"memory", std::move(memory)},
-          {"ranges", std::move(ranges)}};
+          {"ranges", std::move(ranges)},
+          {"api_calls", std::move(api_calls)}};
 }
 
 RankActivity activity_from_json(const json& j) {
@@ -214,6 +224,17 @@ RankActivity activity_from_json(const json& j) {
     g.thread = r.u64("thread", false);
     g.name = r.str("name", true);
     a.ranges.push_back(std::move(g));
+  });
+  top.each("api_calls", [&](const Reader& r) {
+    ApiCallRecord c;
+    c.start = r.u64("start");
+    c.end = r.u64("end");
+    c.thread = r.u64("thread", false);
+    c.correlation = r.u32("correlation");
+    c.cbid = r.u32("cbid");
+    c.driver = r.boolean("driver", false);
+    c.name = r.str("name", true);
+    a.api_calls.push_back(std::move(c));
   });
   return a;
 }

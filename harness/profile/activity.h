@@ -54,6 +54,18 @@ struct RangeRecord {
   std::string name;
 };
 
+// A CUDA API call on the host that puts work on the device (a kernel launch, a memcpy or memset, a
+// graph launch) or waits for it (a synchronize): CUPTI's RUNTIME and DRIVER activity. correlation
+// is the one its kernel, memcpy or memset record carries, which links a launch to what it launched.
+struct ApiCallRecord {
+  std::uint64_t start = 0, end = 0;  // ns
+  std::uint64_t thread = 0;          // as RangeRecord::thread
+  std::uint32_t correlation = 0;
+  std::uint32_t cbid = 0;  // CUPTI's callback id of the function, within its API
+  bool driver = false;     // a driver API call (cuLaunchKernel), else a runtime one (cudaLaunchKernel)
+  std::string name;        // "cudaLaunchKernel", "cudaMemcpyAsync", "cuLaunchKernelEx", ...
+};
+
 struct RankActivity {
   int rank = 0;
   int world_size = 1;
@@ -63,6 +75,7 @@ struct RankActivity {
   std::vector<MemsetRecord> memsets;
   std::vector<MemoryRecord> memory;
   std::vector<RangeRecord> ranges;
+  std::vector<ApiCallRecord> api_calls;  // empty where launch records were switched off
   std::uint64_t dropped_records = 0;  // CUPTI buffers that overflowed
   // Device records CUPTI delivered without timestamps (it ran short of device memory for them):
   // left out of the vectors above, counted so that a thin trace is not mistaken for an idle GPU.

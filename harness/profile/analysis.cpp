@@ -183,14 +183,26 @@ std::string pct(double fraction) {
 
 }  // namespace
 
-std::vector<Window> step_windows(const RankActivity& activity, const std::string& marker) {
+std::vector<std::size_t> step_ranges(const RankActivity& activity, const std::string& marker) {
   MarkerMatcher matches(marker);
+  std::vector<std::size_t> steps;
+  for (std::size_t i = 0; i < activity.ranges.size(); ++i)
+    if (matches(activity.ranges[i].name)) steps.push_back(i);
+  std::stable_sort(steps.begin(), steps.end(), [&](std::size_t a, std::size_t b) {
+    const Span x = span_of(activity.ranges[a].start, activity.ranges[a].end);
+    const Span y = span_of(activity.ranges[b].start, activity.ranges[b].end);
+    return x.start != y.start ? x.start < y.start : x.end < y.end;
+  });
+  return steps;
+}
+
+std::vector<Window> step_windows(const RankActivity& activity, const std::string& marker) {
   std::vector<Window> windows;
-  for (const auto& r : activity.ranges)
-    if (matches(r.name)) {
-      const Span s = span_of(r.start, r.end);
-      windows.push_back({s.start, s.end, r.name});
-    }
+  for (std::size_t i : step_ranges(activity, marker)) {
+    const RangeRecord& r = activity.ranges[i];
+    const Span s = span_of(r.start, r.end);
+    windows.push_back({s.start, s.end, r.name});
+  }
   if (windows.empty() && !activity.ranges.empty()) {
     std::set<std::string> names;
     for (const auto& r : activity.ranges) names.insert(r.name);
@@ -218,11 +230,7 @@ std::vector<Window> step_windows(const RankActivity& activity, const std::string
     for (const auto& m : activity.memcpys) take(m.start, m.end);
     for (const auto& m : activity.memsets) take(m.start, m.end);
     if (any) windows.push_back({lo, hi, ""});
-    return windows;
   }
-  std::stable_sort(windows.begin(), windows.end(), [](const Window& a, const Window& b) {
-    return a.start != b.start ? a.start < b.start : a.end < b.end;
-  });
   return windows;
 }
 

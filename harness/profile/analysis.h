@@ -46,6 +46,10 @@ struct Window {
 // not a trace without steps).
 std::vector<Window> step_windows(const RankActivity& activity, const std::string& marker = kStepRange);
 
+// Indices into activity.ranges of the ranges the marker names, in step_windows' order; empty where none
+// matches (no error: the caller decides whether that is one). UsageError for an empty marker or a bad regex.
+std::vector<std::size_t> step_ranges(const RankActivity& activity, const std::string& marker = kStepRange);
+
 // The trainer's phases whose host time is reported per step, in this order.
 inline constexpr const char* kPhaseNames[] = {kDataRange, kForwardRange, kBackwardRange, kAllreduceRange,
                                               kOptimizerRange};

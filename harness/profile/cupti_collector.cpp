@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "common/error.h"
+#include "common/strings.h"
 
 namespace ddpbench::profile {
 
@@ -26,6 +27,8 @@ const char* kind_name(CUpti_ActivityKind kind) {
     case CUPTI_ACTIVITY_KIND_MARKER: return "MARKER";
     case CUPTI_ACTIVITY_KIND_OVERHEAD: return "OVERHEAD";
     case CUPTI_ACTIVITY_KIND_DEVICE: return "DEVICE";
+    case CUPTI_ACTIVITY_KIND_RUNTIME: return "RUNTIME";
+    case CUPTI_ACTIVITY_KIND_DRIVER: return "DRIVER";
     default: return "?";
   }
 }
@@ -54,6 +57,112 @@ constexpr CUpti_ActivityKind kOptionalKinds[] = {
     CUPTI_ACTIVITY_KIND_DEVICE,
 };
 
+// Listed from cupti_runtime_cbid.h and cupti_driver_cbid.h of CUDA 13.0: every kernel, cooperative
+// kernel and graph launch, every cudaMemcpy* and cudaMemset* (sync and async), and the calls that
+// wait for the device.
+constexpr TracedApi kRuntimeApis[] = {
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpy_v3020, "cudaMemcpy"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpy2D_v3020, "cudaMemcpy2D"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpyToArray_v3020, "cudaMemcpyToArray"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpy2DToArray_v3020, "cudaMemcpy2DToArray"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpyFromArray_v3020, "cudaMemcpyFromArray"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpy2DFromArray_v3020, "cudaMemcpy2DFromArray"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpyArrayToArray_v3020, "cudaMemcpyArrayToArray"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpy2DArrayToArray_v3020, "cudaMemcpy2DArrayToArray"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpyToSymbol_v3020, "cudaMemcpyToSymbol"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpyFromSymbol_v3020, "cudaMemcpyFromSymbol"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpyAsync_v3020, "cudaMemcpyAsync"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpyToArrayAsync_v3020, "cudaMemcpyToArrayAsync"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpyFromArrayAsync_v3020, "cudaMemcpyFromArrayAsync"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpy2DAsync_v3020, "cudaMemcpy2DAsync"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpy2DToArrayAsync_v3020, "cudaMemcpy2DToArrayAsync"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpy2DFromArrayAsync_v3020, "cudaMemcpy2DFromArrayAsync"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpyToSymbolAsync_v3020, "cudaMemcpyToSymbolAsync"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpyFromSymbolAsync_v3020, "cudaMemcpyFromSymbolAsync"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemset_v3020, "cudaMemset"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemset2D_v3020, "cudaMemset2D"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemsetAsync_v3020, "cudaMemsetAsync"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemset2DAsync_v3020, "cudaMemset2DAsync"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaStreamSynchronize_v3020, "cudaStreamSynchronize"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaEventSynchronize_v3020, "cudaEventSynchronize"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemset3D_v3020, "cudaMemset3D"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemset3DAsync_v3020, "cudaMemset3DAsync"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpy3D_v3020, "cudaMemcpy3D"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpy3DAsync_v3020, "cudaMemcpy3DAsync"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaStreamWaitEvent_v3020, "cudaStreamWaitEvent"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpyPeer_v4000, "cudaMemcpyPeer"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpyPeerAsync_v4000, "cudaMemcpyPeerAsync"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpy3DPeer_v4000, "cudaMemcpy3DPeer"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpy3DPeerAsync_v4000, "cudaMemcpy3DPeerAsync"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaDeviceSynchronize_v3020, "cudaDeviceSynchronize"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaLaunchKernel_v7000, "cudaLaunchKernel"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaLaunchKernel_ptsz_v7000, "cudaLaunchKernel"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpy_ptds_v7000, "cudaMemcpy"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpy2D_ptds_v7000, "cudaMemcpy2D"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpyToArray_ptds_v7000, "cudaMemcpyToArray"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpy2DToArray_ptds_v7000, "cudaMemcpy2DToArray"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpyFromArray_ptds_v7000, "cudaMemcpyFromArray"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpy2DFromArray_ptds_v7000, "cudaMemcpy2DFromArray"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpyArrayToArray_ptds_v7000, "cudaMemcpyArrayToArray"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpy2DArrayToArray_ptds_v7000, "cudaMemcpy2DArrayToArray"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpyToSymbol_ptds_v7000, "cudaMemcpyToSymbol"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpyFromSymbol_ptds_v7000, "cudaMemcpyFromSymbol"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpyAsync_ptsz_v7000, "cudaMemcpyAsync"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpyToArrayAsync_ptsz_v7000, "cudaMemcpyToArrayAsync"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpyFromArrayAsync_ptsz_v7000, "cudaMemcpyFromArrayAsync"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpy2DAsync_ptsz_v7000, "cudaMemcpy2DAsync"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpy2DToArrayAsync_ptsz_v7000, "cudaMemcpy2DToArrayAsync"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpy2DFromArrayAsync_ptsz_v7000, "cudaMemcpy2DFromArrayAsync"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpyToSymbolAsync_ptsz_v7000, "cudaMemcpyToSymbolAsync"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpyFromSymbolAsync_ptsz_v7000, "cudaMemcpyFromSymbolAsync"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemset_ptds_v7000, "cudaMemset"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemset2D_ptds_v7000, "cudaMemset2D"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemsetAsync_ptsz_v7000, "cudaMemsetAsync"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemset2DAsync_ptsz_v7000, "cudaMemset2DAsync"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaStreamSynchronize_ptsz_v7000, "cudaStreamSynchronize"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemset3D_ptds_v7000, "cudaMemset3D"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemset3DAsync_ptsz_v7000, "cudaMemset3DAsync"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpy3D_ptds_v7000, "cudaMemcpy3D"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpy3DAsync_ptsz_v7000, "cudaMemcpy3DAsync"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaStreamWaitEvent_ptsz_v7000, "cudaStreamWaitEvent"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpy3DPeer_ptds_v7000, "cudaMemcpy3DPeer"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpy3DPeerAsync_ptsz_v7000, "cudaMemcpy3DPeerAsync"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaLaunchCooperativeKernel_v9000, "cudaLaunchCooperativeKernel"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaLaunchCooperativeKernel_ptsz_v9000, "cudaLaunchCooperativeKernel"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaLaunchCooperativeKernelMultiDevice_v9000, "cudaLaunchCooperativeKernelMultiDevice"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaGraphLaunch_v10000, "cudaGraphLaunch"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaGraphLaunch_ptsz_v10000, "cudaGraphLaunch"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaLaunchKernelExC_v11060, "cudaLaunchKernelExC"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaLaunchKernelExC_ptsz_v11060, "cudaLaunchKernelExC"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpyBatchAsync_v12080, "cudaMemcpyBatchAsync"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpyBatchAsync_ptsz_v12080, "cudaMemcpyBatchAsync"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpy3DBatchAsync_v12080, "cudaMemcpy3DBatchAsync"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpy3DBatchAsync_ptsz_v12080, "cudaMemcpy3DBatchAsync"},
+    {CUPTI_RUNTIME_TRACE_CBID___cudaLaunchKernel_v13000, "cudaLaunchKernel"},
+    {CUPTI_RUNTIME_TRACE_CBID___cudaLaunchKernel_ptsz_v13000, "cudaLaunchKernel"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpyBatchAsync_v13000, "cudaMemcpyBatchAsync"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpyBatchAsync_ptsz_v13000, "cudaMemcpyBatchAsync"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpy3DBatchAsync_v13000, "cudaMemcpy3DBatchAsync"},
+    {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpy3DBatchAsync_ptsz_v13000, "cudaMemcpy3DBatchAsync"},
+};
+constexpr TracedApi kDriverApis[] = {
+    {CUPTI_DRIVER_TRACE_CBID_cuLaunchKernel, "cuLaunchKernel"},
+    {CUPTI_DRIVER_TRACE_CBID_cuLaunchKernel_ptsz, "cuLaunchKernel"},
+    {CUPTI_DRIVER_TRACE_CBID_cuLaunchCooperativeKernel, "cuLaunchCooperativeKernel"},
+    {CUPTI_DRIVER_TRACE_CBID_cuLaunchCooperativeKernel_ptsz, "cuLaunchCooperativeKernel"},
+    {CUPTI_DRIVER_TRACE_CBID_cuLaunchCooperativeKernelMultiDevice, "cuLaunchCooperativeKernelMultiDevice"},
+    {CUPTI_DRIVER_TRACE_CBID_cuGraphLaunch, "cuGraphLaunch"},
+    {CUPTI_DRIVER_TRACE_CBID_cuGraphLaunch_ptsz, "cuGraphLaunch"},
+    {CUPTI_DRIVER_TRACE_CBID_cuLaunchKernelEx, "cuLaunchKernelEx"},
+    {CUPTI_DRIVER_TRACE_CBID_cuLaunchKernelEx_ptsz, "cuLaunchKernelEx"},
+};
+
+const char* traced_name(std::span<const TracedApi> apis, CUpti_CallbackId cbid) {
+  for (const TracedApi& api : apis)
+    if (api.cbid == cbid) return api.name;
+  return nullptr;
+}
+
 bool untimed(std::uint64_t start, std::uint64_t end) { return (start == 0 && end == 0) || end < start; }
 
 std::uint64_t marker_thread(const MarkerActivity& m) {
@@ -70,6 +179,18 @@ void sort_by_start(std::vector<Record>& v) {
 }  // namespace
 
 // --- conversion ------------------------------------------------------------------------------
+
+std::span<const TracedApi> traced_runtime_apis() { return kRuntimeApis; }
+std::span<const TracedApi> traced_driver_apis() { return kDriverApis; }
+
+CollectorOptions CollectorOptions::from_env() {
+  CollectorOptions o;
+  const std::string launches = getenv_or("DDPBENCH_PROFILE_LAUNCHES", "");
+  if (launches == "0") o.api_calls = false;
+  else if (!launches.empty() && launches != "1")
+    throw UsageError("DDPBENCH_PROFILE_LAUNCHES=" + launches + ": expected 0 (no launch records) or 1");
+  return o;
+}
 
 std::string demangle(const char* name) {
   if (name == nullptr) return {};
@@ -178,6 +299,20 @@ std::optional<MemoryRecord> memory_record(const MemoryActivity& m) {
   return r;
 }
 
+std::optional<ApiCallRecord> api_call_record(const ApiActivity& a) {
+  if (untimed(a.start, a.end)) return std::nullopt;
+  ApiCallRecord r;
+  r.start = a.start;
+  r.end = a.end;
+  r.thread = a.threadId;
+  r.correlation = a.correlationId;
+  r.cbid = a.cbid;
+  r.driver = a.kind == CUPTI_ACTIVITY_KIND_DRIVER;
+  const char* name = traced_name(r.driver ? traced_driver_apis() : traced_runtime_apis(), a.cbid);
+  r.name = name ? name : std::string(r.driver ? "driver API " : "runtime API ") + std::to_string(a.cbid);
+  return r;
+}
+
 // --- NVTX markers ----------------------------------------------------------------------------
 
 void MarkerPairer::add(const MarkerActivity& m) {
@@ -238,6 +373,13 @@ void ActivityParser::add(const CUpti_Activity& record) {
     case CUPTI_ACTIVITY_KIND_MEMORY2:
       if (auto r = memory_record(reinterpret_cast<const MemoryActivity&>(record))) activity_.memory.push_back(*r);
       break;
+    case CUPTI_ACTIVITY_KIND_RUNTIME:
+    case CUPTI_ACTIVITY_KIND_DRIVER:
+      if (auto r = api_call_record(reinterpret_cast<const ApiActivity&>(record)))
+        activity_.api_calls.push_back(std::move(*r));
+      else
+        ++activity_.untimed_records;
+      break;
     case CUPTI_ACTIVITY_KIND_MARKER:
       markers_.add(reinterpret_cast<const MarkerActivity&>(record));
       break;
@@ -265,6 +407,7 @@ RankActivity ActivityParser::take() {
   sort_by_start(out.memcpys);
   sort_by_start(out.memsets);
   sort_by_start(out.ranges);
+  sort_by_start(out.api_calls);
   std::stable_sort(out.memory.begin(), out.memory.end(),
                    [](const MemoryRecord& a, const MemoryRecord& b) { return a.timestamp < b.timestamp; });
   if (!out.kernels.empty()) {
@@ -334,7 +477,7 @@ CuptiCollector& CuptiCollector::instance() {
   return *collector;
 }
 
-void CuptiCollector::start() {
+void CuptiCollector::start(const CollectorOptions& options) {
   std::lock_guard lock(control_mutex_);
   if (running()) throw RunError("CUPTI collector: already running");
   // The layout of each record is the one the loaded libcupti writes, and its versions change
@@ -361,6 +504,10 @@ void CuptiCollector::start() {
   }
   for (CUpti_ActivityKind kind : kOptionalKinds)
     if (cuptiActivityEnable(kind) == CUPTI_SUCCESS) enabled_.push_back(kind);
+  // Each API that CUPTI accepts (a call this CUPTI no longer knows is refused alone); without kernel
+  // launches, none: a trace with copies linked but no kernels would mislead more than one without.
+  api_calls_enabled_.store(options.api_calls && enable_api_calls(1));
+  if (options.api_calls && !api_calls_recorded()) enable_api_calls(0);
   {
     std::lock_guard parse_lock(parse_mutex_);
     callback_error_.clear();
@@ -374,7 +521,22 @@ void CuptiCollector::start() {
   running_.store(true);
 }
 
+// True when CUPTI took the kernel launch calls (cudaLaunchKernel and CUDA 13's __cudaLaunchKernel).
+bool CuptiCollector::enable_api_calls(std::uint8_t enable) {
+  bool launches = true;
+  for (const TracedApi& api : kRuntimeApis) {
+    const bool taken = cuptiActivityEnableRuntimeApi(api.cbid, enable) == CUPTI_SUCCESS;
+    if (api.cbid == CUPTI_RUNTIME_TRACE_CBID_cudaLaunchKernel_v7000 ||
+        api.cbid == CUPTI_RUNTIME_TRACE_CBID___cudaLaunchKernel_v13000)
+      launches = launches && taken;
+  }
+  for (const TracedApi& api : kDriverApis) cuptiActivityEnableDriverApi(api.cbid, enable);
+  return launches;
+}
+
 void CuptiCollector::disable_enabled(std::string* first_error) {
+  if (api_calls_enabled_.exchange(false) && !enable_api_calls(0) && first_error && first_error->empty())
+    *first_error = "CUPTI cuptiActivityEnableRuntimeApi(cudaLaunchKernel, disable) failed";
   for (CUpti_ActivityKind kind : enabled_) {
     const CUptiResult result = cuptiActivityDisable(kind);
     if (result != CUPTI_SUCCESS && first_error && first_error->empty())

@@ -12,6 +12,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -35,6 +36,33 @@ using MemoryActivity = CUpti_ActivityMemory4;          // MEMORY2
 using MarkerActivity = CUpti_ActivityMarker2;          // MARKER
 using OverheadActivity = CUpti_ActivityOverhead3;      // OVERHEAD
 using DeviceActivity = CUpti_ActivityDevice5;          // DEVICE
+using ApiActivity = CUpti_ActivityAPI;                 // RUNTIME and DRIVER
+
+// The CUDA API calls recorded as ApiCallRecords: those that put work on the device (kernel, graph,
+// memcpy and memset launches; a kernel's record carries the correlation id of the call that launched
+// it) and those that wait for it (device, stream and event synchronization, stream waits). Only these
+// are enabled (cuptiActivityEnable{Runtime,Driver}Api), not the whole RUNTIME kind: PyTorch calls
+// cudaGetDevice and friends thousands of times a step, and recording those would cost time and
+// buffers for nothing. name is the function's documented name, without the per-thread-stream
+// suffix (_ptsz, _ptds) and with CUDA 13's __cudaLaunchKernel (what <<<...>>> compiles to) as
+// cudaLaunchKernel, the names Holistic Trace Analysis keys its launch statistics on.
+struct TracedApi {
+  CUpti_CallbackId cbid;
+  const char* name;
+};
+std::span<const TracedApi> traced_runtime_apis();
+std::span<const TracedApi> traced_driver_apis();
+
+// What the collector records besides the kinds it always needs.
+struct CollectorOptions {
+  // The API calls above: host-side launch and wait records (Chrome trace `cuda_runtime` events,
+  // what HTA's host-wait idle, launch statistics and critical path need). Their cost is a record per
+  // launch.
+  bool api_calls = true;
+  // DDPBENCH_PROFILE_LAUNCHES: "0" switches the API-call records off, "1" or unset leaves them on;
+  // UsageError for anything else.
+  static CollectorOptions from_env();
+};
 
 // Itanium-ABI demangling; names that are not mangled C++ symbols (extern "C" kernels) unchanged.
 std::string demangle(const char* name);
@@ -61,6 +89,9 @@ std::optional<MemsetRecord> memset_record(const MemsetActivity& m);
 // nullopt for host memory (pageable, pinned) and for an operation that is neither an allocation
 // nor a release: the timeline is of device memory.
 std::optional<MemoryRecord> memory_record(const MemoryActivity& m);
+// nullopt where untimed. A call this build does not list in traced_*_apis() (the whole kind was
+// enabled by someone else) keeps its cbid and is named "runtime API <cbid>" / "driver API <cbid>".
+std::optional<ApiCallRecord> api_call_record(const ApiActivity& a);
 
 // Pairs NVTX START and END marker records by id into ranges. The id, not a per-thread stack, is
 // what pairs them: nested ranges and ranges of interleaved threads then need no special case, and
@@ -137,8 +168,10 @@ class CuptiCollector {
   CuptiCollector& operator=(const CuptiCollector&) = delete;
 
   // Registers the buffer callbacks and enables the activity kinds; RunError naming the CUPTI call
-  // and its result on failure (nothing left enabled), or when already running.
-  void start();
+  // and its result on failure (nothing left enabled), or when already running. API calls that CUPTI
+  // refuses to record are left out (api_calls_recorded() says so) rather than failing the run.
+  void start(const CollectorOptions& options = {});
+  bool api_calls_recorded() const { return api_calls_enabled_.load(std::memory_order_relaxed); }
   // Forces out every buffered record (synchronize the device first, or records of unfinished work
   // come without timestamps) and disables the kinds. Records parsed so far stay available to
   // take() even when stop() throws (a CUPTI call failed, or a buffer could not be read).
@@ -167,11 +200,13 @@ class CuptiCollector {
                                            std::size_t size, std::size_t valid_size);
   void parse_buffer(std::uint8_t* buffer, std::size_t valid_size);
   void disable_enabled(std::string* first_error);
+  bool enable_api_calls(std::uint8_t enable);
 
   BufferPool pool_;
 
   std::mutex control_mutex_;  // start / stop
   std::vector<CUpti_ActivityKind> enabled_;
+  std::atomic<bool> api_calls_enabled_{false};
   std::atomic<bool> running_{false};
   std::atomic<pid_t> pid_{0};
 

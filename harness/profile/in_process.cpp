@@ -3,6 +3,7 @@
 #include "common/error.h"
 
 #ifdef DDPBENCH_WITH_CUDA
+#include "ddp/cuda_device.h"
 #include "ddp/device.h"
 #include "profile/cupti_collector.h"
 #endif
@@ -15,7 +16,9 @@ struct InProcessProfiler::State {
   CuptiCollector& collector = CuptiCollector::instance();
 };
 
-InProcessProfiler::InProcessProfiler() : state_(std::make_unique<State>()) { state_->collector.start(); }
+InProcessProfiler::InProcessProfiler() : state_(std::make_unique<State>()) {
+  state_->collector.start(CollectorOptions::from_env());
+}
 
 InProcessProfiler::~InProcessProfiler() {
   if (state_ && state_->collector.running()) {
@@ -42,6 +45,12 @@ RankActivity InProcessProfiler::finish(int rank, int world_size) {
   auto activity = state_->collector.take();
   activity.rank = rank;
   activity.world_size = world_size;
+  // CUPTI's DEVICE records come only where the kind was enabled before the context existed, which
+  // is never the case here: ask the runtime for the name instead.
+  if (activity.device_name.empty()) {
+    const int device = activity.kernels.empty() ? 0 : static_cast<int>(activity.kernels.front().device);
+    activity.device_name = ddp::cuda::device_name(device);
+  }
   return activity;
 }
 

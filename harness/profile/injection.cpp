@@ -99,7 +99,7 @@ extern "C" __attribute__((visibility("default"))) int InitializeInjection(void) 
     // context teardown land in the collector, which outlives static destruction. Registered before
     // start(), so that a started collector always has its writer; unstarted, the handler does nothing.
     if (std::atexit(write_activity_at_exit) != 0) throw ddpbench::RunError("atexit refused the exit handler");
-    CuptiCollector::instance().start();
+    CuptiCollector::instance().start(ddpbench::profile::CollectorOptions::from_env());
     return 1;
   } catch (const std::exception& e) {
     warn(std::string("not tracing: ") + e.what());
