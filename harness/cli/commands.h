@@ -16,5 +16,7 @@ void add_doctor_command(CLI::App& app, Action& action);
 void add_prepare_command(CLI::App& app, Action& action);
 void add_profile_command(CLI::App& app, Action& action);
 void add_analyze_command(CLI::App& app, Action& action);
+void add_bench_command(CLI::App& app, Action& action);
+void add_predict_command(CLI::App& app, Action& action);
 
 }  // namespace ddpbench::cli

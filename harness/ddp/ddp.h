@@ -40,7 +40,15 @@ class Communicator {
 
   c10::intrusive_ptr<c10d::Work> allreduce_sum_async(at::Tensor& t);
   void allreduce_sum(at::Tensor& t);
+  c10::intrusive_ptr<c10d::Work> broadcast_async(at::Tensor& t, int root);
   void broadcast(at::Tensor& t, int root);
+  // Flat buffers, as NCCL takes them: `in` holds world_size() x out.numel() elements, rank k keeps
+  // the sum of block k. In place when `out` is rank k's block of `in`.
+  c10::intrusive_ptr<c10d::Work> reduce_scatter_sum_async(at::Tensor& out, at::Tensor& in);
+  // `out` holds world_size() x in.numel() elements, block k from rank k. In place when `in` is
+  // this rank's block of `out`.
+  c10::intrusive_ptr<c10d::Work> all_gather_async(at::Tensor& out, at::Tensor& in);
+  void barrier();
   void shutdown();
 
  private:
