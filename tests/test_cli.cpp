@@ -364,6 +364,7 @@ TEST_F(Cli, BenchAndPredictRejectBadInputWithOneLine) {
            {"bench collectives --device cpu --collectives all_to_all", "all_to_all"},
            {"predict no/such/run", "no/such/run"},
            {"predict . --gpus 0", "--gpus"},
+           {"train --trainer hf --shard-optimizer", "--shard-optimizer"},
        }) {
     SCOPED_TRACE(args);
     const auto r = run(args, dir_);

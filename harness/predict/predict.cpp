@@ -165,6 +165,11 @@ Measured measured_from(const nlohmann::json& doc, const std::string& where) {
                               " B in buckets of 25 MiB (torch DDP's default)");
     }
     m.optimizer_bytes = r0.value("optimizer_state_bytes", 0.0);
+    if (c.value("shard_optimizer", false)) {
+      m.optimizer_bytes *= m.ranks;
+      m.assumptions.push_back("the run sharded its optimizer (ZeRO-1): the whole state taken as " + std::to_string(m.ranks) +
+                              " x one rank's, the step modelled as if unsharded");
+    }
     m.peak_bytes = s.value("peak_allocated_bytes", 0.0);
 
     // The profile, where the run has one: medians over measured steps, then over ranks.

@@ -150,6 +150,7 @@ nlohmann::json to_json(const Config& c) {
       {"data_file", c.data_file},     {"optim_state", to_string(c.optim_state)},
       {"checkpoint", c.checkpoint},   {"grad_ckpt", c.grad_ckpt},
       {"profile", c.profile},          {"bind_cpus", c.bind_cpus},
+      {"shard_optimizer", c.shard_optimizer},
       {"global_batch_sequences", c.global_batch_sequences()},
       {"model_flops_per_token", model_flops_per_token(c)},
   };
@@ -189,6 +190,7 @@ Config config_from_json(const nlohmann::json& j) {
     c.grad_ckpt = j.at("grad_ckpt").get<bool>();
     c.profile = j.value("profile", false);
     c.bind_cpus = j.value("bind_cpus", false);
+    c.shard_optimizer = j.value("shard_optimizer", false);
     return c;
   } catch (const nlohmann::json::exception& e) {
     throw UsageError(std::string("config: ") + e.what());
@@ -298,6 +300,8 @@ const std::vector<Setting>& settings() {
        [](Config& c, const std::string& v) { c.profile = parse_bool("profile", v); }, true},
       {"bind_cpus", "bind each local rank to its own contiguous share of the launcher's CPUs",
        [](Config& c, const std::string& v) { c.bind_cpus = parse_bool("bind_cpus", v); }, true},
+      {"shard_optimizer", "ZeRO-1 (built-in trainer): reduce-scatter the gradients, shard the optimizer state, all-gather the weights",
+       [](Config& c, const std::string& v) { c.shard_optimizer = parse_bool("shard_optimizer", v); }, true},
   };
   return table;
 }
