@@ -320,8 +320,13 @@ TEST_F(Cli, BenchCollectivesOnTwoGlooRanksChecksEverySizeAndWritesTheRunFormat) 
   }
   EXPECT_GT(rows, 100u);
   EXPECT_TRUE(fs::exists(dir_ / "coll" / "results.csv"));
+}
 
-  // predict on a hand-made 1-rank run with this run's fitted all-reduce.
+TEST_F(Cli, PredictFitsABenchCollectivesRunAndPredictsAHandMadeRun) {
+  // Sizes up to 1 MiB, so that the bandwidth term stands out of loopback Gloo's latency and noise.
+  const auto r = run("bench collectives --nproc 2 --device cpu --collectives all_reduce --dtypes bf16 --min-bytes 1K --max-bytes 1M "
+                     "--repetitions 1 --iterations 2 --out coll", dir_);
+  ASSERT_EQ(r.status, 0) << r.output;
   nlohmann::json doc = {{"schema_version", 1}, {"fingerprint", nlohmann::json::object()}, {"steps", nlohmann::json::array()},
                         {"status", {{"state", "ok"}}},
                         {"config", {{"grad_accum", 1}, {"micro_batch", 1}, {"seq_len", 32}, {"preset", "tiny"}, {"device", "cpu"}}},
