@@ -322,6 +322,23 @@ TEST_F(Cli, BenchCollectivesOnTwoGlooRanksChecksEverySizeAndWritesTheRunFormat) 
   EXPECT_TRUE(fs::exists(dir_ / "coll" / "results.csv"));
 }
 
+TEST_F(Cli, BenchCollectivesOnOneRankAddsTheCopyBaseline) {
+  const auto r = run("bench collectives --nproc 1 --device cpu --collectives all_reduce --dtypes fp32 --max-bytes 1K "
+                     "--repetitions 1 --iterations 1 --out coll", dir_);
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto cells = collectives_cells(dir_ / "coll");
+  ASSERT_EQ(cells.size(), 2u);
+  for (const auto& doc : cells) {
+    const bool copy = doc["config"]["collective"] == "copy";
+    EXPECT_EQ(doc["config"]["mode"], copy ? "out-of-place" : "in-place");
+    for (const auto& row : doc["rows"]) {
+      EXPECT_EQ(row["wrong"], 0);
+      // One rank: an all-reduce moves nothing over a bus (2(n-1)/n = 0); a copy's busbw is its algbw.
+      EXPECT_DOUBLE_EQ(row["busbw_GBps"].get<double>(), copy ? row["algbw_GBps"].get<double>() : 0.0);
+    }
+  }
+}
+
 TEST_F(Cli, PredictFitsABenchCollectivesRunAndPredictsAHandMadeRun) {
   // Sizes up to 1 MiB, so that the bandwidth term stands out of loopback Gloo's latency and noise.
   const auto r = run("bench collectives --nproc 2 --device cpu --collectives all_reduce --dtypes bf16 --min-bytes 1K --max-bytes 1M "
