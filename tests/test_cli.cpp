@@ -340,8 +340,9 @@ TEST_F(Cli, BenchCollectivesOnOneRankAddsTheCopyBaseline) {
 }
 
 TEST_F(Cli, PredictFitsABenchCollectivesRunAndPredictsAHandMadeRun) {
-  // Sizes up to 1 MiB, so that the bandwidth term stands out of loopback Gloo's latency and noise.
-  const auto r = run("bench collectives --nproc 2 --device cpu --collectives all_reduce --dtypes bf16 --min-bytes 1K --max-bytes 1M "
+  // Sizes up to 16 MiB, so that the bandwidth term stands well out of loopback Gloo's latency and of
+  // the milliseconds of noise a loaded 2-core machine adds.
+  const auto r = run("bench collectives --nproc 2 --device cpu --collectives all_reduce --dtypes bf16 --min-bytes 64K --max-bytes 16M "
                      "--repetitions 1 --iterations 2 --out coll", dir_);
   ASSERT_EQ(r.status, 0) << r.output;
   nlohmann::json doc = {{"schema_version", 1}, {"fingerprint", nlohmann::json::object()}, {"steps", nlohmann::json::array()},

@@ -75,12 +75,29 @@ TEST(PredictModel, FitReadsACollectivesRunFolder) {
   info.device = "cpu";
   info.backend = "gloo";
   ddpbench::write_file_atomic((dir / "cells/a.json").string(), coll::series_document(s, info).dump());
+  // A reduce-scatter that runs as the ring model says (1/2 x S / B + 1 hop on 2 ranks), and a slower one.
+  coll::Series rs{"reduce_scatter", "bf16", "out-of-place", {}};
+  for (const std::int64_t b : {std::int64_t{1024}, std::int64_t{1} << 20}) {
+    coll::Row r;
+    r.bytes = b;
+    r.time_s = 5e-6 + 0.5 * b / 20e9;
+    rs.rows.push_back(r);
+  }
+  ddpbench::write_file_atomic((dir / "cells/b.json").string(), coll::series_document(rs, info).dump());
+  for (auto& r : rs.rows) r.time_s *= 2;
+  rs.mode = "in-place";
+  ddpbench::write_file_atomic((dir / "cells/c.json").string(), coll::series_document(rs, info).dump());
   ddpbench::write_file_atomic((dir / "run.json").string(),
-                              nlohmann::json{{"kind", "collectives"}, {"cells", {{{"file", "cells/a.json"}}}}}.dump());
+                              nlohmann::json{{"kind", "collectives"},
+                                             {"cells", {{{"file", "cells/a.json"}}, {{"file", "cells/b.json"}}, {{"file", "cells/c.json"}}}}}
+                                  .dump());
   const auto fit = fit_collectives_run(dir.string(), "bf16", 8);
   EXPECT_EQ(fit.ranks, 2);
   EXPECT_NEAR(fit.link.alpha_s, 5e-6, 1e-12);
   EXPECT_NEAR(fit.link.bandwidth, 20e9, 1e-3);
+  ASSERT_EQ(fit.held_out.size(), 2u);
+  EXPECT_LT(fit.held_out[0].max_abs_rel_error, 1e-9);
+  EXPECT_NEAR(fit.held_out[1].median_abs_rel_error, 0.5, 1e-9);  // measured twice the model: off by 50%
   fs::remove_all(dir);
 }
 

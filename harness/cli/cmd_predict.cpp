@@ -119,7 +119,11 @@ int predict_main(const PredictArgs& a) {
     std::printf("  %12s %12s %12s %8s\n", "bytes", "measured us", "model us", "error");
     for (const auto& p : fit->points)
       std::printf("  %12.0f %12.2f %12.2f %7.1f%%\n", p.bytes, p.measured_s * 1e6, p.model_s * 1e6, 100 * p.rel_error());
-    std::printf("  fit error: median %.1f%%, largest %.1f%%\n\n", 100 * fit->median_abs_rel_error, 100 * fit->max_abs_rel_error);
+    std::printf("  fit error: median %.1f%%, largest %.1f%%\n", 100 * fit->median_abs_rel_error, 100 * fit->max_abs_rel_error);
+    for (const auto& h : fit->held_out)
+      std::printf("  not fitted, %s (ring, the same alpha and B): error median %.1f%%, largest %.1f%%\n", h.series.c_str(),
+                  100 * h.median_abs_rel_error, 100 * h.max_abs_rel_error);
+    std::printf("\n");
   }
   for (const auto& [path, doc] : docs) {
     const auto measured = predict::measured_from(doc, path);

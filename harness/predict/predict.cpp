@@ -105,6 +105,7 @@ Fit fit_collectives_run(const std::string& run_dir, const std::string& dtype, in
   const std::string index_path = run_dir + "/run.json";
   if (!std::filesystem::exists(index_path)) throw UsageError("--collectives: " + index_path + " does not exist");
   nlohmann::json chosen;
+  std::vector<nlohmann::json> others;
   try {
     const auto index = nlohmann::json::parse(read_file(index_path));
     if (index.value("kind", "") != "collectives")
@@ -112,6 +113,7 @@ Fit fit_collectives_run(const std::string& run_dir, const std::string& dtype, in
     for (const auto& cell : index.at("cells")) {
       const auto doc = nlohmann::json::parse(read_file(run_dir + "/" + cell.at("file").get<std::string>()));
       const auto& c = doc.at("config");
+      if ((c.at("collective") == "reduce_scatter" || c.at("collective") == "all_gather") && c.at("dtype") == dtype) others.push_back(doc);
       if (c.at("collective") != "all_reduce" || c.at("mode") != "in-place") continue;
       if (chosen.is_null() || c.at("dtype") == dtype) chosen = doc;
     }
@@ -125,6 +127,25 @@ Fit fit_collectives_run(const std::string& run_dir, const std::string& dtype, in
   auto fit = fit_all_reduce(points, c.at("nproc").get<int>() * c.value("nnodes", 1), gpus_per_node);
   fit.source = run_dir + ": all_reduce " + c.at("dtype").get<std::string>() + " in-place, " + c.at("backend").get<std::string>() +
                ", " + std::to_string(fit.ranks) + " ranks";
+  Fabric f;
+  f.intra = fit.link;
+  f.gpus_per_node = gpus_per_node;
+  for (const auto& doc : others) {
+    const auto& oc = doc.at("config");
+    HeldOut h;
+    h.series = oc.at("collective").get<std::string>() + "/" + oc.at("dtype").get<std::string>() + "/" + oc.at("mode").get<std::string>();
+    std::vector<double> errors;
+    for (const auto& r : doc.at("rows")) {
+      FitPoint p{r.at("bytes").get<double>(), r.at("time_s").get<double>(), 0};
+      p.model_s = scatter_gather_time(f, p.bytes, fit.ranks);
+      errors.push_back(std::abs(p.rel_error()));
+      h.points.push_back(p);
+    }
+    if (errors.empty()) continue;
+    h.max_abs_rel_error = *std::max_element(errors.begin(), errors.end());
+    h.median_abs_rel_error = results::median(errors);
+    fit.held_out.push_back(std::move(h));
+  }
   return fit;
 }
 
@@ -339,13 +360,21 @@ nlohmann::json to_json(const Fit& f) {
   nlohmann::json pts = nlohmann::json::array();
   for (const auto& p : f.points)
     pts.push_back({{"bytes", p.bytes}, {"measured_s", p.measured_s}, {"model_s", p.model_s}, {"rel_error", p.rel_error()}});
+  nlohmann::json held = nlohmann::json::array();
+  for (const auto& h : f.held_out) {
+    nlohmann::json hp = nlohmann::json::array();
+    for (const auto& p : h.points)
+      hp.push_back({{"bytes", p.bytes}, {"measured_s", p.measured_s}, {"model_s", p.model_s}, {"rel_error", p.rel_error()}});
+    held.push_back({{"series", h.series}, {"max_abs_rel_error", h.max_abs_rel_error}, {"median_abs_rel_error", h.median_abs_rel_error}, {"points", hp}});
+  }
   return {{"source", f.source},
           {"ranks", f.ranks},
           {"alpha_s", f.link.alpha_s},
           {"bandwidth_GBps", f.link.bandwidth / 1e9},
           {"max_abs_rel_error", f.max_abs_rel_error},
           {"median_abs_rel_error", f.median_abs_rel_error},
-          {"points", pts}};
+          {"points", pts},
+          {"held_out", held}};
 }
 
 nlohmann::json to_json(const Prediction& p) {

@@ -47,6 +47,14 @@ struct FitPoint {
   double rel_error() const { return measured_s > 0 ? (model_s - measured_s) / measured_s : 0; }
 };
 
+// The model on measured points it was not fitted to (reduce-scatter, all-gather: what ZeRO-1 runs).
+struct HeldOut {
+  std::string series;  // reduce_scatter/bf16/out-of-place
+  std::vector<FitPoint> points;
+  double max_abs_rel_error = 0;
+  double median_abs_rel_error = 0;
+};
+
 struct Fit {
   Link link;
   int ranks = 0;
@@ -54,6 +62,7 @@ struct Fit {
   std::vector<FitPoint> points;
   double max_abs_rel_error = 0;
   double median_abs_rel_error = 0;
+  std::vector<HeldOut> held_out;
 };
 
 // alpha and B from measured all-reduce times at `ranks` ranks in one node: a weighted least-squares
@@ -64,7 +73,8 @@ struct Fit {
 Fit fit_all_reduce(const std::vector<std::pair<double, double>>& bytes_seconds, int ranks, int gpus_per_node);
 
 // Reads the measured all-reduce rows of a collectives run folder (run.json + cells/): the dtype
-// given if present, else any; the in-place series (what DDP runs).
+// given if present, else any; the in-place series (what DDP runs). The run's reduce-scatter and
+// all-gather series of that dtype become held-out checks of the fitted model.
 Fit fit_collectives_run(const std::string& run_dir, const std::string& dtype, int gpus_per_node);
 
 // What the predictions start from, read from a result document.
