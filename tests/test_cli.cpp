@@ -342,3 +342,119 @@ TEST_F(Cli, TrainerWithoutItsPackagesIsSkipped) {
 }
 
 }  // namespace
+
+namespace {
+
+std::vector<nlohmann::json> collectives_cells(const fs::path& run_dir) {
+  std::vector<nlohmann::json> out;
+  const auto index = nlohmann::json::parse(ddpbench::read_file((run_dir / "run.json").string()));
+  EXPECT_EQ(index["kind"], "collectives");
+  for (const auto& c : index["cells"]) out.push_back(nlohmann::json::parse(ddpbench::read_file((run_dir / c["file"].get<std::string>()).string())));
+  return out;
+}
+
+}  // namespace
+
+TEST_F(Cli, BenchCollectivesOnTwoGlooRanksChecksEverySizeAndWritesTheRunFormat) {
+  const auto r = run("bench collectives --nproc 2 --device cpu --max-bytes 4K --repetitions 2 --iterations 2 --out coll", dir_);
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto cells = collectives_cells(dir_ / "coll");
+  // all-reduce and broadcast in place only (c10d has no out-of-place form), the others both; 2 dtypes.
+  ASSERT_EQ(cells.size(), 12u);
+  std::size_t rows = 0;
+  for (const auto& doc : cells) {
+    SCOPED_TRACE(doc["cell"].get<std::string>());
+    EXPECT_EQ(doc["status"]["state"], "ok");
+    EXPECT_NE(doc["cell_id"].get<std::string>().find('#'), std::string::npos);
+    const std::string c = doc["config"]["collective"];
+    const double factor = c == "all_reduce" ? 1.0 : c == "broadcast" ? 1.0 : 0.5;  // 2(n-1)/n, 1, (n-1)/n at n = 2
+    ASSERT_FALSE(doc["rows"].empty());
+    EXPECT_EQ(doc["rows"].back()["bytes"], 4096);
+    for (const auto& row : doc["rows"]) {
+      EXPECT_EQ(row["wrong"], 0);
+      EXPECT_EQ(row["repetitions"], 2);
+      EXPECT_GT(row["time_s"].get<double>(), 0);
+      EXPECT_NEAR(row["algbw_GBps"].get<double>(), row["bytes"].get<double>() / row["time_s"].get<double>() / 1e9, 1e-9);
+      EXPECT_NEAR(row["busbw_GBps"].get<double>(), factor * row["algbw_GBps"].get<double>(), 1e-9);
+      ++rows;
+    }
+  }
+  EXPECT_GT(rows, 100u);
+  EXPECT_TRUE(fs::exists(dir_ / "coll" / "results.csv"));
+}
+
+TEST_F(Cli, BenchCollectivesOnOneRankAddsTheCopyBaseline) {
+  const auto r = run("bench collectives --nproc 1 --device cpu --collectives all_reduce --dtypes fp32 --max-bytes 1K "
+                     "--repetitions 1 --iterations 1 --out coll", dir_);
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto cells = collectives_cells(dir_ / "coll");
+  ASSERT_EQ(cells.size(), 2u);
+  for (const auto& doc : cells) {
+    const bool copy = doc["config"]["collective"] == "copy";
+    EXPECT_EQ(doc["config"]["mode"], copy ? "out-of-place" : "in-place");
+    for (const auto& row : doc["rows"]) {
+      EXPECT_EQ(row["wrong"], 0);
+      // One rank: an all-reduce moves nothing over a bus (2(n-1)/n = 0); a copy's busbw is its algbw.
+      EXPECT_DOUBLE_EQ(row["busbw_GBps"].get<double>(), copy ? row["algbw_GBps"].get<double>() : 0.0);
+    }
+  }
+}
+
+TEST_F(Cli, PredictFitsABenchCollectivesRunAndPredictsAHandMadeRun) {
+  // Sizes up to 16 MiB, so that the bandwidth term stands well out of loopback Gloo's latency and of
+  // the milliseconds of noise a loaded 2-core machine adds.
+  const auto r = run("bench collectives --nproc 2 --device cpu --collectives all_reduce --dtypes bf16 --min-bytes 64K --max-bytes 16M "
+                     "--repetitions 1 --iterations 2 --out coll", dir_);
+  ASSERT_EQ(r.status, 0) << r.output;
+  nlohmann::json doc = {{"schema_version", 1}, {"fingerprint", nlohmann::json::object()}, {"steps", nlohmann::json::array()},
+                        {"status", {{"state", "ok"}}},
+                        {"config", {{"grad_accum", 1}, {"micro_batch", 1}, {"seq_len", 32}, {"preset", "tiny"}, {"device", "cpu"}}},
+                        {"summary", {{"step_time_p50_s", 0.05}, {"step_time_mean_s", 0.05}, {"tokens_per_s_per_gpu", 640.0}, {"peak_allocated_bytes", 1e8}}},
+                        {"ranks", {{{"buckets", 2}, {"bucket_bytes", 4e6}, {"parameters", 1e6}, {"trainable_parameters", 1e6}, {"optimizer_state_bytes", 8e6}}}}};
+  ddpbench::write_file_atomic((dir_ / "run1.json").string(), doc.dump());
+  const auto p = run("predict run1.json --collectives coll --gpus 1,2,...,16 --out p.json", dir_);
+  ASSERT_EQ(p.status, 0) << p.output;
+  EXPECT_NE(p.output.find("fit error"), std::string::npos) << p.output;
+  EXPECT_NE(p.output.find("assumptions"), std::string::npos);
+  const auto out = load("p.json");
+  EXPECT_EQ(out["fit"]["ranks"], 2);
+  EXPECT_GT(out["fit"]["bandwidth_GBps"].get<double>(), 0);
+  const auto& preds = out["runs"][0]["predictions"];
+  ASSERT_FALSE(preds.empty());
+  EXPECT_EQ(preds[0]["strategy"], "ddp");
+  EXPECT_EQ(preds[0]["gpus"], 1);
+  EXPECT_DOUBLE_EQ(preds[0]["efficiency"].get<double>(), 1.0);
+  for (const auto& pr : preds) EXPECT_LE(pr["efficiency"].get<double>(), 1.0 + 1e-12);
+}
+
+TEST_F(Cli, BenchCollectivesDataCheckCountsAWrongElement) {
+  // One rank spoils one element after each collective: the check must find exactly that one.
+  const auto r = run("bench collectives --nproc 2 --device cpu --collectives all_reduce,all_gather --dtypes fp32 --max-bytes 256 "
+                     "--repetitions 1 --iterations 1 --inject-error-rank 1 --out coll", dir_);
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("wrong element"), std::string::npos) << r.output;
+  const auto cells = collectives_cells(dir_ / "coll");
+  ASSERT_EQ(cells.size(), 3u);
+  for (const auto& doc : cells) {
+    EXPECT_EQ(doc["status"]["state"], "failed");
+    for (const auto& row : doc["rows"]) EXPECT_EQ(row["wrong"], 1) << doc["cell"];
+  }
+}
+
+TEST_F(Cli, BenchAndPredictRejectBadInputWithOneLine) {
+  for (const auto& [args, expected] : std::vector<std::pair<std::string, std::string>>{
+           {"bench collectives --max-bytes 3X --device cpu", "--max-bytes"},
+           {"bench collectives --nproc 0 --device cpu", "--nproc"},
+           {"bench collectives --device cpu --collectives all_to_all", "all_to_all"},
+           {"predict no/such/run", "no/such/run"},
+           {"predict . --gpus 0", "--gpus"},
+           {"train --trainer hf --shard-optimizer", "--shard-optimizer"},
+       }) {
+    SCOPED_TRACE(args);
+    const auto r = run(args, dir_);
+    EXPECT_EQ(r.status, 2) << r.output;
+    EXPECT_NE(r.err.find(expected), std::string::npos) << r.err;
+    EXPECT_EQ(lines(r.err), 1u) << r.err;
+  }
+  for (const char* sub : {"bench collectives", "predict"}) EXPECT_EQ(run(std::string(sub) + " --help", dir_).status, 0) << sub;
+}

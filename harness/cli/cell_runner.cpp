@@ -84,6 +84,8 @@ namespace {
 
 // Checked before any rank starts, so that a wrong folder is one line and exit 2, not N failed ranks.
 void check_inputs(const train::Config& cfg) {
+  if (cfg.shard_optimizer && cfg.trainer != "builtin")
+    throw UsageError("--shard-optimizer: only the built-in trainer shards its optimizer state (trainer '" + cfg.trainer + "')");
   if (!cfg.checkpoint.empty()) {
     const std::string path = cfg.checkpoint + "/config.json";
     if (!std::filesystem::exists(path)) throw UsageError("--checkpoint: " + path + " does not exist");

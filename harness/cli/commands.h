@@ -19,5 +19,7 @@ void add_profile_command(CLI::App& app, Action& action);
 void add_analyze_command(CLI::App& app, Action& action);
 void add_check_loss_command(CLI::App& app, Action& action);
 void add_gate_command(CLI::App& app, Action& action);
+void add_bench_command(CLI::App& app, Action& action);
+void add_predict_command(CLI::App& app, Action& action);
 
 }  // namespace ddpbench::cli

@@ -20,6 +20,8 @@ int main(int argc, char** argv) {
   cli::add_analyze_command(app, action);
   cli::add_check_loss_command(app, action);
   cli::add_gate_command(app, action);
+  cli::add_bench_command(app, action);
+  cli::add_predict_command(app, action);
   cli::add_worker_command(app, action);
 
   std::string where = "ddpbench";
@@ -28,7 +30,7 @@ int main(int argc, char** argv) {
     if (argc > 1 && argv[1][0] != '-') {
       bool known = false;
       for (const auto* sub : app.get_subcommands([](CLI::App*) { return true; })) known |= sub->get_name() == argv[1];
-      if (!known) throw UsageError(std::string("unknown subcommand '") + argv[1] + "' (train, run, check-loss, doctor, prepare, profile, analyze; see --help)");
+      if (!known) throw UsageError(std::string("unknown subcommand '") + argv[1] + "' (train, run, check-loss, report, gate, bench, predict, doctor, prepare, profile, analyze; see --help)");
     }
     app.parse(argc, argv);
     for (auto* sub : app.get_subcommands()) where += " " + sub->get_name();

@@ -2,8 +2,11 @@
 
 #include <dlfcn.h>
 
+#include <stdexcept>
+
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
 
 namespace ddpbench::ddp::cuda {
@@ -29,6 +32,38 @@ std::int64_t peak_reserved(int index) {
 void release_cached_memory() { c10::cuda::CUDACachingAllocator::emptyCache(); }
 
 void reset_peaks(int index) { c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(index)); }
+
+namespace {
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
+}
+cudaStream_t current_stream(int index) {
+  return c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(index)).stream();
+}
+}  // namespace
+
+EventPair::EventPair(int index) : index_(index) {
+  cudaEvent_t a = nullptr, b = nullptr;
+  check(cudaEventCreate(&a), "cudaEventCreate");
+  check(cudaEventCreate(&b), "cudaEventCreate");
+  start_ = a;
+  stop_ = b;
+}
+
+EventPair::~EventPair() {
+  cudaEventDestroy(static_cast<cudaEvent_t>(start_));
+  cudaEventDestroy(static_cast<cudaEvent_t>(stop_));
+}
+
+void EventPair::record_start() { check(cudaEventRecord(static_cast<cudaEvent_t>(start_), current_stream(index_)), "cudaEventRecord"); }
+
+double EventPair::record_stop_and_wait() {
+  check(cudaEventRecord(static_cast<cudaEvent_t>(stop_), current_stream(index_)), "cudaEventRecord");
+  check(cudaEventSynchronize(static_cast<cudaEvent_t>(stop_)), "cudaEventSynchronize");
+  float ms = 0;
+  check(cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(start_), static_cast<cudaEvent_t>(stop_)), "cudaEventElapsedTime");
+  return ms * 1e-3;
+}
 
 std::string nccl_version() {
   // The NCCL that counts is the one LibTorch loaded, whatever its path: look the symbol up in the

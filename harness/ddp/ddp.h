@@ -40,7 +40,15 @@ class Communicator {
 
   c10::intrusive_ptr<c10d::Work> allreduce_sum_async(at::Tensor& t);
   void allreduce_sum(at::Tensor& t);
+  c10::intrusive_ptr<c10d::Work> broadcast_async(at::Tensor& t, int root);
   void broadcast(at::Tensor& t, int root);
+  // Flat buffers, as NCCL takes them: `in` holds world_size() x out.numel() elements, rank k keeps
+  // the sum of block k. In place when `out` is rank k's block of `in`.
+  c10::intrusive_ptr<c10d::Work> reduce_scatter_sum_async(at::Tensor& out, at::Tensor& in);
+  // `out` holds world_size() x in.numel() elements, block k from rank k. In place when `in` is
+  // this rank's block of `out`.
+  c10::intrusive_ptr<c10d::Work> all_gather_async(at::Tensor& out, at::Tensor& in);
+  void barrier();
   void shutdown();
 
  private:
@@ -56,9 +64,15 @@ class Communicator {
 // so accumulation writes straight into what is all-reduced and no copies are made. Buckets hold
 // parameters in reverse registration order, the order their gradients become ready in backward,
 // and are launched strictly in bucket order so every rank issues the same collective sequence.
+//
+// With shard (ZeRO-1), each bucket's flat buffer is padded to a multiple of the world and
+// reduce-scattered instead of all-reduced: rank k receives the average of block k, the block its
+// optimizer owns. param_shards() hands out this rank's blocks of the parameters as tensors of their
+// own whose gradients are those averaged blocks; gather_params() all-gathers the updated blocks back
+// into every rank's parameters.
 class GradReducer {
  public:
-  GradReducer(Communicator& comm, std::vector<at::Tensor> params, std::int64_t bucket_cap_bytes);
+  GradReducer(Communicator& comm, std::vector<at::Tensor> params, std::int64_t bucket_cap_bytes, bool shard = false);
   ~GradReducer();
   GradReducer(const GradReducer&) = delete;
   GradReducer& operator=(const GradReducer&) = delete;
@@ -69,11 +83,16 @@ class GradReducer {
   void set_sync(bool sync);   // false on accumulation micro-steps: no communication at all
   void finish();              // launch buckets not launched yet, wait for all: grads are averaged
   int bucket_count() const { return static_cast<int>(buckets_.size()); }
-  std::int64_t bucket_bytes(int i) const;
+  std::int64_t bucket_bytes(int i) const;  // the gradients in it, padding left out
+  // shard only: one tensor per bucket, copied from the parameters now; keep them and step them.
+  std::vector<at::Tensor> param_shards() const;
+  void gather_params(const std::vector<at::Tensor>& shards);
 
  private:
   struct Bucket {
-    at::Tensor flat;
+    at::Tensor flat;               // the gradients, then zeros up to a multiple of the world (shard)
+    at::Tensor shard;              // shard: this rank's averaged block of flat
+    std::int64_t numel = 0;        // gradient elements, padding left out
     std::vector<std::size_t> params;
     std::size_t pending = 0;
     c10::intrusive_ptr<c10d::Work> work;
@@ -90,6 +109,7 @@ class GradReducer {
   std::vector<std::size_t> bucket_of_param_;
   std::size_t next_to_launch_ = 0;
   bool sync_ = true;
+  bool shard_ = false;
   const profile::Phases* phases_ = nullptr;
 };
 

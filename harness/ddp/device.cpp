@@ -84,6 +84,40 @@ void reset_memory_peaks(const std::string& device, int index) {
 #endif
 }
 
+#ifdef DDPBENCH_WITH_CUDA
+struct IntervalTimer::Events : cuda::EventPair {
+  using cuda::EventPair::EventPair;
+};
+#else
+struct IntervalTimer::Events {};
+#endif
+
+IntervalTimer::IntervalTimer(const std::string& device, int index) {
+  if (device == "cpu") return;
+#ifdef DDPBENCH_WITH_CUDA
+  events_ = std::make_unique<Events>(index);
+#else
+  (void)index;
+  no_cuda();
+#endif
+}
+
+IntervalTimer::~IntervalTimer() = default;
+
+void IntervalTimer::start() {
+#ifdef DDPBENCH_WITH_CUDA
+  if (events_) return events_->record_start();
+#endif
+  t0_ = std::chrono::steady_clock::now();
+}
+
+double IntervalTimer::stop_seconds() {
+#ifdef DDPBENCH_WITH_CUDA
+  if (events_) return events_->record_stop_and_wait();
+#endif
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+}
+
 double measure_bf16_matmul_flops(const std::string& device, int index) {
   if (device == "cpu") return 0;
 #ifdef DDPBENCH_WITH_CUDA

@@ -1,7 +1,9 @@
 // The device side as the rest of the harness sees it, free of LibTorch and CUDA headers: what the
 // runtime offers, synchronisation for timing, and memory peaks.
 #pragma once
+#include <chrono>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "results/fingerprint.h"
@@ -20,6 +22,24 @@ struct MemoryPeaks {
 };
 MemoryPeaks memory_peaks(const std::string& device, int index);
 void reset_memory_peaks(const std::string& device, int index);
+
+// Times the device work queued between start() and stop(): on a GPU with CUDA events on the current
+// stream, so that only device time counts and the host never waits inside the interval; on the CPU
+// with the wall clock.
+class IntervalTimer {
+ public:
+  IntervalTimer(const std::string& device, int index);
+  ~IntervalTimer();
+  IntervalTimer(const IntervalTimer&) = delete;
+  IntervalTimer& operator=(const IntervalTimer&) = delete;
+  void start();
+  double stop_seconds();  // waits for the work to end, returns the seconds since start()
+
+ private:
+  struct Events;
+  std::unique_ptr<Events> events_;  // null on the CPU
+  std::chrono::steady_clock::time_point t0_;
+};
 
 // The bf16 matrix rate of this GPU as measured now (FLOP/s): 8192^3 products through ATen, timed
 // after warm-up, the rate MFU divides by (DESIGN.md). The operands go back to the driver afterwards

@@ -25,8 +25,8 @@ class GradReadyHook : public torch::autograd::FunctionPostHook {
 
 }  // namespace
 
-GradReducer::GradReducer(Communicator& comm, std::vector<at::Tensor> params, std::int64_t bucket_cap_bytes)
-    : comm_(comm), params_(std::move(params)), bucket_of_param_(params_.size()) {
+GradReducer::GradReducer(Communicator& comm, std::vector<at::Tensor> params, std::int64_t bucket_cap_bytes, bool shard)
+    : comm_(comm), params_(std::move(params)), bucket_of_param_(params_.size()), shard_(shard) {
   // Reverse registration order approximates the order in which backward produces gradients.
   Bucket current;
   std::int64_t current_bytes = 0;
@@ -54,7 +54,11 @@ GradReducer::GradReducer(Communicator& comm, std::vector<at::Tensor> params, std
     std::int64_t numel = 0;
     for (auto k : bucket.params) numel += params_[k].numel();
     const auto& first = params_[bucket.params.front()];
-    bucket.flat = at::zeros({numel}, first.options().requires_grad(false));
+    bucket.numel = numel;
+    const std::int64_t world = comm_.world_size();
+    const std::int64_t padded = shard_ ? (numel + world - 1) / world * world : numel;
+    bucket.flat = at::zeros({padded}, first.options().requires_grad(false));
+    if (shard_) bucket.shard = at::zeros({padded / world}, first.options().requires_grad(false));
     std::int64_t offset = 0;
     for (auto k : bucket.params) {
       auto& p = params_[k];
@@ -81,8 +85,47 @@ GradReducer::~GradReducer() {
 }
 
 std::int64_t GradReducer::bucket_bytes(int i) const {
-  const auto& f = buckets_.at(static_cast<std::size_t>(i)).flat;
-  return static_cast<std::int64_t>(f.numel() * f.element_size());
+  const auto& b = buckets_.at(static_cast<std::size_t>(i));
+  return static_cast<std::int64_t>(b.numel * b.flat.element_size());
+}
+
+std::vector<at::Tensor> GradReducer::param_shards() const {
+  TORCH_CHECK(shard_, "GradReducer::param_shards without shard");
+  at::NoGradGuard no_grad;
+  std::vector<at::Tensor> out;
+  for (const auto& b : buckets_) {
+    auto flat = at::zeros_like(b.flat);
+    std::int64_t offset = 0;
+    for (auto k : b.params) {
+      flat.narrow(0, offset, params_[k].numel()).copy_(params_[k].detach().view(-1));
+      offset += params_[k].numel();
+    }
+    const auto n = b.shard.numel();
+    auto mine = flat.narrow(0, n * comm_.rank(), n).clone().set_requires_grad(true);
+    mine.mutable_grad() = b.shard;  // the optimizer reads the averaged block through .grad()
+    out.push_back(mine);
+  }
+  return out;
+}
+
+void GradReducer::gather_params(const std::vector<at::Tensor>& shards) {
+  TORCH_CHECK(shard_ && shards.size() == buckets_.size(), "GradReducer::gather_params: one shard per bucket");
+  at::NoGradGuard no_grad;
+  std::vector<at::Tensor> full;
+  std::vector<c10::intrusive_ptr<c10d::Work>> works;
+  for (std::size_t b = 0; b < buckets_.size(); ++b) {
+    full.push_back(at::empty_like(buckets_[b].flat));
+    auto in = shards[b].detach();
+    works.push_back(comm_.all_gather_async(full.back(), in));
+  }
+  for (std::size_t b = 0; b < buckets_.size(); ++b) {
+    works[b]->wait();
+    std::int64_t offset = 0;
+    for (auto k : buckets_[b].params) {
+      params_[k].detach().view(-1).copy_(full[b].narrow(0, offset, params_[k].numel()));
+      offset += params_[k].numel();
+    }
+  }
 }
 
 void GradReducer::zero_grad() {
@@ -119,7 +162,7 @@ void GradReducer::launch_ready_buckets() {
     if (phases_) phases_->push(profile::kAllreduceRange);
     // Average, as torch DDP does: divide before summing so large worlds cannot overflow bf16.
     bucket.flat.div_(comm_.world_size());
-    bucket.work = comm_.allreduce_sum_async(bucket.flat);
+    bucket.work = shard_ ? comm_.reduce_scatter_sum_async(bucket.shard, bucket.flat) : comm_.allreduce_sum_async(bucket.flat);
     bucket.launched = true;
     if (phases_) phases_->pop(profile::kAllreduceRange);
     ++next_to_launch_;

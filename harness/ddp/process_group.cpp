@@ -79,12 +79,26 @@ c10::intrusive_ptr<c10d::Work> Communicator::allreduce_sum_async(at::Tensor& t) 
 
 void Communicator::allreduce_sum(at::Tensor& t) { allreduce_sum_async(t)->wait(); }
 
-void Communicator::broadcast(at::Tensor& t, int root) {
+c10::intrusive_ptr<c10d::Work> Communicator::broadcast_async(at::Tensor& t, int root) {
   std::vector<at::Tensor> ts{t};
   c10d::BroadcastOptions opts;
   opts.rootRank = root;
-  backend_->broadcast(ts, opts)->wait();
+  return backend_->broadcast(ts, opts);
 }
+
+void Communicator::broadcast(at::Tensor& t, int root) { broadcast_async(t, root)->wait(); }
+
+c10::intrusive_ptr<c10d::Work> Communicator::reduce_scatter_sum_async(at::Tensor& out, at::Tensor& in) {
+  c10d::ReduceScatterOptions opts;
+  opts.reduceOp = c10d::ReduceOp::SUM;
+  return backend_->_reduce_scatter_base(out, in, opts);
+}
+
+c10::intrusive_ptr<c10d::Work> Communicator::all_gather_async(at::Tensor& out, at::Tensor& in) {
+  return backend_->_allgather_base(out, in, c10d::AllgatherOptions());
+}
+
+void Communicator::barrier() { backend_->barrier(c10d::BarrierOptions())->wait(); }
 
 void Communicator::shutdown() {
   if (shut_down_ || !backend_) return;

@@ -166,6 +166,7 @@ nlohmann::json to_json(const Config& c) {
       {"checkpoint", c.checkpoint},   {"grad_ckpt", c.grad_ckpt},
       {"profile", c.profile},          {"bind_cpus", c.bind_cpus},
       {"debug_step_delay_ms", c.debug_step_delay_ms},
+      {"shard_optimizer", c.shard_optimizer},
       {"global_batch_sequences", c.global_batch_sequences()},
       {"model_flops_per_token", model_flops_per_token(c)},
   };
@@ -206,6 +207,7 @@ Config config_from_json(const nlohmann::json& j) {
     c.profile = j.value("profile", false);
     c.bind_cpus = j.value("bind_cpus", false);
     c.debug_step_delay_ms = j.value("debug_step_delay_ms", 0);
+    c.shard_optimizer = j.value("shard_optimizer", false);
     return c;
   } catch (const nlohmann::json::exception& e) {
     throw UsageError(std::string("config: ") + e.what());
@@ -318,6 +320,8 @@ const std::vector<Setting>& settings() {
        [](Config& c, const std::string& v) { c.bind_cpus = parse_bool("bind_cpus", v); }, true},
       DDPBENCH_NUMBER("debug_step_delay_ms", debug_step_delay_ms,
                       "debug: the built-in trainer sleeps this many ms inside every timed step (a known slow-down, to test the gate)"),
+      {"shard_optimizer", "ZeRO-1 (built-in trainer): reduce-scatter the gradients, shard the optimizer state, all-gather the weights",
+       [](Config& c, const std::string& v) { c.shard_optimizer = parse_bool("shard_optimizer", v); }, true},
   };
   return table;
 }

@@ -95,6 +95,9 @@ struct Config {
   bool profile = false;          // record GPU activity with the in-process CUPTI collector
   bool bind_cpus = false;        // each local rank on its own share of the CPUs (launch::Spec)
   int debug_step_delay_ms = 0;   // debug: the built-in trainer sleeps this long in every timed step (tests the gate)
+  // ZeRO-1: gradients reduce-scattered instead of all-reduced, each rank's optimizer updating its
+  // 1/world of every bucket with 1/world of the state, the weights all-gathered after the step.
+  bool shard_optimizer = false;
 
   int total_steps() const { return warmup + steps; }
   // The learning rate of optimizer step `step` (0-based): linear warm-up to lr over lr_warmup

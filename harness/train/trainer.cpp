@@ -63,6 +63,34 @@ at::Tensor clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm
   return total;
 }
 
+// clip_grad_norm for ZeRO-1: the norm of the whole averaged gradient from the blocks each rank
+// holds, their squared sums added over ranks (in fp32: where the unsharded clip keeps torch's
+// rounding in the gradients' dtype, bf16 factors can differ by a rounding step; fp32 ones agree).
+at::Tensor clip_grad_norm_sharded(const std::vector<at::Tensor>& shards, double max_norm, ddp::Communicator& comm) {
+  std::vector<at::Tensor> grads;
+  for (const auto& p : shards) grads.push_back(p.grad());
+  at::NoGradGuard no_grad;
+  auto squares = at::zeros({1}, grads.front().options().dtype(at::kFloat));
+  for (const auto& g : grads) squares += g.to(at::kFloat).square().sum();
+  comm.allreduce_sum(squares);
+  const auto total = squares.sqrt().squeeze();
+  if (max_norm > 0) {
+    const auto coef = at::clamp_max(max_norm / (total + 1e-6), 1.0);
+    at::_foreach_mul_(grads, coef.to(grads.front().scalar_type()));
+  }
+  return total;
+}
+
+// Tensors one after another in fp64 on the host: what the probes hand out.
+std::vector<double> host_fp64(const std::vector<at::Tensor>& tensors) {
+  std::vector<double> flat;
+  for (const auto& t : tensors) {
+    const auto h = t.detach().to(at::kDouble).cpu().contiguous();
+    flat.insert(flat.end(), h.data_ptr<double>(), h.data_ptr<double>() + h.numel());
+  }
+  return flat;
+}
+
 at::Tensor to_device(const std::vector<std::int64_t>& values, int rows, int cols, const at::Device& device) {
   auto cpu = at::from_blob(const_cast<std::int64_t*>(values.data()), {rows, cols}, at::kLong).clone();
   return device.is_cpu() ? cpu : cpu.to(device, /*non_blocking=*/false);
@@ -142,14 +170,16 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
         comm->broadcast(t, 0);
       }
     }
-    ddp::GradReducer reducer(*comm, trainable, static_cast<std::int64_t>(cfg.bucket_cap_mb) << 20);
+    ddp::GradReducer reducer(*comm, trainable, static_cast<std::int64_t>(cfg.bucket_cap_mb) << 20, cfg.shard_optimizer);
+    // ZeRO-1: the optimizer steps this rank's blocks of the parameters, not the parameters.
+    const auto shards = cfg.shard_optimizer ? reducer.param_shards() : std::vector<at::Tensor>{};
     std::unique_ptr<profile::InProcessProfiler> profiler;
     if (cfg.profile) profiler = std::make_unique<profile::InProcessProfiler>();
     const profile::Phases phases(profiler ? profiler->sink() : profile::Phases::Sink{});
     reducer.set_phases(&phases);
     report.buckets = reducer.bucket_count();
     for (int b = 0; b < reducer.bucket_count(); ++b) report.bucket_bytes += reducer.bucket_bytes(b);
-    AdamW optimizer(trainable, cfg.weight_decay, cfg.optim_state);
+    AdamW optimizer(cfg.shard_optimizer ? shards : trainable, cfg.weight_decay, cfg.optim_state);
     report.optimizer_state_bytes = optimizer.state_bytes();
     const auto shape = preset_shape(cfg.preset);
     const auto batches = BatchSource::make(cfg, shape.vocab, env.world_size);
@@ -216,19 +246,22 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
         const auto scope = phases.scope(profile::kAllreduceRange);
         reducer.finish();
       }
-      if (probe.on_grads) {
-        std::vector<double> flat;
-        for (const auto& p : trainable) {
-          auto g = p.grad().detach().to(at::kDouble).cpu().contiguous();
-          flat.insert(flat.end(), g.data_ptr<double>(), g.data_ptr<double>() + g.numel());
-        }
-        probe.on_grads(step, flat);
+      if (probe.on_grads && !cfg.shard_optimizer) {
+        std::vector<at::Tensor> grads;
+        for (const auto& p : trainable) grads.push_back(p.grad());
+        probe.on_grads(step, host_fp64(grads));
       }
       at::Tensor grad_norm;
       {
         const auto scope = phases.scope(profile::kOptimizerRange);
-        grad_norm = clip_grad_norm(trainable, cfg.max_grad_norm);
-        optimizer.step(cfg.lr_at(step));
+        if (cfg.shard_optimizer) {
+          grad_norm = clip_grad_norm_sharded(shards, cfg.max_grad_norm, *comm);
+          optimizer.step(cfg.lr_at(step));
+          reducer.gather_params(shards);
+        } else {
+          grad_norm = clip_grad_norm(trainable, cfg.max_grad_norm);
+          optimizer.step(cfg.lr_at(step));
+        }
       }
       // A known slow-down inside the timed step, so that tests can make a regression on demand.
       if (cfg.debug_step_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(cfg.debug_step_delay_ms));
@@ -246,6 +279,7 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
       report.steps.push_back(sample);
       if (probe.live_log && env.rank == 0) print_step_line(cfg, sample, real_global, W, report.matmul_bf16_flops);
     }
+    if (probe.on_weights) probe.on_weights(host_fp64(trainable));
     if (profiler) {
       auto activity = profiler->finish(env.rank, env.world_size);
       if (probe.on_activity) probe.on_activity(std::move(activity));

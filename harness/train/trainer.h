@@ -25,8 +25,12 @@ struct RankEnv {
 // Hooks for tests and diagnostics; a default Probe costs nothing.
 struct Probe {
   // Called on every rank after the gradients of an optimizer step are averaged, before clipping
-  // and the optimizer: the trainable gradients flattened in parameter order, in fp64.
+  // and the optimizer: the trainable gradients flattened in parameter order, in fp64. Not with
+  // shard_optimizer, where no rank holds the whole averaged gradient.
   std::function<void(int step, const std::vector<double>& grads)> on_grads;
+  // Called on every rank once training is done: the trainable parameters flattened in parameter
+  // order, in fp64.
+  std::function<void(const std::vector<double>& weights)> on_weights;
   bool live_log = true;  // rank 0 prints one line per step
   // With cfg.profile: the GPU activity this rank recorded, handed over once training is done.
   std::function<void(profile::RankActivity&&)> on_activity;
