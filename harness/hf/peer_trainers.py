@@ -96,6 +96,14 @@ class EqualWorkDataset:
         # No attention mask: right padding under causal attention, as in the built-in trainer.
         return {"input_ids": tokens[0], "labels": labels[0]}
 
+    def as_datasets_dataset(self):
+        """The rows as a Hugging Face `datasets.Dataset` in this order (columns input_ids, labels),
+        for trainers that take nothing else (TRL's SFTTrainer)."""
+        import datasets
+
+        rows = [self[p] for p in range(len(self))]
+        return datasets.Dataset.from_dict({key: [row[key].tolist() for row in rows] for key in ("input_ids", "labels")})
+
     def counts(self, step, rank):
         """(real tokens, predicted tokens) of a rank in a step, from the documents' lengths alone."""
         first = rank * self.grad_accum * self.micro_batch
@@ -426,9 +434,10 @@ def training_arguments(args_class, cfg, env, cuda, out_dir, **extra):
 
 
 def default_collator(rows):
+    """Rows of equal length into a batch: tensors (our dataset) or lists (a `datasets` dataset)."""
     import torch
 
-    return {key: torch.stack([row[key] for row in rows]) for key in rows[0]}
+    return {key: torch.stack([torch.as_tensor(row[key]) for row in rows]) for key in ("input_ids", "labels")}
 
 
 def run(cfg, env, report):
@@ -487,13 +496,16 @@ def run(cfg, env, report):
         args = training_arguments(SFTConfig, cfg, env, cuda, out_dir, max_length=cfg["seq_len"], packing=False,
                                   dataset_kwargs={"skip_prepare_dataset": True})
         base = SFTTrainer
+        # TRL takes only a `datasets` dataset: the same rows, in the same order, materialised.
+        train_dataset = dataset.as_datasets_dataset()
     else:
         from transformers import Trainer, TrainingArguments
 
         args = training_arguments(TrainingArguments, cfg, env, cuda, out_dir)
         base = Trainer
+        train_dataset = dataset
     trainer_class = make_trainer_class(base, cfg, recorder)
-    trainer = trainer_class(model=model, args=args, train_dataset=dataset, data_collator=default_collator,
+    trainer = trainer_class(model=model, args=args, train_dataset=train_dataset, data_collator=default_collator,
                             processing_class=processing_class, callbacks=[make_callback(recorder)])
     if cfg["loss_norm"] == "mean-of-micro-means":
         # The Trainer before 4.46: each micro-batch's mean loss, divided by the accumulation steps.
