@@ -26,8 +26,10 @@ struct CheckLossArgs {
 };
 
 // Rounding alone: fp32 on the CPU sums the same tokens in another order (relative error ~1e-6);
-// bf16 on a GPU rounds activations and accumulated gradients differently per grouping.
-double default_tolerance(const train::Config& cfg) { return cfg.device == "cuda" ? 2e-2 : 1e-4; }
+// bf16 on a GPU rounds activations and accumulated gradients differently per grouping: at most
+// 3.1e-4 for the built-in trainer, the HF Trainer and Liger on one H200 (350m LoRA, 4 x 2 against
+// 1 x 8, 2026-11-29, bench/results/2026-11-29-h200x1-peers), so 5e-3 leaves a margin of 15.
+double default_tolerance(const train::Config& cfg) { return cfg.device == "cuda" ? 5e-3 : 1e-4; }
 
 double relative_difference(double a, double b) {
   if (std::isnan(a) || std::isnan(b)) return std::numeric_limits<double>::infinity();
@@ -159,7 +161,7 @@ void add_check_loss_command(CLI::App& app, Action& action) {
   args->flags = std::make_unique<TrainFlags>(*sub);
   sub->add_option("--tolerance", args->tolerance,
                   "largest relative difference of a step's loss or gradient norm that passes [1e-4 on the CPU (fp32), "
-                  "2e-2 on GPUs (bf16)]");
+                  "5e-3 on GPUs (bf16)]");
   sub->add_option("--runs-dir", args->runs_dir, "folder for run folders [runs]");
   sub->add_option("--out", args->out, "also write the verdict (JSON) to this file");
   sub->callback([args, &action] { action = [args] { return check_loss_main(*args); }; });
