@@ -21,8 +21,8 @@ from datetime import timedelta
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from rank_common import (IGNORE_INDEX, ConfigError, NvtxRanges, TokenFile, T_START,  # noqa: E402
-                         base_model_folder, bucket_layout, lr_at, measure_bf16_matmul_flops, memory_peaks, prepare_rendezvous_env,
-                         print_step_line, rank_main, exit_rank)
+                         base_model_folder, bucket_layout, exit_rank, lr_at, measure_bf16_matmul_flops, memory_peaks,
+                         prepare_rendezvous_env, print_step_line, rank_main, select_device)
 
 
 def loss_scale(rule, world, grad_accum, n_global, n_rank, n_micro):
@@ -128,18 +128,7 @@ def run(cfg, env, report):
     import torch.distributed as dist
     import torch.nn.functional as F
 
-    threads = os.environ.get("OMP_NUM_THREADS")
-    if threads and threads.isdigit() and int(threads) > 0:
-        torch.set_num_threads(int(threads))
-    cuda = cfg["device"] == "cuda"
-    if cuda:
-        if not torch.cuda.is_available():
-            raise ConfigError("device cuda: torch sees no CUDA device")
-        torch.cuda.set_device(env.local_rank)
-        device = torch.device("cuda", env.local_rank)
-    else:
-        device = torch.device("cpu")
-    report["device"] = str(device)
+    cuda, device = select_device(torch, cfg, env, report)
     dtype = torch.bfloat16 if cuda else torch.float32
 
     data = TokenFile(cfg["data_file"])

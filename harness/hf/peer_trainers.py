@@ -36,7 +36,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from rank_common import (ConfigError, NvtxRanges, TokenFile, T_START, base_model_folder,  # noqa: E402
                          bucket_layout, exit_rank, lr_at, measure_bf16_matmul_flops, memory_peaks,
-                         prepare_rendezvous_env, print_step_line, rank_main)
+                         prepare_rendezvous_env, print_step_line, rank_main, select_device)
 
 PEER_TRAINERS = ("hf", "liger", "unsloth")
 # Import names a trainer needs, and the distribution that brings each (what to install).
@@ -453,18 +453,7 @@ def run(cfg, env, report):
     import torch
     import torch.distributed as dist
 
-    threads = os.environ.get("OMP_NUM_THREADS")
-    if threads and threads.isdigit() and int(threads) > 0:
-        torch.set_num_threads(int(threads))
-    cuda = cfg["device"] == "cuda"
-    if cuda:
-        if not torch.cuda.is_available():
-            raise ConfigError("device cuda: torch sees no CUDA device")
-        torch.cuda.set_device(env.local_rank)
-        device = torch.device("cuda", env.local_rank)
-    else:
-        device = torch.device("cpu")
-    report["device"] = str(device)
+    cuda, device = select_device(torch, cfg, env, report)
     prepare_rendezvous_env(env.world_size)
 
     report["phase"] = "setup"

@@ -391,6 +391,24 @@ def lr_at(cfg, step):
     return lr * (step + 1) / warm if step < warm else lr
 
 
+def select_device(torch, cfg, env, report):
+    """(cuda?, torch.device) of this rank: its local GPU or the CPU, with OMP_NUM_THREADS (the
+    launcher's share of the CPUs) as torch's thread count; the device goes into the report."""
+    threads = os.environ.get("OMP_NUM_THREADS")
+    if threads and threads.isdigit() and int(threads) > 0:
+        torch.set_num_threads(int(threads))
+    cuda = cfg["device"] == "cuda"
+    if cuda:
+        if not torch.cuda.is_available():
+            raise ConfigError("device cuda: torch sees no CUDA device")
+        torch.cuda.set_device(env.local_rank)
+        device = torch.device("cuda", env.local_rank)
+    else:
+        device = torch.device("cpu")
+    report["device"] = str(device)
+    return cuda, device
+
+
 def memory_peaks(torch, cuda, device):
     if cuda:
         return int(torch.cuda.max_memory_allocated(device)), int(torch.cuda.max_memory_reserved(device))
