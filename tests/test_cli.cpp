@@ -9,12 +9,14 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "common/strings.h"
+#include "results/cells.h"
 #include "profile/activity.h"
 
 namespace {
@@ -75,6 +77,7 @@ TEST_F(Cli, BadFlagValuesGiveOneClearLineAndExitTwo) {
       {"train --markov-states 0", "--markov-states"},
       {"train --no-such-flag", "--no-such-flag"},
       {"run no/such/suite.toml", "no/such/suite.toml"},
+      {"run --repeats 0", "--repeats: must be at least 1"},
       {"frobnicate", "frobnicate"},
       {"train --debug-step-delay-ms -5", "--debug-step-delay-ms"},
       {"gate", "--baseline and --current are both needed"},
@@ -117,6 +120,11 @@ TEST_F(Cli, TrainTwoGlooRanksWritesAResultDocument) {
   EXPECT_GT(doc["summary"]["tokens_per_s"].get<double>(), 0);
   EXPECT_EQ(doc["ranks"][1]["predicted_tokens_per_step"].size(), 4u);
   EXPECT_FALSE(doc["fingerprint"]["cpu_model"].get<std::string>().empty());
+  // `train` names its cell by the workload "<preset>-<mode>" and the configuration it ran.
+  const std::string workload = doc["config"]["preset"].get<std::string>() + "-" + doc["config"]["mode"].get<std::string>();
+  EXPECT_EQ(doc["cell_id"], ddpbench::results::cell_id(workload, doc["config"]));
+  EXPECT_EQ(doc["cell_id"].get<std::string>().rfind("tiny-lora/builtin/n2/", 0), 0u) << doc["cell_id"];
+  EXPECT_EQ(doc["repeat"], 1);
   // Per-rank logs exist for both ranks.
   std::size_t logs = 0;
   for (const auto& e : fs::recursive_directory_iterator(dir_ / "runs"))
@@ -167,6 +175,64 @@ TEST_F(Cli, RunDryRunListsTheMatrix) {
   EXPECT_NE(r.output.find("w/builtin/n2/b2/g1/s64"), std::string::npos) << r.output;
   const auto bad = run("run s.toml --filter nothing-matches", dir_);
   EXPECT_EQ(bad.status, 2);
+
+  const auto rounds = run("run s.toml --dry-run --repeats 3 --filter n2", dir_);
+  ASSERT_EQ(rounds.status, 0) << rounds.output;
+  EXPECT_NE(rounds.output.find("2 cell(s) x 3 round(s)"), std::string::npos) << rounds.output;
+  EXPECT_NE(rounds.output.find("w/builtin/n2/b2/g1/s32#"), std::string::npos) << rounds.output;  // cell ids
+  EXPECT_EQ(rounds.output.find("/n1/"), std::string::npos) << rounds.output;
+  EXPECT_FALSE(fs::exists(dir_ / "runs"));
+}
+
+// Two workloads whose names differ only in '/' against '_', each run twice: four documents in
+// four files, the rounds interleaved (every cell once, then every cell again), each document
+// carrying its cell_id and repeat, and run.json's summary and scaling built from the repeats.
+TEST_F(Cli, RunRepeatsInterleavesRoundsIntoUniqueFiles) {
+  std::ofstream(dir_ / "s.toml") << "name = \"rep\"\n[defaults]\npreset = \"tiny\"\ndevice = \"cpu\"\nnproc = 1\n"
+                                    "micro_batch = 1\nseq_len = 16\nwarmup = 0\nsteps = 2\n"
+                                    "[[workload]]\nname = \"x/y\"\n[[workload]]\nname = \"x_y\"\n";
+  const auto r = run("run s.toml --repeats 2", dir_);
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("tok/s range"), std::string::npos) << r.output;
+  const auto run_dir = fs::directory_iterator(dir_ / "runs")->path();
+  const auto index = nlohmann::json::parse(ddpbench::read_file((run_dir / "run.json").string()));
+  EXPECT_EQ(index["repeats"], 2);
+  ASSERT_EQ(index["cells"].size(), 4u) << index.dump(1);
+  const std::vector<std::pair<std::string, int>> order{{"x/y", 1}, {"x_y", 1}, {"x/y", 2}, {"x_y", 2}};
+  std::set<std::string> files;
+  std::map<std::string, std::string> id_of;  // workload -> cell_id
+  for (std::size_t i = 0; i < order.size(); ++i) {
+    const auto& e = index["cells"][i];
+    SCOPED_TRACE(e.dump());
+    const auto [workload, repeat] = order[i];
+    EXPECT_EQ(e["name"], workload + "/builtin/n1/b1/g1/s16");
+    EXPECT_EQ(e["repeat"], repeat);
+    EXPECT_EQ(e["status"], "ok");
+    const auto id = e["cell_id"].get<std::string>();
+    EXPECT_EQ(id.rfind(workload + "/builtin/n1/b1/g1/s16#", 0), 0u);
+    if (!id_of.emplace(workload, id).second) EXPECT_EQ(id_of[workload], id);  // the same cell in both rounds
+    const auto file = e["file"].get<std::string>();
+    files.insert(file);
+    const auto doc = nlohmann::json::parse(ddpbench::read_file((run_dir / file).string()));
+    EXPECT_EQ(doc["cell_id"], id);
+    EXPECT_EQ(doc["repeat"], repeat);
+    EXPECT_EQ(doc["status"]["state"], "ok");
+  }
+  EXPECT_EQ(files.size(), 4u);
+  EXPECT_NE(id_of["x/y"], id_of["x_y"]);
+  ASSERT_EQ(index["summary"].size(), 2u);
+  for (const auto& row : index["summary"]) {
+    EXPECT_EQ(row["ok_repeats"], 2) << row.dump();
+    const auto& tps = row["tokens_per_s"];
+    EXPECT_LE(tps["min"].get<double>(), tps["median"].get<double>()) << row.dump();
+    EXPECT_LE(tps["median"].get<double>(), tps["max"].get<double>()) << row.dump();
+  }
+  // Each workload is its own scaling group, its 1-rank cell its own baseline.
+  ASSERT_EQ(index["scaling"].size(), 2u);
+  for (const auto& p : index["scaling"]) {
+    EXPECT_EQ(p["baseline_cell_id"], p["cell_id"]) << p.dump();
+    EXPECT_DOUBLE_EQ(p["efficiency"].get<double>(), 1.0);
+  }
 }
 
 TEST_F(Cli, DoctorDescribesTheEnvironment) {

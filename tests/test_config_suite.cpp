@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "results/cells.h"
 #include "suite/suite.h"
 #include "train/config.h"
 
@@ -713,6 +714,78 @@ TEST(ShippedSuites, SmokeGpu) {
     }
   }
   EXPECT_EQ(nprocs, (std::set<int>{1, 2}));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cell identity (results/cells.h)
+
+TEST(CellId, Fnv1a64MatchesTheReferenceVectors) {
+  // The published FNV-1a test vectors (offset basis 0xcbf29ce484222325, prime 0x100000001b3).
+  EXPECT_EQ(results::fnv1a64(""), 0xcbf29ce484222325ull);
+  EXPECT_EQ(results::fnv1a64("a"), 0xaf63dc4c8601ec8cull);
+  EXPECT_EQ(results::fnv1a64("foobar"), 0x85944171f73967e8ull);
+  EXPECT_EQ(results::short_hash("a"), "af63dc4c");
+  EXPECT_EQ(results::short_hash(""), "cbf29ce4");
+}
+
+TEST(CellId, ReadablePartThenTheHashOfTheWork) {
+  Config c;
+  c.trainer = "hf";
+  c.nproc = 4;
+  c.micro_batch = 3;
+  c.grad_accum = 2;
+  c.seq_len = 128;
+  const std::string id = results::cell_id("lora-1b", train::to_json(c));
+  EXPECT_TRUE(starts_with(id, "lora-1b/hf/n4/b3/g2/s128#")) << id;
+  const std::string hash = id.substr(id.find('#') + 1);
+  EXPECT_EQ(hash.size(), 8u) << id;
+  EXPECT_EQ(hash.find_first_not_of("0123456789abcdef"), std::string::npos) << id;
+  EXPECT_EQ(hash, results::short_hash("lora-1b\n" + results::work_config(train::to_json(c)).dump()));
+  // Stable: the same configuration through the ranks' JSON text gives the same id.
+  EXPECT_EQ(results::cell_id("lora-1b", train::to_json(train::config_from_json(nlohmann::json::parse(train::to_json(c).dump())))), id);
+  EXPECT_EQ(results::scaling_group("lora-1b", train::to_json(c)), "lora-1b/hf/b3/g2/s128");
+}
+
+TEST(CellId, FieldsThatDoNotChangeTheWorkDoNotChangeTheId) {
+  const Config base;
+  const std::string id = results::cell_id("w", train::to_json(base));
+  Config same = base;
+  same.timeout_s = base.timeout_s + 100;
+  same.profile = !base.profile;
+  same.debug_step_delay_ms = base.debug_step_delay_ms + 5;
+  same.checkpoint = "/tmp/run-1/inputs/checkpoint";
+  same.data_file = "/tmp/run-1/inputs/tokens.bin";
+  same.bind_cpus = !base.bind_cpus;
+  EXPECT_EQ(results::cell_id("w", train::to_json(same)), id);
+  for (const auto& [key, value] : Values{{"lr", "1e-3"}, {"seed", "7"}, {"steps", "11"}, {"lora_rank", "4"},
+                                         {"impl", "fused"}, {"mode", "full"}, {"lengths", "uniform:8:64"}}) {
+    Config other = base;
+    train::apply_settings(other, {{key, value}});
+    EXPECT_NE(results::cell_id("w", train::to_json(other)), id) << key;
+  }
+  // The workload's name is part of the identity, so "x/y" and "x_y" differ after '/' -> '_' too.
+  const auto a = results::cell_id("x/y", train::to_json(base));
+  const auto b = results::cell_id("x_y", train::to_json(base));
+  EXPECT_NE(results::cell_file_name(a, 1), results::cell_file_name(b, 1));
+}
+
+TEST(CellId, FileNamesAreFlatAndNumberTheRepeat) {
+  EXPECT_EQ(results::cell_file_name("lora-1b/hf/n4/b3/g2/s128#0a1b2c3d", 2), "lora-1b_hf_n4_b3_g2_s128-0a1b2c3d-r2.json");
+}
+
+TEST(CellId, EveryCellOfEveryShippedSuiteHasItsOwnFile) {
+  std::set<std::string> files;
+  std::size_t cells = 0;
+  for (const char* name : {"smoke-cpu", "smoke-gpu", "lora-1b", "full-350m", "gate-cpu"}) {
+    const auto s = suite::load_suite(std::string(DDPBENCH_SOURCE_DIR) + "/suites/" + name + ".toml");
+    for (const auto& c : s.cells) {
+      const auto id = results::cell_id(c.workload, train::to_json(c.config));
+      EXPECT_TRUE(starts_with(id, c.name + "#")) << id;  // the suite's cell name is the readable part
+      files.insert(results::cell_file_name(id, 1));
+      ++cells;
+    }
+  }
+  EXPECT_EQ(files.size(), cells);
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 
 #include "common/error.h"
 #include "common/strings.h"
+#include "results/cells.h"
 #include "results/results.h"
 #include "results/stats.h"
 #include "train/config.h"
@@ -369,6 +370,8 @@ TEST(Results, RunDocument) {
   results::RunContext ctx;
   ctx.run_id = "run-1";
   ctx.cell = "lora-a/builtin/n2/b2/g1/s64";
+  ctx.cell_id = "lora-a/builtin/n2/b2/g1/s64#0a1b2c3d";
+  ctx.repeat = 3;
   ctx.config = {{"trainer", "builtin"}, {"nproc", 2}};
   ctx.fingerprint = {{"git_commit", "abc123"}};
   ctx.hardware_key = "2xH100";
@@ -380,6 +383,8 @@ TEST(Results, RunDocument) {
   EXPECT_EQ(doc.at("schema_version"), results::kSchemaVersion);
   EXPECT_EQ(doc.at("run_id"), "run-1");
   EXPECT_EQ(doc.at("cell"), ctx.cell);
+  EXPECT_EQ(doc.at("cell_id"), ctx.cell_id);
+  EXPECT_EQ(doc.at("repeat"), 3);
   EXPECT_EQ(doc.at("config"), ctx.config);
   EXPECT_EQ(doc.at("fingerprint"), ctx.fingerprint);
   EXPECT_EQ(doc.at("status").at("state"), "ok");
@@ -676,6 +681,45 @@ TEST(Strings, SplitAndParse) {
   EXPECT_DOUBLE_EQ(parse_double("3e-5").value(), 3e-5);
   EXPECT_FALSE(parse_double("nan").has_value());
   EXPECT_FALSE(parse_double("1.0x").has_value());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Figures across repeats (results/cells.h)
+
+TEST(Repeats, SpreadIsMedianAndRange) {
+  const std::vector<double> v{30, 10, 20, 100};
+  const auto s = results::spread_of(v);
+  EXPECT_EQ(s.n, 4);
+  EXPECT_DOUBLE_EQ(s.median, 25);
+  EXPECT_DOUBLE_EQ(s.min, 10);
+  EXPECT_DOUBLE_EQ(s.max, 100);
+  const auto none = results::spread_of({});
+  EXPECT_EQ(none.n, 0);
+  EXPECT_TRUE(std::isnan(none.median));
+}
+
+TEST(Repeats, ScalingFromMediansAgainstTheOneRankCellOfTheGroup) {
+  // Group g: the 1-rank cell's repeats have median 100; the 2-rank cell's median 150 -> 75%.
+  // Group h has no 1-rank cell that ran, so its cells get no efficiency.
+  const std::vector<results::CellFigures> cells{
+      {"g/n2#b", "g", 2, {140, 150, 400}},
+      {"g/n1#a", "g", 1, {90, 100, 130}},
+      {"h/n1#c", "h", 1, {}},
+      {"h/n2#d", "h", 2, {50}},
+      {"g/n4#e", "g", 4, {}},
+  };
+  const auto points = results::scaling_efficiencies(cells);
+  ASSERT_EQ(points.size(), 2u);
+  EXPECT_EQ(points[0].cell_id, "g/n2#b");
+  EXPECT_EQ(points[0].nproc, 2);
+  EXPECT_DOUBLE_EQ(points[0].efficiency, 150.0 / (2 * 100.0));
+  EXPECT_EQ(points[0].baseline_cell_id, "g/n1#a");
+  EXPECT_EQ(points[1].cell_id, "g/n1#a");
+  EXPECT_DOUBLE_EQ(points[1].efficiency, 1.0);
+  const auto j = results::to_json(points[0]);
+  EXPECT_EQ(j.at("group"), "g");
+  EXPECT_EQ(j.at("baseline_cell_id"), "g/n1#a");
+  EXPECT_DOUBLE_EQ(j.at("efficiency").get<double>(), 0.75);
 }
 
 }  // namespace

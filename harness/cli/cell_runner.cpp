@@ -13,6 +13,7 @@
 #ifndef DDPBENCH_SOURCE_DIR
 #define DDPBENCH_SOURCE_DIR "."
 #endif
+#include "results/cells.h"
 #include "results/fingerprint.h"
 #include "results/results.h"
 #include "train/batches.h"
@@ -114,6 +115,10 @@ results::RunContext context_of(const CellRequest& req, const train::Config& conf
   results::RunContext ctx;
   ctx.run_id = req.run_id;
   ctx.cell = req.cell;
+  ctx.cell_id = req.cell_id.empty() ? results::cell_id(req.config.preset + "-" + train::to_string(req.config.mode),
+                                                        train::to_json(req.config))
+                                    : req.cell_id;
+  ctx.repeat = req.repeat;
   ctx.config = train::to_json(config);
   ctx.fingerprint = results::to_json(fp);
   ctx.hardware_key = results::hardware_key(fp);

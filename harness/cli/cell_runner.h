@@ -15,6 +15,9 @@ namespace ddpbench::cli {
 struct CellRequest {
   std::string run_id;
   std::string cell;      // name inside the run
+  // results::cell_id() of the cell; empty: that of workload "<preset>-<mode>" (`train`, `check-loss`).
+  std::string cell_id;
+  int repeat = 1;        // 1-based, among the run's repeats of this cell
   std::string dir;       // the cell's folder: config.json, logs/, ranks/
   train::Config config;
   launch::Topology topology;  // nproc_per_node is taken from config.nproc

@@ -9,6 +9,7 @@
 
 #include "common/error.h"
 #include "common/strings.h"
+#include "results/cells.h"
 #include "results/stats.h"
 
 namespace ddpbench::collectives {
@@ -198,19 +199,6 @@ std::vector<Series> series_from_gbench(const nlohmann::json& gbench, int world) 
   return out;
 }
 
-namespace {
-
-// FNV-1a, 32 bits: a short stable name for a canonical configuration.
-std::string short_hash(const std::string& text) {
-  std::uint32_t h = 2166136261u;
-  for (unsigned char ch : text) h = (h ^ ch) * 16777619u;
-  char buf[9];
-  std::snprintf(buf, sizeof buf, "%08x", h);
-  return buf;
-}
-
-}  // namespace
-
 std::string series_file_name(const Series& s) { return s.collective + "-" + s.dtype + "-" + s.mode + ".json"; }
 
 nlohmann::json series_document(const Series& s, const RunInfo& info) {
@@ -225,7 +213,7 @@ nlohmann::json series_document(const Series& s, const RunInfo& info) {
   doc["kind"] = "collectives";
   doc["run_id"] = info.run_id;
   doc["cell"] = cell;
-  doc["cell_id"] = cell + "#" + short_hash(config.dump());
+  doc["cell_id"] = cell + "#" + results::short_hash(config.dump());
   doc["repeat"] = 1;
   doc["created"] = utc_timestamp();
   doc["config"] = config;

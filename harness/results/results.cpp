@@ -189,6 +189,8 @@ nlohmann::json make_run_document(const RunContext& ctx, const std::vector<RankRe
   doc["schema_version"] = kSchemaVersion;
   doc["run_id"] = ctx.run_id;
   doc["cell"] = ctx.cell;
+  doc["cell_id"] = ctx.cell_id;
+  doc["repeat"] = ctx.repeat;
   doc["created"] = utc_timestamp();
   doc["config"] = ctx.config;
   doc["fingerprint"] = ctx.fingerprint;

@@ -57,6 +57,8 @@ RankReport rank_report_from_json(const nlohmann::json& j);
 struct RunContext {
   std::string run_id;
   std::string cell;                 // name of the suite cell, or "train"
+  std::string cell_id;              // cells.h's cell_id(): the same in every run of the same work
+  int repeat = 1;                   // 1-based: which of a run's repeats of the cell this is
   nlohmann::json config;            // the trainer configuration as given to the ranks
   nlohmann::json fingerprint;
   std::string hardware_key;

@@ -113,6 +113,12 @@ def _int(config: dict, name: str, default: int = 0) -> int:
         return default
 
 
+def _id_parts(cell_id: str) -> list:
+    """workload, trainer, nN, bB, gG, sS of a cell_id or cell name: the last five parts are fixed,
+    the workload before them may hold '/' itself."""
+    return cell_id.split("#", 1)[0].rsplit("/", 5)
+
+
 def make_doc(j: dict, path: str, run: str) -> Doc:
     config = j.get("config") or {}
     status = j.get("status") or {}
@@ -125,7 +131,7 @@ def make_doc(j: dict, path: str, run: str) -> Doc:
     cell = j.get("cell", "")
     cell_id = j.get("cell_id") or ""
     if cell_id:
-        workload = cell_id.split("/", 1)[0]
+        workload = _id_parts(cell_id)[0]
     elif cell and cell != "train":
         workload = cell.split("/", 1)[0]
     elif legacy:
@@ -159,9 +165,10 @@ def _skipped_from_index(entry: dict, run_dir: str) -> Doc:
     status = str(entry.get("status", "skipped"))
     state, _, reason = status.partition(":")
     name = entry.get("name", "?")
-    parts = name.split("/")
+    parts = _id_parts(name)
     nums = {p[0]: int(p[1:]) for p in parts[2:] if len(p) > 1 and p[0] in "nbgs" and p[1:].isdigit()}
-    return Doc(path=os.path.join(run_dir, "run.json"), run=run_dir, cell_id=name, repeat=1, workload=parts[0],
+    return Doc(path=os.path.join(run_dir, "run.json"), run=run_dir, cell_id=entry.get("cell_id") or name,
+               repeat=int(entry.get("repeat", 0)), workload=parts[0],
                trainer=parts[1] if len(parts) > 1 else "?", impl="baseline", nproc=nums.get("n", 0),
                micro_batch=nums.get("b", 0), grad_accum=nums.get("g", 0), seq_len=nums.get("s", 0), aa=False,
                state=state.strip() or "skipped", reason=reason.strip())

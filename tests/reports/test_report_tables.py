@@ -171,6 +171,18 @@ def test_several_run_folders_are_repeats(tmp_path):
     assert rows[("w n1 b4 g1 s64", "tokens/s per GPU")]["candidate"] == "120 (100-130, 3 runs)"
 
 
+def test_workload_names_with_a_slash_and_skipped_repeats_of_run_json():
+    """A cell_id ends in trainer/nN/bB/gG/sS; all before them, '/' included, is the workload."""
+    from ddpbench_report.load import _skipped_from_index, make_doc
+    d = make_doc(cell_doc("x/y", "hf", 2, cell_id="x/y/hf/n2/b4/g1/s64#1a2b3c4d", repeat=2), "p.json", "run")
+    assert (d.workload, d.trainer, d.nproc, d.repeat) == ("x/y", "hf", 2, 2)
+    # A cell run.json lists without a document (more GPUs than visible), in its second round.
+    s = _skipped_from_index({"name": "x/y/hf/n2/b4/g1/s64", "cell_id": "x/y/hf/n2/b4/g1/s64#1a2b3c4d", "repeat": 2,
+                             "status": "skipped: needs 2 GPU(s), 0 visible", "file": ""}, "run")
+    assert (s.workload, s.trainer, s.nproc, s.micro_batch, s.cell_id, s.repeat, s.state, s.reason) == (
+        "x/y", "hf", 2, 4, "x/y/hf/n2/b4/g1/s64#1a2b3c4d", 2, "skipped", "needs 2 GPU(s), 0 visible")
+
+
 def test_older_documents_and_aa_floor(tmp_path):
     """bench/results' layout: <workload>-<trainer>-n<N>[-r<R>].json without cell_id, an A/A cell."""
     folder = tmp_path / "results" / "w"

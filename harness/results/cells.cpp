@@ -1,0 +1,99 @@
+#include "results/cells.h"
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstdio>
+#include <limits>
+#include <map>
+
+#include "results/stats.h"
+
+namespace ddpbench::results {
+
+std::uint64_t fnv1a64(std::string_view text) {
+  std::uint64_t h = 14695981039346656037ull;
+  for (unsigned char ch : text) h = (h ^ ch) * 1099511628211ull;
+  return h;
+}
+
+std::string short_hash(std::string_view text) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016" PRIx64, fnv1a64(text));
+  return std::string(buf, 8);
+}
+
+nlohmann::json work_config(const nlohmann::json& config) {
+  nlohmann::json out = config;
+  for (const char* field : {"timeout_s", "profile", "debug_step_delay_ms", "checkpoint", "data_file", "bind_cpus"})
+    out.erase(field);
+  return out;
+}
+
+namespace {
+
+std::string field(const nlohmann::json& config, const char* name) {
+  if (!config.is_object() || !config.contains(name)) return "?";
+  const auto& v = config[name];
+  return v.is_string() ? v.get<std::string>() : v.dump();
+}
+
+}  // namespace
+
+std::string cell_id(const std::string& workload, const nlohmann::json& config) {
+  return workload + "/" + field(config, "trainer") + "/n" + field(config, "nproc") + "/b" + field(config, "micro_batch") +
+         "/g" + field(config, "grad_accum") + "/s" + field(config, "seq_len") + "#" +
+         short_hash(workload + "\n" + work_config(config).dump());
+}
+
+std::string scaling_group(const std::string& workload, const nlohmann::json& config) {
+  return workload + "/" + field(config, "trainer") + "/b" + field(config, "micro_batch") + "/g" +
+         field(config, "grad_accum") + "/s" + field(config, "seq_len");
+}
+
+std::string cell_file_name(const std::string& cell_id, int repeat) {
+  std::string name = cell_id;
+  for (auto& c : name) {
+    if (c == '/') c = '_';
+    if (c == '#') c = '-';
+  }
+  return name + "-r" + std::to_string(repeat) + ".json";
+}
+
+Spread spread_of(std::span<const double> samples) {
+  Spread s;
+  s.n = static_cast<int>(samples.size());
+  if (samples.empty()) {
+    s.median = s.min = s.max = std::numeric_limits<double>::quiet_NaN();
+    return s;
+  }
+  const auto [lo, hi] = std::minmax_element(samples.begin(), samples.end());
+  s.median = median(samples);
+  s.min = *lo;
+  s.max = *hi;
+  return s;
+}
+
+std::vector<ScalingPoint> scaling_efficiencies(const std::vector<CellFigures>& cells) {
+  std::map<std::string, const CellFigures*> baseline;  // group -> its first 1-rank cell with ok repeats
+  for (const auto& c : cells)
+    if (c.nproc == 1 && !c.tokens_per_s.empty()) baseline.emplace(c.group, &c);
+  std::vector<ScalingPoint> out;
+  for (const auto& c : cells) {
+    auto base = baseline.find(c.group);
+    if (c.tokens_per_s.empty() || base == baseline.end()) continue;
+    const double base_tps = median(base->second->tokens_per_s);
+    if (!(base_tps > 0)) continue;
+    out.push_back({c.group, c.cell_id, c.nproc, median(c.tokens_per_s) / (c.nproc * base_tps), base->second->cell_id});
+  }
+  return out;
+}
+
+nlohmann::json to_json(const ScalingPoint& p) {
+  return {{"group", p.group},
+          {"cell_id", p.cell_id},
+          {"nproc", p.nproc},
+          {"efficiency", p.efficiency},
+          {"baseline_cell_id", p.baseline_cell_id}};
+}
+
+}  // namespace ddpbench::results

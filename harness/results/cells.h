@@ -1,0 +1,70 @@
+// A cell's identity across runs (cell_id, the file a repeat of it is written to) and its figures
+// across repeats (median and range of tokens/s, scaling efficiency against the 1-rank cell).
+// `run`, `train`, `report` and `gate` name a cell by these; nothing here needs LibTorch.
+#pragma once
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace ddpbench::results {
+
+// FNV-1a, 64 bits.
+std::uint64_t fnv1a64(std::string_view text);
+// The first 8 hex digits of fnv1a64(text): a short, stable name for a canonical text.
+std::string short_hash(std::string_view text);
+
+// config without the fields that do not change the work a cell does (timeouts, profiling, the
+// debug delay, CPU binding, and the paths of checkpoint and token file, which differ per run).
+// Keys stay sorted, as nlohmann's objects keep them, so dump() is canonical.
+nlohmann::json work_config(const nlohmann::json& config);
+
+// "<workload>/<trainer>/n<N>/b<B>/g<G>/s<S>#<8 hex>": the readable part from the trainer
+// configuration, the hash of the workload name and work_config(config). The workload name is
+// hashed too, so that the file names of workloads "x/y" and "x_y" (which map to the same
+// characters) still differ. Fields missing from config read "?".
+std::string cell_id(const std::string& workload, const nlohmann::json& config);
+
+// Cells that differ only in their rank count: "<workload>/<trainer>/b<B>/g<G>/s<S>".
+std::string scaling_group(const std::string& workload, const nlohmann::json& config);
+
+// The file (relative to a run's cells/ folder) of one repeat of a cell: cell_id with '/' -> '_'
+// and '#' -> '-', then "-r<repeat>.json".
+std::string cell_file_name(const std::string& cell_id, int repeat);
+
+// One figure over the ok repeats of a cell (n = 0: none; the other fields are then NaN).
+struct Spread {
+  int n = 0;
+  double median = 0;
+  double min = 0;
+  double max = 0;
+};
+Spread spread_of(std::span<const double> samples);
+
+// What the scaling computation needs of a cell: tokens/s of each of its ok repeats.
+struct CellFigures {
+  std::string cell_id;
+  std::string group;  // scaling_group()
+  int nproc = 1;
+  std::vector<double> tokens_per_s;
+};
+
+// The scaling efficiency of a cell, from medians over repeats, against the 1-rank cell of its
+// group: median tokens/s / (nproc x the 1-rank cell's median tokens/s).
+struct ScalingPoint {
+  std::string group;
+  std::string cell_id;
+  int nproc = 1;
+  double efficiency = 0;
+  std::string baseline_cell_id;
+};
+// One point per cell with ok repeats whose group has a 1-rank cell with ok repeats (the 1-rank
+// cell included, at 1.0), in the order of cells. With several 1-rank cells in a group (there
+// are none in a suite), the first is the baseline.
+std::vector<ScalingPoint> scaling_efficiencies(const std::vector<CellFigures>& cells);
+nlohmann::json to_json(const ScalingPoint& p);
+
+}  // namespace ddpbench::results
