@@ -1,4 +1,4 @@
-# Sourced by the scripts that run on a GPU host (gpu-check, gpu-profile, gpu-smoke): the host's
+# Sourced by the scripts that run on a GPU host (gpu-check, gpu-profile, gpu-smoke, gpu-hta-check): the host's
 # settings they keep, and the one build they share. Needs $root (the repository) set.
 
 # NVLink multicast stays off, as the hosts set it (never change it).
