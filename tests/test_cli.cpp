@@ -524,3 +524,41 @@ TEST_F(Cli, BenchAndPredictRejectBadInputWithOneLine) {
   }
   for (const char* sub : {"bench collectives", "predict"}) EXPECT_EQ(run(std::string(sub) + " --help", dir_).status, 0) << sub;
 }
+
+namespace {
+
+// A suite with a Python trainer makes its equal-work inputs once per run for the widest world of
+// the cells that differ only in trainer and rank count, and every one of those cells reads them.
+TEST_F(Cli, RunMakesEqualWorkInputsOncePerWorkload) {
+  if (!python_has_hf()) GTEST_SKIP() << "transformers and peft are not importable by python3; scripts/setup installs them";
+  std::ofstream(dir_ / "s.toml") << "name = \"shared\"\n[defaults]\npreset = \"tiny\"\ndevice = \"cpu\"\nmode = \"full\"\n"
+                                    "micro_batch = 2\nseq_len = 16\nwarmup = 0\nsteps = 2\n"
+                                    "trainer = [\"builtin\", \"hf-loop\"]\nnproc = [1, 2]\n[[workload]]\nname = \"w\"\n";
+  const auto r = run("run s.toml", dir_);
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto run_dir = fs::directory_iterator(dir_ / "runs")->path();
+  std::vector<fs::path> inputs;
+  for (const auto& e : fs::directory_iterator(run_dir / "inputs")) inputs.push_back(e.path());
+  ASSERT_EQ(inputs.size(), 1u);
+  const auto index = nlohmann::json::parse(ddpbench::read_file((run_dir / "run.json").string()));
+  ASSERT_EQ(index["cells"].size(), 4u);
+  std::map<std::string, std::vector<double>> losses;
+  for (const auto& e : index["cells"]) {
+    const auto doc = nlohmann::json::parse(ddpbench::read_file((run_dir / e["file"].get<std::string>()).string()));
+    ASSERT_EQ(doc["status"]["state"], "ok") << doc["status"].dump();
+    const auto shared = fs::relative(inputs[0], dir_);  // run gives paths as relative as its --runs-dir
+    EXPECT_EQ(doc["config"]["checkpoint"], (shared / "checkpoint").string());
+    EXPECT_EQ(doc["config"]["data_file"], (shared / "tokens.bin").string());
+    for (const auto& step : doc["steps"]) losses[e["name"].get<std::string>()].push_back(step["loss"].get<double>());
+  }
+  // Equal work across trainers at each rank count, from the one set of inputs.
+  for (const char* n : {"n1", "n2"}) {
+    const auto& a = losses[std::string("w/builtin/") + n + "/b2/g1/s16"];
+    const auto& b = losses[std::string("w/hf-loop/") + n + "/b2/g1/s16"];
+    ASSERT_EQ(a.size(), 2u);
+    ASSERT_EQ(b.size(), 2u);
+    for (std::size_t i = 0; i < a.size(); ++i) EXPECT_LT(std::fabs(a[i] - b[i]) / b[i], 1e-5) << n << " step " << i;
+  }
+}
+
+}  // namespace

@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <map>
 #include <optional>
 
 #include "cli/builtin_suites.h"
@@ -29,6 +30,7 @@ struct RunArgs {
 // A cell of the run with its identity, and what its repeats gave.
 struct PlannedCell {
   const suite::Cell* cell;
+  train::Config config;  // the cell's, with the run's shared equal-work inputs filled in
   std::string id;     // results::cell_id
   std::string group;  // results::scaling_group
   std::string gpu_skip;  // non-empty: not run, with this reason (more GPUs than visible)
@@ -108,6 +110,36 @@ void print_summary(const std::vector<nlohmann::json>& rows, int repeats) {
   }
 }
 
+// Equal-work inputs (the initial weights as a checkpoint, the batches as a token file) are made
+// once per run for each set of cells that differ only in trainer, implementation and rank count,
+// for the largest world among them (a smaller world reads a prefix of the same documents), where a
+// Python trainer of the set needs them; every cell of the set then reads them, the built-in trainer
+// too. Made per cell, a 1b checkpoint would be written again for every Python cell and repeat.
+void share_equal_work_inputs(std::vector<PlannedCell>& cells, const std::string& dir) {
+  std::map<std::string, std::vector<PlannedCell*>> sets;
+  for (auto& p : cells) {
+    if (!p.gpu_skip.empty() || !p.config.checkpoint.empty() || !p.config.data_file.empty()) continue;
+    auto key = results::work_config(train::to_json(p.config));
+    for (const char* varies : {"trainer", "impl", "nproc", "global_batch_sequences"}) key.erase(varies);
+    sets[p.cell->workload + "\n" + key.dump()].push_back(&p);
+  }
+  for (const auto& [key, members] : sets) {
+    if (std::none_of(members.begin(), members.end(), [](const PlannedCell* p) { return train::is_python_trainer(p->config.trainer); }))
+      continue;
+    const auto* widest = *std::max_element(members.begin(), members.end(), [](const PlannedCell* a, const PlannedCell* b) {
+      return a->config.nproc < b->config.nproc;
+    });
+    const std::string folder = dir + "/" + results::short_hash(key);
+    std::printf("equal-work inputs for %zu cell(s) of %s: %s\n", members.size(), widest->cell->workload.c_str(), folder.c_str());
+    std::fflush(stdout);
+    const auto in = prepare_equal_work_inputs(widest->config, folder, widest->config.nproc);
+    for (auto* p : members) {
+      p->config.checkpoint = in.checkpoint;
+      p->config.data_file = in.data_file;
+    }
+  }
+}
+
 int run_main(const RunArgs& a) {
   if (a.repeats < 1) throw UsageError("--repeats: must be at least 1 (got " + std::to_string(a.repeats) + ")");
   const auto runtime = ddp::runtime_info();
@@ -123,7 +155,7 @@ int run_main(const RunArgs& a) {
   for (const auto& c : suite.cells) {
     if (!a.filter.empty() && c.name.find(a.filter) == std::string::npos) continue;
     const auto config = train::to_json(c.config);
-    PlannedCell p{&c, results::cell_id(c.workload, config), results::scaling_group(c.workload, config), "", {}, {}};
+    PlannedCell p{&c, c.config, results::cell_id(c.workload, config), results::scaling_group(c.workload, config), "", {}, {}};
     if (c.config.device == "cuda" && c.config.nproc > gpus)
       p.gpu_skip = "skipped: needs " + std::to_string(c.config.nproc) + " GPU(s), " + std::to_string(gpus) + " visible";
     cells.push_back(std::move(p));
@@ -142,6 +174,7 @@ int run_main(const RunArgs& a) {
   }
   make_dirs(run_dir + "/cells");
 
+  share_equal_work_inputs(cells, run_dir + "/inputs");
   const auto fingerprint = results::collect_fingerprint(runtime);
   std::string csv = results::long_csv_header();
   nlohmann::json index = {{"suite", suite.name},   {"run_id", run_id},
@@ -166,7 +199,7 @@ int run_main(const RunArgs& a) {
         req.cell_id = p.id;
         req.repeat = repeat;
         req.dir = run_dir + "/work/" + file_name.substr(0, file_name.rfind(".json"));
-        req.config = p.cell->config;
+        req.config = p.config;
         req.fingerprint = fingerprint;
         const auto result = run_cell(req);
         write_file_atomic(run_dir + "/" + file, result.document.dump(2) + "\n");
