@@ -803,3 +803,67 @@ TEST(LearningRate, LinearWarmupThenConstant) {
 }
 
 }  // namespace ddpbench
+
+namespace {
+
+// Strong scaling: the suite holds the global batch across rank counts and each cell derives its
+// gradient accumulation; the cells form one scaling group, and their documents say the mode.
+TEST(Suite, StrongScalingDerivesGradAccumFromTheGlobalBatch) {
+  const auto s = ddpbench::suite::parse_suite(
+      "name = \"strong\"\n[defaults]\npreset = \"tiny\"\nmicro_batch = 2\nglobal_batch = 16\nnproc = [1, 2, 4]\n"
+      "[[workload]]\nname = \"w\"\n",
+      "strong.toml");
+  ASSERT_EQ(s.cells.size(), 3u);
+  std::set<std::string> groups;
+  for (const auto& [cell, accum] : std::vector<std::pair<std::size_t, int>>{{0, 8}, {1, 4}, {2, 2}}) {
+    const auto& c = s.cells[cell].config;
+    EXPECT_EQ(c.grad_accum, accum) << s.cells[cell].name;
+    EXPECT_EQ(c.global_batch_sequences(), 16);
+    const auto j = ddpbench::train::to_json(c);
+    EXPECT_EQ(j["scaling_mode"], "strong");
+    groups.insert(ddpbench::results::scaling_group("w", j));
+  }
+  EXPECT_EQ(s.cells[2].name, "w/builtin/n4/b2/g2/s128");
+  EXPECT_EQ(groups.size(), 1u);
+  EXPECT_EQ(*groups.begin(), "w/builtin/b2/G16/s128");
+  // Weak scaling keeps one group per accumulation, as before.
+  EXPECT_EQ(ddpbench::train::to_json(ddpbench::train::Config{})["scaling_mode"], "weak");
+}
+
+TEST(Suite, LearningRateFollowsTheGlobalBatchByTheStatedRule) {
+  for (const auto& [rule, factor] : std::vector<std::pair<std::string, double>>{{"none", 1.0}, {"linear", 4.0}, {"sqrt", 2.0}}) {
+    SCOPED_TRACE(rule);
+    const auto weak = ddpbench::suite::parse_suite("name = \"lr\"\n[defaults]\npreset = \"tiny\"\nlr = 1e-3\nnproc = [1, 4]\n"
+                                                   "lr_scaling = \"" + rule + "\"\n[[workload]]\nname = \"w\"\n",
+                                                   "lr.toml");
+    ASSERT_EQ(weak.cells.size(), 2u);
+    EXPECT_DOUBLE_EQ(weak.cells[0].config.lr, 1e-3);
+    EXPECT_NEAR(weak.cells[1].config.lr, 1e-3 * factor, 1e-15);
+    // The global batch held fixed: lr stays whatever the rule.
+    const auto strong = ddpbench::suite::parse_suite("name = \"lr\"\n[defaults]\npreset = \"tiny\"\nlr = 1e-3\nnproc = [1, 4]\n"
+                                                     "micro_batch = 1\nglobal_batch = 8\nlr_scaling = \"" + rule +
+                                                         "\"\n[[workload]]\nname = \"w\"\n",
+                                                     "lr.toml");
+    EXPECT_DOUBLE_EQ(strong.cells[1].config.lr, 1e-3);
+  }
+}
+
+TEST(Suite, GlobalBatchThatDoesNotDivideOrComesWithGradAccumIsRefused) {
+  using ddpbench::UsageError;
+  const auto expect_error = [](const std::string& text, const std::string& part) {
+    try {
+      ddpbench::suite::parse_suite(text, "bad.toml");
+      ADD_FAILURE() << "accepted: " << text;
+    } catch (const UsageError& e) {
+      EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+    }
+  };
+  expect_error("name = \"b\"\n[defaults]\npreset = \"tiny\"\nmicro_batch = 4\nglobal_batch = 10\n[[workload]]\nname = \"w\"\n",
+               "do not divide into micro-batches of 4 on 1 rank(s)");
+  expect_error("name = \"b\"\n[defaults]\npreset = \"tiny\"\ngrad_accum = 2\nglobal_batch = 8\n[[workload]]\nname = \"w\"\n",
+               "not both");
+  expect_error("name = \"b\"\n[defaults]\npreset = \"tiny\"\nlr_scaling = \"cubic\"\n[[workload]]\nname = \"w\"\n",
+               "unknown rule 'cubic'");
+}
+
+}  // namespace

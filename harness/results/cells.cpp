@@ -46,8 +46,11 @@ std::string cell_id(const std::string& workload, const nlohmann::json& config) {
 }
 
 std::string scaling_group(const std::string& workload, const nlohmann::json& config) {
-  return workload + "/" + field(config, "trainer") + "/b" + field(config, "micro_batch") + "/g" +
-         field(config, "grad_accum") + "/s" + field(config, "seq_len");
+  // Strong scaling holds the global batch, so grad_accum changes with the rank count.
+  const bool strong = config.contains("global_batch") && config["global_batch"].is_number() && config["global_batch"].get<int>() > 0;
+  return workload + "/" + field(config, "trainer") + "/b" + field(config, "micro_batch") +
+         (strong ? "/G" + field(config, "global_batch") : "/g" + field(config, "grad_accum")) + "/s" +
+         field(config, "seq_len");
 }
 
 std::string cell_file_name(const std::string& cell_id, int repeat) {

@@ -28,7 +28,8 @@ nlohmann::json work_config(const nlohmann::json& config);
 // characters) still differ. Fields missing from config read "?".
 std::string cell_id(const std::string& workload, const nlohmann::json& config);
 
-// Cells that differ only in their rank count: "<workload>/<trainer>/b<B>/g<G>/s<S>".
+// Cells that differ only in their rank count: "<workload>/<trainer>/b<B>/g<G>/s<S>", or with
+// "/G<global batch>" in place of "/g<G>" under strong scaling (grad_accum follows the rank count).
 std::string scaling_group(const std::string& workload, const nlohmann::json& config);
 
 // The file (relative to a run's cells/ folder) of one repeat of a cell: cell_id with '/' -> '_'

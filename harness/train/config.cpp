@@ -1,6 +1,7 @@
 #include "train/config.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <type_traits>
 
@@ -133,6 +134,12 @@ void validate(const Config& c) {
   require(!c.profile || c.device == "cuda", "--profile: needs --device cuda (CUPTI records GPU activity)");
   require(c.data == "markov" || c.data == "random", "--data: unknown generator '" + c.data + "' (choose markov or random)");
   require(c.markov_states >= 1, "--markov-states: must be at least 1, got " + std::to_string(c.markov_states));
+  require(c.global_batch >= 0, "--global-batch: must not be negative, got " + std::to_string(c.global_batch));
+  require(c.lr_scaling == "none" || c.lr_scaling == "linear" || c.lr_scaling == "sqrt",
+          "--lr-scaling: unknown rule '" + c.lr_scaling + "' (choose none, linear or sqrt)");
+  require(c.global_batch == 0 || c.global_batch == c.global_batch_sequences(),
+          "--global-batch: " + std::to_string(c.global_batch) + " sequences is not micro-batch x grad-accum x nproc = " +
+              std::to_string(c.global_batch_sequences()));
   require(c.debug_step_delay_ms >= 0, "--debug-step-delay-ms: must not be negative, got " + std::to_string(c.debug_step_delay_ms));
   require(c.debug_step_delay_ms == 0 || c.trainer == "builtin", "--debug-step-delay-ms: only the built-in trainer has it");
   if (c.mode == Mode::lora) {
@@ -167,6 +174,9 @@ nlohmann::json to_json(const Config& c) {
       {"profile", c.profile},          {"bind_cpus", c.bind_cpus},
       {"debug_step_delay_ms", c.debug_step_delay_ms},
       {"shard_optimizer", c.shard_optimizer},
+      {"global_batch", c.global_batch},
+      {"lr_scaling", c.lr_scaling},
+      {"scaling_mode", c.scaling_mode()},
       {"global_batch_sequences", c.global_batch_sequences()},
       {"model_flops_per_token", model_flops_per_token(c)},
   };
@@ -208,6 +218,8 @@ Config config_from_json(const nlohmann::json& j) {
     c.bind_cpus = j.value("bind_cpus", false);
     c.debug_step_delay_ms = j.value("debug_step_delay_ms", 0);
     c.shard_optimizer = j.value("shard_optimizer", false);
+    c.global_batch = j.value("global_batch", 0);
+    c.lr_scaling = j.value("lr_scaling", std::string("none"));
     return c;
   } catch (const nlohmann::json::exception& e) {
     throw UsageError(std::string("config: ") + e.what());
@@ -285,6 +297,9 @@ const std::vector<Setting>& settings() {
       DDPBENCH_NUMBER("nproc", nproc, "ranks (processes) per node"),
       DDPBENCH_NUMBER("micro_batch", micro_batch, "sequences per micro-batch per rank"),
       DDPBENCH_NUMBER("grad_accum", grad_accum, "micro-batches per optimizer step"),
+      DDPBENCH_NUMBER("global_batch", global_batch,
+                      "strong scaling: sequences per optimizer step over all ranks, fixed across rank counts; "
+                      "grad_accum = global_batch / (micro_batch x nproc) (0: weak scaling, the per-rank batch fixed)"),
       DDPBENCH_NUMBER("seq_len", seq_len, "tokens per sequence, padding included"),
       {"lengths", "fixed, or uniform:MIN:MAX (right-padded to seq_len)",
        [](Config& c, const std::string& v) { c.lengths = Lengths::parse(v, c.seq_len); }},
@@ -293,6 +308,8 @@ const std::vector<Setting>& settings() {
       DDPBENCH_NUMBER("seed", seed, "seed of weights and data"),
       DDPBENCH_NUMBER("lr", lr, "AdamW learning rate"),
       DDPBENCH_NUMBER("lr_warmup", lr_warmup, "optimizer steps of linear learning-rate warm-up"),
+      {"lr_scaling", "lr follows the global batch against the same cell on one rank: none, linear or sqrt",
+       [](Config& c, const std::string& v) { c.lr_scaling = v; }},
       DDPBENCH_NUMBER("weight_decay", weight_decay, "AdamW weight decay"),
       DDPBENCH_NUMBER("max_grad_norm", max_grad_norm, "clip the global gradient norm to this (0: off)"),
       {"optim_state", "AdamW state of bf16 weights: fp32 (master weights + moments) or param (bf16, as torch.optim on a bf16 model)",
@@ -350,6 +367,23 @@ void apply_settings(Config& cfg, const std::vector<std::pair<std::string, std::s
   }
   // "fixed" follows seq_len when only seq_len was given.
   if (!lengths_given && !cfg.lengths.uniform) cfg.lengths = Lengths{false, cfg.seq_len, cfg.seq_len};
+  const auto given = [&](const char* k) {
+    return std::any_of(values.begin(), values.end(), [&](const auto& kv) { return kv.first == k; });
+  };
+  if (cfg.global_batch > 0) {
+    if (given("grad_accum"))
+      throw UsageError("--global-batch: give the global batch or --grad-accum, not both (the global batch sets it)");
+    const int per_step = cfg.micro_batch * cfg.nproc;
+    if (per_step <= 0 || cfg.global_batch % per_step != 0)
+      throw UsageError("--global-batch: " + std::to_string(cfg.global_batch) + " sequences do not divide into micro-batches of " +
+                       std::to_string(cfg.micro_batch) + " on " + std::to_string(cfg.nproc) + " rank(s)");
+    cfg.grad_accum = cfg.global_batch / per_step;
+  }
+  // Under weak scaling the global batch is nproc times the one-rank cell's; under strong scaling it
+  // is the same, and lr stays.
+  const double ratio = cfg.global_batch > 0 ? 1.0 : static_cast<double>(cfg.nproc);
+  if (cfg.lr_scaling == "linear") cfg.lr *= ratio;
+  if (cfg.lr_scaling == "sqrt") cfg.lr *= std::sqrt(ratio);
 }
 
 }  // namespace ddpbench::train

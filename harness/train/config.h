@@ -98,12 +98,20 @@ struct Config {
   // ZeRO-1: gradients reduce-scattered instead of all-reduced, each rank's optimizer updating its
   // 1/world of every bucket with 1/world of the state, the weights all-gathered after the step.
   bool shard_optimizer = false;
+  // Strong scaling: sequences per optimizer step over all ranks, held fixed across rank counts;
+  // grad_accum is derived from it (global_batch / (micro_batch x nproc)). 0: weak scaling, the
+  // per-rank batch (micro_batch x grad_accum) held fixed.
+  int global_batch = 0;
+  // How lr follows the global batch, relative to the same cell on one rank: none, linear
+  // (x global batch ratio) or sqrt. apply_settings scales lr by it; strong scaling keeps the ratio 1.
+  std::string lr_scaling = "none";
 
   int total_steps() const { return warmup + steps; }
   // The learning rate of optimizer step `step` (0-based): linear warm-up to lr over lr_warmup
   // steps, constant after. Both trainers use this schedule.
   double lr_at(int step) const { return step < lr_warmup ? lr * (step + 1) / lr_warmup : lr; }
   int global_batch_sequences() const { return nproc * micro_batch * grad_accum; }
+  std::string scaling_mode() const { return global_batch > 0 ? "strong" : "weak"; }
 };
 
 // Throws UsageError naming the flag and the value at fault.
@@ -120,7 +128,9 @@ struct Setting {
 };
 const std::vector<Setting>& settings();
 std::string flag_of(const std::string& key);  // micro_batch -> --micro-batch
-// Applies key=value pairs in table order; UsageError "--flag: ..." for a bad value or unknown key.
+// Applies key=value pairs in table order, then derives grad_accum from global_batch (strong
+// scaling) and scales lr by lr_scaling; UsageError "--flag: ..." for a bad value, an unknown key, a
+// global batch that does not divide into micro-batches of the ranks, or global_batch with grad_accum.
 void apply_settings(Config& cfg, const std::vector<std::pair<std::string, std::string>>& values);
 
 nlohmann::json to_json(const Config& cfg);
