@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
+
 #include <cstdlib>
 #include <dlfcn.h>
 #include <set>
@@ -291,7 +293,17 @@ TEST(CollectFingerprint, ThisMachine) {
   EXPECT_FALSE(fp.os.empty());
   EXPECT_FALSE(fp.cpu_model.empty());
   EXPECT_FALSE(fp.compiler.empty());
+  // The commit is the build's (cmake/build_info.cmake), not read from the tree at run time: it is
+  // the source tree's HEAD as built, whatever the working directory of the process.
   EXPECT_FALSE(fp.git_commit.empty());
+  if (std::FILE* p = ::popen("git -C '" DDPBENCH_SOURCE_DIR "' rev-parse --short=12 HEAD 2>/dev/null", "r")) {
+    char buf[64] = {};
+    const bool got = std::fgets(buf, sizeof buf, p) != nullptr;
+    ::pclose(p);
+    std::string head = got ? std::string(buf) : std::string();
+    while (!head.empty() && (head.back() == '\n' || head.back() == ' ')) head.pop_back();
+    if (head.size() == 12) EXPECT_EQ(fp.git_commit.substr(0, 12), head) << "rebuild after committing";
+  }
   EXPECT_FALSE(fp.ddpbench_version.empty());
   EXPECT_EQ(fp.runtime.libtorch, "2.11.0");
   EXPECT_EQ(fp.env.count("NCCL_DEBUG"), 1u);

@@ -19,11 +19,13 @@
 #ifndef DDPBENCH_VERSION
 #define DDPBENCH_VERSION "0.0.0"
 #endif
-#ifndef DDPBENCH_GIT_COMMIT
-#define DDPBENCH_GIT_COMMIT "unknown"
+// The commit the binary is built from, with "-dirty" for uncommitted changes at build time
+// (cmake/build_info.cmake); "unknown" where the source was no git checkout.
+#if __has_include("build_info.h")
+#include "build_info.h"
 #endif
-#ifndef DDPBENCH_SOURCE_DIR
-#define DDPBENCH_SOURCE_DIR "."
+#ifndef DDPBENCH_BUILD_COMMIT
+#define DDPBENCH_BUILD_COMMIT "unknown"
 #endif
 
 namespace ddpbench::results {
@@ -268,28 +270,10 @@ std::string compiler_name() {
 #endif
 }
 
-// stdout of a shell command, or nullopt when it could not run or exited non-zero.
-std::optional<std::string> run_capture(const std::string& command) {
-  auto r = run_shell_capture(command);
-  if (r.exit_status != 0) return std::nullopt;
-  return std::move(r.out);
-}
 
-// Asked at run time, because the commit baked in at configure time goes stale on every rebuild
-// without a re-configure; the macro is the fallback for binaries run away from their source tree.
-std::string git_commit() {
-  const std::string git = "git -C " + shell_quote(DDPBENCH_SOURCE_DIR) + " ";
-  auto head = run_capture(git + "rev-parse --short=12 HEAD 2>/dev/null");
-  std::string commit = head ? trim(*head) : std::string();
-  if (commit.empty() ||
-      !std::all_of(commit.begin(), commit.end(), [](unsigned char c) { return std::isxdigit(c); })) {
-    const std::string baked = DDPBENCH_GIT_COMMIT;
-    return baked.empty() ? "unknown" : baked;
-  }
-  auto status = run_capture(git + "status --porcelain 2>/dev/null");
-  if (status && !trim(*status).empty()) commit += "-dirty";
-  return commit;
-}
+// Baked in at build time: the code that ran, whatever tree the binary runs in (a copy of the tree on
+// a GPU host, a clean clone, another checkout).
+std::string git_commit() { return DDPBENCH_BUILD_COMMIT; }
 
 std::map<std::string, std::string> recorded_env() {
   std::map<std::string, std::string> env;
