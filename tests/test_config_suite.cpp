@@ -867,3 +867,27 @@ TEST(Suite, GlobalBatchThatDoesNotDivideOrComesWithGradAccumIsRefused) {
 }
 
 }  // namespace
+
+namespace {
+
+// aa = true adds, beside each one-rank built-in cell, the A/A cell of equal work: half the
+// micro-batch, twice the accumulation, the same global batch, workload "<name>-aa".
+TEST(Suite, AaAddsTheHalfMicroBatchTwinOfEachOneRankBuiltinCell) {
+  const auto s = ddpbench::suite::parse_suite(
+      "name = \"a\"\naa = true\n[defaults]\npreset = \"tiny\"\nmicro_batch = 4\ngrad_accum = 1\n"
+      "trainer = [\"builtin\", \"hf\"]\nnproc = [1, 2]\n[[workload]]\nname = \"w\"\n",
+      "aa.toml");
+  std::vector<std::string> names;
+  for (const auto& c : s.cells) names.push_back(c.name);
+  ASSERT_EQ(s.cells.size(), 5u) << ::testing::PrintToString(names);
+  const auto twin = std::find_if(s.cells.begin(), s.cells.end(), [](const auto& c) { return c.workload == "w-aa"; });
+  ASSERT_NE(twin, s.cells.end());
+  EXPECT_EQ(twin->name, "w-aa/builtin/n1/b2/g2/s128");
+  EXPECT_EQ(twin->config.global_batch_sequences(), 4);
+  EXPECT_THROW(ddpbench::suite::parse_suite("name = \"a\"\naa = true\n[defaults]\npreset = \"tiny\"\nmicro_batch = 3\n"
+                                            "[[workload]]\nname = \"w\"\n", "aa.toml"),
+               ddpbench::UsageError);
+  EXPECT_THROW(ddpbench::suite::parse_suite("name = \"a\"\naa = 1\n[[workload]]\nname = \"w\"\n", "aa.toml"), ddpbench::UsageError);
+}
+
+}  // namespace

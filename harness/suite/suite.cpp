@@ -91,12 +91,18 @@ Suite parse_suite(const std::string& text, const std::string& source) {
   Suite suite;
   for (const auto& [k, node] : root) {
     const std::string key(k.str());
-    if (key != "name" && key != "description" && key != "defaults" && key != "workload")
-      throw UsageError(where(source, node) + ": unknown top-level key '" + key + "' (name, description, defaults, workload)");
+    if (key != "name" && key != "description" && key != "defaults" && key != "workload" && key != "aa")
+      throw UsageError(where(source, node) + ": unknown top-level key '" + key + "' (name, description, defaults, workload, aa)");
   }
   suite.name = root["name"].value_or(std::string());
   if (suite.name.empty()) throw UsageError(source + ": the suite has no name (name = \"...\")");
   suite.description = root["description"].value_or(std::string());
+  bool aa = false;
+  if (auto node = root.get("aa")) {
+    auto flag = node->as_boolean();
+    if (!flag) throw UsageError(where(source, *node) + ": 'aa' must be true or false");
+    aa = flag->get();
+  }
 
   Values defaults;
   if (auto node = root.get("defaults")) {
@@ -139,6 +145,23 @@ Suite parse_suite(const std::string& text, const std::string& source) {
       }
       cell.name = cell_name(wname, cell.config);
       if (!names.insert(cell.name).second) throw UsageError(where(source, wnode) + ": duplicate cell " + cell.name);
+      // The A/A cell of equal work: the built-in trainer on one rank with the same global batch as
+      // twice the accumulated half micro-batches. The loss rule makes it the same computation, so its
+      // loss curve's distance from the plain cell is what rounding alone produces: the floor against
+      // which two trainers' curves are judged (workload "<name>-aa", which reports recognise).
+      if (aa && cell.config.trainer == "builtin" && cell.config.nproc == 1 && cell.config.global_batch == 0) {
+        if (cell.config.micro_batch % 2 != 0)
+          throw UsageError(where(source, wnode) + ": aa = true needs an even micro_batch to halve (" + cell.name + ")");
+        Cell twin = cell;
+        twin.workload = wname + "-aa";
+        twin.config.micro_batch /= 2;
+        twin.config.grad_accum *= 2;
+        twin.name = cell_name(twin.workload, twin.config);
+        if (!names.insert(twin.name).second) throw UsageError(where(source, wnode) + ": duplicate cell " + twin.name);
+        suite.cells.push_back(std::move(cell));
+        suite.cells.push_back(std::move(twin));
+        continue;
+      }
       suite.cells.push_back(std::move(cell));
     }
   }
