@@ -3,9 +3,11 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
+#include <stdexcept>
 #include <thread>
 
 #include "common/error.h"
@@ -278,6 +280,14 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
       sample.mem_reserved_peak = mem.reserved;
       report.steps.push_back(sample);
       if (probe.live_log && env.rank == 0) print_step_line(cfg, sample, real_global, W, report.matmul_bf16_flops);
+      // A NaN or infinite loss poisons every later step: stop here, naming the step (the phase), so
+      // that a diverged run is a failed run and not a row of NaN figures with state "ok". The loss
+      // is allreduced and the norm is of the averaged gradient, so every rank stops at this step.
+      if (!std::isfinite(sample.loss) || !std::isfinite(sample.grad_norm))
+        throw std::runtime_error("non-finite " + std::string(std::isfinite(sample.loss) ? "gradient norm" : "loss") +
+                                 " at step " + std::to_string(step) + " (loss " + std::to_string(sample.loss) +
+                                 ", gradient norm " + std::to_string(sample.grad_norm) +
+                                 "): the run diverged; try a smaller --lr");
     }
     if (probe.on_weights) probe.on_weights(host_fp64(trainable));
     if (profiler) {
