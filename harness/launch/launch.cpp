@@ -11,10 +11,15 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <set>
+#include <sstream>
 #include <thread>
 #include <utility>
 
@@ -148,7 +153,7 @@ class SignalRouting {
  public:
   SignalRouting() {
     sigemptyset(&set_);
-    for (int s : {SIGINT, SIGTERM, SIGCHLD, SIGPIPE}) sigaddset(&set_, s);
+    for (int s : {SIGINT, SIGTERM, SIGHUP, SIGCHLD, SIGPIPE}) sigaddset(&set_, s);
     if (int rc = ::pthread_sigmask(SIG_BLOCK, &set_, &old_); rc != 0)
       throw RunError("launch: pthread_sigmask: " + errno_text(rc));
     fd_.reset(::signalfd(-1, &set_, SFD_NONBLOCK | SFD_CLOEXEC));
@@ -160,7 +165,7 @@ class SignalRouting {
   }
   ~SignalRouting() {
     // A SIGPIPE raised by our own echo write would kill the caller once unblocked; SIGCHLD is ours.
-    // A SIGINT/SIGTERM that arrives after the loop stays pending, so the caller still gets it.
+    // A SIGINT/SIGTERM/SIGHUP that arrives after the loop stays pending, so the caller still gets it.
     sigset_t mine;
     sigemptyset(&mine);
     sigaddset(&mine, SIGPIPE);
@@ -178,6 +183,68 @@ class SignalRouting {
   sigset_t set_;
   sigset_t old_;
   Fd fd_;
+};
+
+// The processes whose parent is `parent` (zombies included), from /proc.
+std::vector<pid_t> children_of(pid_t parent) {
+  std::vector<pid_t> out;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc", ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.empty() || !std::all_of(name.begin(), name.end(), [](unsigned char c) { return std::isdigit(c); })) continue;
+    std::ifstream in("/proc/" + name + "/stat");
+    const std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses, so parse after the last ')'.
+    const auto paren = stat.rfind(')');
+    if (paren == std::string::npos) continue;
+    std::istringstream rest(stat.substr(paren + 1));
+    char state = 0;
+    long ppid = 0;
+    if (rest >> state >> ppid && ppid == parent) out.push_back(static_cast<pid_t>(std::stol(name)));
+  }
+  return out;
+}
+
+// Makes this process the subreaper of everything the ranks start (PR_SET_CHILD_SUBREAPER): a
+// descendant that leaves its rank's process group (setsid, a daemon's double fork) is re-parented
+// here when its parent dies, instead of to init, so it can be found and ended with the ranks. Our
+// children from before run() are not touched; the callers start no other children while run()
+// supervises (one thread), so any other child of ours is such an adopted descendant.
+class Subreaper {
+ public:
+  Subreaper() {
+    int was = 0;
+    if (::prctl(PR_GET_CHILD_SUBREAPER, &was) == 0 && was == 0) set_here_ = ::prctl(PR_SET_CHILD_SUBREAPER, 1) == 0;
+    for (pid_t p : children_of(::getpid())) before_.insert(p);
+  }
+  ~Subreaper() {
+    end_adopted();
+    if (set_here_) ::prctl(PR_SET_CHILD_SUBREAPER, 0);
+  }
+  Subreaper(const Subreaper&) = delete;
+  Subreaper& operator=(const Subreaper&) = delete;
+
+  // SIGKILLs and reaps every adopted descendant; killing one re-parents its own children here, so
+  // this repeats until none is left. Called once no rank runs: an adopted process cannot be told
+  // apart from a live rank's helper, and the ranks themselves are reaped by the supervisor.
+  void end_adopted() {
+    for (int round = 0; round < 100; ++round) {
+      std::vector<pid_t> adopted;
+      for (pid_t p : children_of(::getpid()))
+        if (!before_.count(p)) adopted.push_back(p);
+      if (adopted.empty()) return;
+      // Our unreaped children: their pids cannot be reused until we wait for them, so these
+      // signals cannot reach an unrelated process.
+      for (pid_t p : adopted) ::kill(p, SIGKILL);
+      for (pid_t p : adopted)
+        while (::waitpid(p, nullptr, 0) < 0 && errno == EINTR) {
+        }
+    }
+  }
+
+ private:
+  bool set_here_ = false;
+  std::set<pid_t> before_;
 };
 
 struct Rank {
@@ -297,6 +364,7 @@ class Supervisor {
   const Spec& spec_;
   const int port_;
   SignalRouting signals_;
+  Subreaper subreaper_;  // destroyed after ~Supervisor has reaped the ranks
   std::vector<Rank> ranks_;
   Clock::time_point start_;
   bool echo_ = false;
@@ -409,7 +477,9 @@ void Supervisor::read_signals() {
   signalfd_siginfo info;
   while (::read(signals_.fd(), &info, sizeof info) == static_cast<ssize_t>(sizeof info)) {
     int sig = static_cast<int>(info.ssi_signo);
-    if (sig != SIGINT && sig != SIGTERM) continue;  // SIGCHLD only wakes us; SIGPIPE is handled by write
+    // A closed terminal or ssh session (SIGHUP) stops the run as Ctrl-C does: the ranks are ended
+    // and the caller still writes its result. SIGCHLD only wakes us; SIGPIPE is handled by write.
+    if (sig != SIGINT && sig != SIGTERM && sig != SIGHUP) continue;
     if (teardown_) {
       // A second interrupt while stopping means "now": skip the rest of the grace period.
       kill_at_ = Clock::now();
@@ -545,7 +615,11 @@ Outcome Supervisor::run() {
     check_deadlines(now);
     bool all_reaped = std::all_of(ranks_.begin(), ranks_.end(), [](const Rank& r) { return !r.running(); });
     bool all_closed = std::all_of(ranks_.begin(), ranks_.end(), [](const Rank& r) { return !r.out; });
-    if (all_reaped && !drain_until) drain_until = now + kDrainLimit;
+    if (all_reaped && !drain_until) {
+      // Descendants that left their rank's process group may hold its output pipe open.
+      subreaper_.end_adopted();
+      drain_until = now + kDrainLimit;
+    }
     if (all_reaped && (all_closed || now >= *drain_until)) break;
 
     fds.clear();
@@ -577,6 +651,7 @@ Outcome Supervisor::run() {
     }
   }
   for (auto& r : ranks_) r.out.reset();
+  subreaper_.end_adopted();
   return outcome();
 }
 

@@ -75,8 +75,9 @@ struct Outcome {
 
 // Runs the ranks of this node and supervises them: when one exits non-zero or by a signal, the
 // others are torn down (SIGTERM to each rank's process group, SIGKILL after kill_grace); at the
-// timeout, all are. SIGINT and SIGTERM to the launcher are forwarded the same way. Returns when
-// every rank has been reaped; no process of a rank's process group is left behind.
+// timeout, all are. SIGINT, SIGTERM and SIGHUP to the launcher are forwarded the same way. Returns
+// when every rank has been reaped; no process of a rank's process group is left behind, nor any
+// descendant that left it (setsid): the launcher is their subreaper while it runs, and ends them.
 Outcome run(const Spec& spec);
 
 // The environment one rank sees, beyond the launcher's own: RANK, LOCAL_RANK, WORLD_SIZE,
