@@ -1,7 +1,10 @@
 // The command line as a user meets it: one clear line and exit 2 for bad input, and real DDP runs
 // through the launcher (2 Gloo ranks as separate processes) that leave a result document behind.
 #include <gtest/gtest.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <array>
 #include <cmath>
@@ -11,6 +14,7 @@
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -122,6 +126,72 @@ TEST_F(Cli, TrainTwoGlooRanksWritesAResultDocument) {
   for (const auto& e : fs::recursive_directory_iterator(dir_ / "runs"))
     logs += e.path().filename().string().rfind("rank", 0) == 0 && e.path().extension() == ".log";
   EXPECT_EQ(logs, 2u);
+}
+
+TEST_F(Cli, NonFiniteLossFailsTheRunNamingTheStep) {
+  // --lr 1e308 sends the weights to inf in the first update; the next step's loss is NaN.
+  const auto r = run("train --nproc 2 --seq-len 32 --warmup 0 --steps 4 --lr 1e308 --mode full --out out.json", dir_);
+  EXPECT_EQ(r.status, 1) << r.output;
+  const auto doc = load("out.json");
+  const auto& st = doc["status"];
+  EXPECT_EQ(st["state"], "failed") << st.dump();
+  const std::string phase = st["phase"].get<std::string>();
+  ASSERT_EQ(phase.rfind("step ", 0), 0u) << st.dump();
+  const std::string reason = st["reason"].get<std::string>();
+  EXPECT_NE(reason.find("non-finite loss at " + phase + " "), std::string::npos) << reason;
+  EXPECT_NE(r.err.find("failed in " + phase), std::string::npos) << r.err;
+}
+
+TEST_F(Cli, UnwritableOutputsAreRefusedBeforeTheRun) {
+  fs::create_directories(dir_ / "a_folder");
+  const std::vector<std::pair<std::string, std::string>> cases{
+      {"train --runs-dir ''", "--runs-dir: empty"},
+      {"train --out a_folder", "a_folder is a folder"},
+      {"train --out /proc/x/y.json", "/proc/x"},
+      {"check-loss --runs-dir ''", "--runs-dir: empty"},
+      {"check-loss --out /proc/x/y.json", "/proc/x"},
+  };
+  for (const auto& [args, needle] : cases) {
+    const auto r = run(args + " --steps 1 --warmup 0 --seq-len 16", dir_);
+    EXPECT_EQ(r.status, 2) << args << "\n" << r.output;
+    EXPECT_EQ(lines(r.err), 1u) << args << "\n" << r.err;
+    EXPECT_NE(r.err.find(needle), std::string::npos) << args << "\n" << r.err;
+  }
+  // Refused up front: no run folder was started, nothing written beside the bad paths.
+  EXPECT_FALSE(fs::exists(dir_ / "runs"));
+  EXPECT_TRUE(fs::is_empty(dir_ / "a_folder"));
+}
+
+TEST_F(Cli, HangupEndsTheRanksAndStillWritesTheResult) {
+  // A long run (a 300 ms delay per step); SIGHUP once rank 0 has logged its first step.
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    if (::chdir(dir_.c_str()) != 0) ::_exit(126);
+    const int null = ::open("/dev/null", O_WRONLY);
+    ::dup2(null, 1);
+    ::dup2(null, 2);
+    ::execl(DDPBENCH_BINARY, DDPBENCH_BINARY, "train", "--nproc", "2", "--seq-len", "16", "--warmup", "0", "--steps",
+            "200", "--debug-step-delay-ms", "300", "--out", "out.json", static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  bool stepped = false;
+  for (int i = 0; i < 600 && !stepped; ++i) {  // up to 60 s on a loaded machine
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (!fs::exists(dir_ / "runs")) continue;
+    for (const auto& e : fs::recursive_directory_iterator(dir_ / "runs"))
+      if (e.path().filename() == "rank0.log" && ddpbench::read_file(e.path().string()).find("step ") != std::string::npos)
+        stepped = true;
+  }
+  ::kill(pid, SIGHUP);
+  int st = 0;
+  ASSERT_EQ(::waitpid(pid, &st, 0), pid);
+  ASSERT_TRUE(stepped) << "rank 0 logged no step";
+  ASSERT_TRUE(WIFEXITED(st)) << "the launcher died of signal " << (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+  EXPECT_EQ(WEXITSTATUS(st), 1);
+  const auto doc = load("out.json");
+  EXPECT_EQ(doc["status"]["state"], "failed") << doc["status"].dump();
+  EXPECT_NE(doc["status"].dump().find("interrupted by signal 1"), std::string::npos) << doc["status"].dump();
 }
 
 TEST_F(Cli, SameSeedSameConfigGivesTheSameLossCurveAcrossRuns) {

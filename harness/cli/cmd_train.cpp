@@ -43,6 +43,8 @@ launch::Topology topology_of(const TrainArgs& a) {
 }
 
 int train_main(const TrainArgs& a) {
+  check_runs_dir("--runs-dir", a.runs_dir);
+  if (!a.out.empty()) check_output_file("--out", a.out);
   const auto cfg = a.flags->config();
   const auto topology = topology_of(a);
   CellRequest req;
