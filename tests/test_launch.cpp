@@ -306,6 +306,44 @@ fi)");
   EXPECT_LT(took, 4s);
 }
 
+TEST(Launch, StoppedRankIsNamedWithItsLastPhaseWithinTheStallTimeout) {
+  TempDir dir;
+  // Both ranks beat (as HeartbeatWriter does) and print nothing; rank 1 stops its whole process
+  // group after half a second, as SIGSTOP from outside would. The run deadline is far away.
+  Spec s = sh_spec(dir, R"(beat() { while :; do echo "step $1" > "$DDPBENCH_HEARTBEAT_FILE"; sleep 0.1; done; }
+if [ "$RANK" = 1 ]; then beat 3 & sleep 0.5; kill -STOP 0; fi
+beat 7 & sleep 30)");
+  s.stall_timeout = 1s;
+  const auto t0 = std::chrono::steady_clock::now();
+  Outcome o = ddpbench::launch::run(s);
+  const auto took = std::chrono::steady_clock::now() - t0;
+  EXPECT_FALSE(o.ok);
+  EXPECT_FALSE(o.timed_out);
+  ASSERT_TRUE(o.failed_rank.has_value()) << o.reason;
+  EXPECT_EQ(*o.failed_rank, 1) << o.reason;
+  EXPECT_NE(o.reason.find("rank 1 (node 0, local 1) stalled in step 3: no heartbeat for"), std::string::npos) << o.reason;
+  EXPECT_EQ(o.failed_phase, "step 3");
+  EXPECT_GE(took, 1500ms);
+  EXPECT_LT(took, 5s);  // within seconds of the stall, not at the 20 s deadline
+}
+
+TEST(Launch, HeartbeatWriterBeatsWithTheCurrentPhase) {
+  TempDir dir;
+  const std::string path = dir / "beat";
+  {
+    ddpbench::launch::HeartbeatWriter writer(path, 50ms);
+    writer.phase("step 4");
+    std::this_thread::sleep_for(300ms);
+    const auto first = fs::last_write_time(path);
+    EXPECT_EQ(slurp(path), "step 4\n");
+    std::this_thread::sleep_for(200ms);
+    EXPECT_NE(fs::last_write_time(path), first);  // still beating
+  }
+  const auto stopped = fs::last_write_time(path);
+  std::this_thread::sleep_for(200ms);
+  EXPECT_EQ(fs::last_write_time(path), stopped);  // the destructor ended the thread
+}
+
 TEST(Launch, LogsHoldAllOutputOfEachRank) {
   TempDir dir;
   Spec s = sh_spec(dir, R"(echo "out $RANK"; echo "err $RANK" >&2; if [ "$RANK" = 1 ]; then seq 1 50000; fi)");

@@ -100,6 +100,9 @@ int worker_main(const WorkerArgs& a) {
   }
   const auto env = train::RankEnv::from_environment();
   train::Probe probe;
+  // The launcher names a rank whose heartbeat stops (stopped, frozen) with the phase it was in.
+  const auto heartbeat = launch::HeartbeatWriter::from_environment();
+  if (heartbeat) probe.on_phase = [&](const std::string& phase) { heartbeat->phase(phase); };
   // The launcher's process analyses the activity once every rank is done; a rank only writes it.
   probe.on_activity = [&](profile::RankActivity&& activity) {
     write_file_atomic(a.out + "/rank" + std::to_string(env.rank) + ".activity.json", profile::to_json(activity).dump() + "\n");

@@ -15,7 +15,11 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <condition_variable>
+#include <cstdlib>
 #include <filesystem>
+#include <mutex>
+#include <optional>
 #include <fstream>
 #include <iterator>
 #include <set>
@@ -262,6 +266,10 @@ struct Rank {
   bool killed_by_launcher = false;
   std::string start_error;
   bool log_failed = false;
+  std::string beat_path;  // its heartbeat file
+  std::optional<std::filesystem::file_time_type> beat_mtime;
+  Clock::time_point last_beat;
+  std::string last_phase;  // what the heartbeat file last said
 
   bool running() const { return pid > 0 && !reaped; }
   std::string name(int node) const {
@@ -355,6 +363,7 @@ class Supervisor {
   void read_signals();
   void reap();
   void check_deadlines(Clock::time_point now);
+  void read_heartbeat(Rank& r, Clock::time_point now);
   void begin_teardown(Clock::time_point now);
   void fail(Rank& r, std::string reason);
   bool has_exited(const Rank& r) const;
@@ -387,6 +396,8 @@ void Supervisor::open_logs() {
     r.local = i;
     r.global = t.global_rank(i);
     r.log_path = (std::filesystem::path(spec_.log_dir) / ("rank" + std::to_string(r.global) + ".log")).string();
+    r.beat_path = (std::filesystem::path(spec_.log_dir) / ("rank" + std::to_string(r.global) + ".heartbeat")).string();
+    std::filesystem::remove(r.beat_path, ec);  // a beat of an earlier run is not one of this rank
     r.log.reset(::open(r.log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
     if (!r.log) throw RunError("cannot write " + r.log_path + ": " + errno_text(errno));
   }
@@ -398,7 +409,9 @@ void Supervisor::start(Rank& r) {
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
-  std::vector<std::string> env = merged_environment(rank_environment(spec_, r.local, port_));
+  auto rank_env = rank_environment(spec_, r.local, port_);
+  rank_env[kHeartbeatFileEnv] = r.beat_path;
+  std::vector<std::string> env = merged_environment(rank_env);
   std::vector<char*> envp;
   for (auto& e : env) envp.push_back(e.data());
   envp.push_back(nullptr);
@@ -567,6 +580,18 @@ void Supervisor::check_deadlines(Clock::time_point now) {
     begin_teardown(now);
     return;
   }
+  if (spec_.stall_timeout.count() > 0) {
+    for (auto& r : ranks_) {
+      if (!r.running()) continue;
+      read_heartbeat(r, now);
+      if (!r.beat_mtime || now - r.last_beat < spec_.stall_timeout) continue;
+      fail(r, r.name(spec_.topology.node_rank) + " stalled in " + (r.last_phase.empty() ? "unknown" : r.last_phase) +
+                  ": no heartbeat for " + seconds_text(std::chrono::duration<double>(now - r.last_beat).count()) +
+                  " (the process is stopped or frozen; stall timeout " +
+                  seconds_text(std::chrono::duration<double>(spec_.stall_timeout).count()) + ")");
+      return;
+    }
+  }
   if (spec_.heartbeat_timeout.count() > 0) {
     for (auto& r : ranks_) {
       if (!r.running() || now - r.last_output < spec_.heartbeat_timeout) continue;
@@ -579,6 +604,18 @@ void Supervisor::check_deadlines(Clock::time_point now) {
       return;
     }
   }
+}
+
+void Supervisor::read_heartbeat(Rank& r, Clock::time_point now) {
+  std::error_code ec;
+  const auto mtime = std::filesystem::last_write_time(r.beat_path, ec);
+  if (ec || (r.beat_mtime && *r.beat_mtime == mtime)) return;
+  r.beat_mtime = mtime;
+  r.last_beat = now;
+  std::ifstream in(r.beat_path);
+  std::string phase;
+  // Read while the rank may be rewriting it: an empty read keeps the phase we had.
+  if (std::getline(in, phase) && !phase.empty()) r.last_phase = phase;
 }
 
 std::string Supervisor::running_list() const {
@@ -676,6 +713,7 @@ Outcome Supervisor::outcome() const {
     const Rank& r = ranks_[static_cast<std::size_t>(*failed_)];
     o.failed_rank = r.global;
     o.failed_log_tail = last_lines(r.tail, kTailLines);
+    o.failed_phase = r.last_phase;
   }
   if (!o.ok && o.reason.empty()) o.reason = "ranks did not all exit with status 0";
   o.seconds = std::chrono::duration<double>(Clock::now() - start_).count();
@@ -683,6 +721,55 @@ Outcome Supervisor::outcome() const {
 }
 
 }  // namespace
+
+struct HeartbeatWriter::State {
+  std::string path;
+  std::chrono::milliseconds every;
+  std::mutex mutex;
+  std::condition_variable wake;
+  std::string phase = "setup";
+  bool stop = false;
+  std::thread thread;
+
+  void beat() {
+    std::unique_lock<std::mutex> lock(mutex);
+    while (!stop) {
+      const std::string line = phase + "\n";
+      lock.unlock();
+      // Rewritten in place (no rename): every write moves the file's mtime, which is the beat.
+      Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+      if (fd) (void)write_all(fd.get(), line.data(), line.size());
+      lock.lock();
+      wake.wait_for(lock, every, [this] { return stop; });
+    }
+  }
+};
+
+HeartbeatWriter::HeartbeatWriter(std::string path, std::chrono::milliseconds every) : state_(std::make_unique<State>()) {
+  state_->path = std::move(path);
+  state_->every = every;
+  state_->thread = std::thread([s = state_.get()] { s->beat(); });
+}
+
+HeartbeatWriter::~HeartbeatWriter() {
+  {
+    std::lock_guard<std::mutex> lock(state_->mutex);
+    state_->stop = true;
+  }
+  state_->wake.notify_all();
+  state_->thread.join();
+}
+
+void HeartbeatWriter::phase(const std::string& phase) {
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  state_->phase = phase;
+}
+
+std::unique_ptr<HeartbeatWriter> HeartbeatWriter::from_environment() {
+  const char* path = std::getenv(kHeartbeatFileEnv);
+  if (!path || !*path) return nullptr;
+  return std::make_unique<HeartbeatWriter>(path, std::chrono::milliseconds(500));
+}
 
 std::vector<int> usable_cpus() {
   std::vector<int> cpus;
