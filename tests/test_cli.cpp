@@ -1,7 +1,10 @@
 // The command line as a user meets it: one clear line and exit 2 for bad input, and real DDP runs
 // through the launcher (2 Gloo ranks as separate processes) that leave a result document behind.
 #include <gtest/gtest.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <array>
 #include <cmath>
@@ -12,6 +15,7 @@
 #include <map>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -130,6 +134,125 @@ TEST_F(Cli, TrainTwoGlooRanksWritesAResultDocument) {
   for (const auto& e : fs::recursive_directory_iterator(dir_ / "runs"))
     logs += e.path().filename().string().rfind("rank", 0) == 0 && e.path().extension() == ".log";
   EXPECT_EQ(logs, 2u);
+}
+
+TEST_F(Cli, NonFiniteLossFailsTheRunNamingTheStep) {
+  // --lr 1e308 sends the weights to inf in the first update; the next step's loss is NaN.
+  const auto r = run("train --nproc 2 --seq-len 32 --warmup 0 --steps 4 --lr 1e308 --mode full --out out.json", dir_);
+  EXPECT_EQ(r.status, 1) << r.output;
+  const auto doc = load("out.json");
+  const auto& st = doc["status"];
+  EXPECT_EQ(st["state"], "failed") << st.dump();
+  const std::string phase = st["phase"].get<std::string>();
+  ASSERT_EQ(phase.rfind("step ", 0), 0u) << st.dump();
+  const std::string reason = st["reason"].get<std::string>();
+  EXPECT_NE(reason.find("non-finite loss at " + phase + " "), std::string::npos) << reason;
+  EXPECT_NE(r.err.find("failed in " + phase), std::string::npos) << r.err;
+}
+
+TEST_F(Cli, UnwritableOutputsAreRefusedBeforeTheRun) {
+  fs::create_directories(dir_ / "a_folder");
+  const std::vector<std::pair<std::string, std::string>> cases{
+      {"train --runs-dir ''", "--runs-dir: empty"},
+      {"train --out a_folder", "a_folder is a folder"},
+      {"train --out /proc/x/y.json", "/proc/x"},
+      {"check-loss --runs-dir ''", "--runs-dir: empty"},
+      {"check-loss --out /proc/x/y.json", "/proc/x"},
+  };
+  for (const auto& [args, needle] : cases) {
+    const auto r = run(args + " --steps 1 --warmup 0 --seq-len 16", dir_);
+    EXPECT_EQ(r.status, 2) << args << "\n" << r.output;
+    EXPECT_EQ(lines(r.err), 1u) << args << "\n" << r.err;
+    EXPECT_NE(r.err.find(needle), std::string::npos) << args << "\n" << r.err;
+  }
+  // Refused up front: no run folder was started, nothing written beside the bad paths.
+  EXPECT_FALSE(fs::exists(dir_ / "runs"));
+  EXPECT_TRUE(fs::is_empty(dir_ / "a_folder"));
+}
+
+// Starts a long 2-rank `ddpbench train` (a 300 ms delay per step) in dir and returns its pid once
+// rank 0 has logged its first step (-1 if it did not within 60 s).
+pid_t start_long_train(const fs::path& dir) {
+  const pid_t pid = ::fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    if (::chdir(dir.c_str()) != 0) ::_exit(126);
+    const int null = ::open("/dev/null", O_WRONLY);
+    ::dup2(null, 1);
+    ::dup2(null, 2);
+    ::execl(DDPBENCH_BINARY, DDPBENCH_BINARY, "train", "--nproc", "2", "--seq-len", "16", "--warmup", "0", "--steps",
+            "200", "--debug-step-delay-ms", "300", "--out", "out.json", static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  for (int i = 0; i < 600; ++i) {  // up to 60 s on a loaded machine
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (!fs::exists(dir / "runs")) continue;
+    for (const auto& e : fs::recursive_directory_iterator(dir / "runs"))
+      if (e.path().filename() == "rank0.log" && ddpbench::read_file(e.path().string()).find("step ") != std::string::npos)
+        return pid;
+  }
+  ::kill(pid, SIGKILL);
+  ::waitpid(pid, nullptr, 0);
+  return -1;
+}
+
+// The child of `parent` whose environment holds RANK=<rank>; -1 if none.
+pid_t rank_process(pid_t parent, int rank) {
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    const std::string name = e.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::string stat, environ;
+    try {
+      stat = ddpbench::read_file("/proc/" + name + "/stat");
+      environ = ddpbench::read_file("/proc/" + name + "/environ");
+    } catch (const std::exception&) {
+      continue;  // ended meanwhile
+    }
+    const auto paren = stat.rfind(')');
+    if (paren == std::string::npos || std::stol(stat.substr(paren + 4)) != parent) continue;
+    if (("\0" + environ).find(std::string("\0RANK=", 6) + std::to_string(rank) + '\0') != std::string::npos)
+      return static_cast<pid_t>(std::stol(name));
+  }
+  return -1;
+}
+
+TEST_F(Cli, HangupEndsTheRanksAndStillWritesTheResult) {
+  const pid_t pid = start_long_train(dir_);
+  ASSERT_GT(pid, 0) << "rank 0 logged no step";
+  ::kill(pid, SIGHUP);
+  int st = 0;
+  ASSERT_EQ(::waitpid(pid, &st, 0), pid);
+  ASSERT_TRUE(WIFEXITED(st)) << "the launcher died of signal " << (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+  EXPECT_EQ(WEXITSTATUS(st), 1);
+  const auto doc = load("out.json");
+  EXPECT_EQ(doc["status"]["state"], "failed") << doc["status"].dump();
+  EXPECT_NE(doc["status"].dump().find("interrupted by signal 1"), std::string::npos) << doc["status"].dump();
+}
+
+TEST_F(Cli, StoppedRankIsNamedWithItsPhaseWithinSecondsOfTheStall) {
+  const pid_t pid = start_long_train(dir_);
+  ASSERT_GT(pid, 0) << "rank 0 logged no step";
+  const pid_t rank1 = rank_process(pid, 1);
+  if (rank1 <= 0) ::kill(pid, SIGKILL);
+  ASSERT_GT(rank1, 0) << "no rank 1 process under the launcher " << pid;
+  // Heartbeats carry the phase every 0.5 s: let one tell the launcher that rank 1 is in a step.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  ::kill(rank1, SIGSTOP);
+  const auto stopped_at = std::chrono::steady_clock::now();
+  int st = 0;
+  ASSERT_EQ(::waitpid(pid, &st, 0), pid);
+  const auto took = std::chrono::steady_clock::now() - stopped_at;
+  ASSERT_TRUE(WIFEXITED(st));
+  EXPECT_EQ(WEXITSTATUS(st), 1);
+  // The default stall timeout (10 s), not the run's deadline (30 minutes).
+  EXPECT_LT(took, std::chrono::seconds(20));
+  const auto doc = load("out.json");
+  const std::string status = doc["status"].dump();
+  EXPECT_EQ(doc["status"]["state"], "failed") << status;
+  EXPECT_NE(status.find("rank 1 (node 0, local 1) stalled in step "), std::string::npos) << status;
+  EXPECT_EQ(doc["status"]["rank"], 1) << status;
+  EXPECT_EQ(doc["status"]["phase"].get<std::string>().rfind("step ", 0), 0u) << status;
+  EXPECT_TRUE(::kill(rank1, 0) != 0 || errno == ESRCH);  // ended, and reaped by the launcher
 }
 
 TEST_F(Cli, SameSeedSameConfigGivesTheSameLossCurveAcrossRuns) {

@@ -638,6 +638,27 @@ TEST_F(Files, WriteAtomicReplacesAndLeavesNoTemp) {
   EXPECT_EQ(entries(), std::vector<std::string>{"out.json"});
 }
 
+TEST_F(Files, FailedWriteLeavesNoTempFile) {
+  // The rename fails (a non-empty folder is in the way) after the temp file was written in full.
+  std::filesystem::create_directories(path("out.json/inside"));
+  const auto msg = message_of<RunError>([&] { write_file_atomic(path("out.json"), "content"); });
+  EXPECT_TRUE(contains(msg, path("out.json"))) << msg;
+  EXPECT_EQ(entries(), std::vector<std::string>{"out.json"});
+}
+
+TEST_F(Files, OutputPathsCheckedBeforeARun) {
+  std::filesystem::create_directories(path("folder"));
+  EXPECT_TRUE(contains(message_of<UsageError>([&] { check_output_file("--out", path("folder")); }), "is a folder"));
+  EXPECT_TRUE(contains(message_of<UsageError>([&] { check_output_file("--out", "/proc/x/y.json"); }), "/proc/x"));
+  EXPECT_TRUE(contains(message_of<UsageError>([&] { check_output_file("--out", ""); }), "--out"));
+  EXPECT_NO_THROW(check_output_file("--out", path("new.json")));
+  EXPECT_TRUE(contains(message_of<UsageError>([&] { check_runs_dir("--runs-dir", ""); }), "--runs-dir: empty"));
+  write_file_atomic(path("file"), "x");
+  EXPECT_TRUE(contains(message_of<UsageError>([&] { check_runs_dir("--runs-dir", path("file")); }), "not a folder"));
+  EXPECT_NO_THROW(check_runs_dir("--runs-dir", path("not-yet")));
+  EXPECT_EQ(entries().size(), 2u);  // the checks create nothing
+}
+
 TEST_F(Files, WriteIntoMissingFolderFails) {
   const auto p = path("no/such/folder/out.json");
   const auto msg = message_of<RunError>([&] { write_file_atomic(p, "x"); });

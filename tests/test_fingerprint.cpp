@@ -266,10 +266,22 @@ TEST(RecordedEnv, ExactNames) {
     EXPECT_FALSE(is_recorded_env(name)) << name;
 }
 
-TEST(RecordedEnv, SecretsNeverRecorded) {
-  for (const char* name : {"HF_TOKEN", "NCCL_TOKEN", "TORCH_SECRET", "SLURM_JOB_PASSWORD", "CUDA_API_KEY",
-                           "MASTER_KEYFILE", "NCCL_ib_token"})
+TEST(RecordedEnv, AllowListOfFamiliesNotAllOfTorch) {
+  for (const char* name : {"TORCH_DISTRIBUTED_DEBUG", "TORCH_CPP_LOG_LEVEL", "TORCH_NCCL_BLOCKING_WAIT",
+                           "TORCH_SHOW_CPP_STACKTRACES"})
+    EXPECT_TRUE(is_recorded_env(name)) << name;
+  for (const char* name : {"TORCH_AUTH_CREDENTIAL", "TORCH_HOME", "TORCH_PLUGIN_SETTING", "HF_TOKEN", "AWS_SECRET_ACCESS_KEY"})
     EXPECT_FALSE(is_recorded_env(name)) << name;
+}
+
+TEST(RecordedEnv, SecretLookingNamesAndValues) {
+  for (const char* name : {"HF_TOKEN", "NCCL_TOKEN", "TORCH_SECRET", "SLURM_JOB_PASSWORD", "CUDA_API_KEY",
+                           "MASTER_KEYFILE", "NCCL_ib_token", "TORCH_AUTH_CREDENTIAL"})
+    EXPECT_TRUE(looks_secret(name, "x")) << name;
+  EXPECT_TRUE(looks_secret("MASTER_ADDR", "https://alice:hunter2@store.example/x"));
+  EXPECT_FALSE(looks_secret("MASTER_ADDR", "https://store.example/x@y"));
+  EXPECT_FALSE(looks_secret("NCCL_DEBUG", "INFO"));
+  EXPECT_FALSE(looks_secret("CUDA_VISIBLE_DEVICES", "0,1"));
 }
 
 // --- this machine ---------------------------------------------------------------------------------
@@ -277,6 +289,8 @@ TEST(RecordedEnv, SecretsNeverRecorded) {
 TEST(CollectFingerprint, ThisMachine) {
   ::setenv("NCCL_DEBUG", "WARN", 1);
   ::setenv("NCCL_FAKE_TOKEN", "hunter2", 1);
+  ::setenv("TORCH_AUTH_CREDENTIAL", "hunter3", 1);
+  ::setenv("TORCH_NCCL_API_KEY", "hunter4", 1);
   ::setenv("DDPBENCH_TEST_UNRELATED", "1", 1);
   RuntimeInfo runtime;
   runtime.libtorch = "2.11.0";
@@ -285,6 +299,8 @@ TEST(CollectFingerprint, ThisMachine) {
   ASSERT_NO_THROW(fp = collect_fingerprint(runtime));
   ::unsetenv("NCCL_DEBUG");
   ::unsetenv("NCCL_FAKE_TOKEN");
+  ::unsetenv("TORCH_AUTH_CREDENTIAL");
+  ::unsetenv("TORCH_NCCL_API_KEY");
   ::unsetenv("DDPBENCH_TEST_UNRELATED");
 
   EXPECT_GT(fp.cpu_cores, 0);
@@ -308,7 +324,11 @@ TEST(CollectFingerprint, ThisMachine) {
   EXPECT_EQ(fp.runtime.libtorch, "2.11.0");
   EXPECT_EQ(fp.env.count("NCCL_DEBUG"), 1u);
   EXPECT_EQ(fp.env["NCCL_DEBUG"], "WARN");
-  EXPECT_EQ(fp.env.count("NCCL_FAKE_TOKEN"), 0u);
+  // Secrets: in an allowed family, the name is kept and the value masked; outside one, neither.
+  EXPECT_EQ(fp.env["NCCL_FAKE_TOKEN"], kMaskedValue);
+  EXPECT_EQ(fp.env["TORCH_NCCL_API_KEY"], kMaskedValue);
+  EXPECT_EQ(fp.env.count("TORCH_AUTH_CREDENTIAL"), 0u);
+  EXPECT_EQ(to_json(fp).dump().find("hunter"), std::string::npos);
   EXPECT_EQ(fp.env.count("DDPBENCH_TEST_UNRELATED"), 0u);
 
   // The development and CI machines have no NVIDIA driver: the GPU part is empty, not an error.

@@ -306,6 +306,44 @@ fi)");
   EXPECT_LT(took, 4s);
 }
 
+TEST(Launch, StoppedRankIsNamedWithItsLastPhaseWithinTheStallTimeout) {
+  TempDir dir;
+  // Both ranks beat (as HeartbeatWriter does) and print nothing; rank 1 stops its whole process
+  // group after half a second, as SIGSTOP from outside would. The run deadline is far away.
+  Spec s = sh_spec(dir, R"(beat() { while :; do echo "step $1" > "$DDPBENCH_HEARTBEAT_FILE"; sleep 0.1; done; }
+if [ "$RANK" = 1 ]; then beat 3 & sleep 0.5; kill -STOP 0; fi
+beat 7 & sleep 30)");
+  s.stall_timeout = 1s;
+  const auto t0 = std::chrono::steady_clock::now();
+  Outcome o = ddpbench::launch::run(s);
+  const auto took = std::chrono::steady_clock::now() - t0;
+  EXPECT_FALSE(o.ok);
+  EXPECT_FALSE(o.timed_out);
+  ASSERT_TRUE(o.failed_rank.has_value()) << o.reason;
+  EXPECT_EQ(*o.failed_rank, 1) << o.reason;
+  EXPECT_NE(o.reason.find("rank 1 (node 0, local 1) stalled in step 3: no heartbeat for"), std::string::npos) << o.reason;
+  EXPECT_EQ(o.failed_phase, "step 3");
+  EXPECT_GE(took, 1500ms);
+  EXPECT_LT(took, 5s);  // within seconds of the stall, not at the 20 s deadline
+}
+
+TEST(Launch, HeartbeatWriterBeatsWithTheCurrentPhase) {
+  TempDir dir;
+  const std::string path = dir / "beat";
+  {
+    ddpbench::launch::HeartbeatWriter writer(path, 50ms);
+    writer.phase("step 4");
+    std::this_thread::sleep_for(300ms);
+    const auto first = fs::last_write_time(path);
+    EXPECT_EQ(slurp(path), "step 4\n");
+    std::this_thread::sleep_for(200ms);
+    EXPECT_NE(fs::last_write_time(path), first);  // still beating
+  }
+  const auto stopped = fs::last_write_time(path);
+  std::this_thread::sleep_for(200ms);
+  EXPECT_EQ(fs::last_write_time(path), stopped);  // the destructor ended the thread
+}
+
 TEST(Launch, LogsHoldAllOutputOfEachRank) {
   TempDir dir;
   Spec s = sh_spec(dir, R"(echo "out $RANK"; echo "err $RANK" >&2; if [ "$RANK" = 1 ]; then seq 1 50000; fi)");
@@ -417,18 +455,19 @@ TEST(Launch, MissingExecutableFailsWith127) {
       << log;
 }
 
-TEST(Launch, InterruptTearsDownAndSaysSo) {
+// Sends `sig` to the thread in run() after 300 ms; every rank must be ended and the reason say why.
+static void expect_signal_tears_down(int sig) {
   TempDir dir;
   Spec s = sh_spec(dir, "exec sleep 30");
   // Blocked here too, so that a signal arriving outside run() cannot kill the test binary.
   sigset_t block, old;
   sigemptyset(&block);
-  sigaddset(&block, SIGINT);
+  sigaddset(&block, sig);
   ASSERT_EQ(::pthread_sigmask(SIG_BLOCK, &block, &old), 0);
   pthread_t self = ::pthread_self();
-  std::thread poker([self] {
+  std::thread poker([self, sig] {
     std::this_thread::sleep_for(300ms);
-    ::pthread_kill(self, SIGINT);
+    ::pthread_kill(self, sig);
   });
   auto t0 = std::chrono::steady_clock::now();
   Outcome o = ddpbench::launch::run(s);
@@ -436,7 +475,7 @@ TEST(Launch, InterruptTearsDownAndSaysSo) {
   poker.join();
   sigset_t pending;
   sigpending(&pending);
-  bool left_pending = sigismember(&pending, SIGINT);
+  bool left_pending = sigismember(&pending, sig);
   if (left_pending) {
     timespec zero{};
     sigtimedwait(&block, nullptr, &zero);
@@ -444,10 +483,57 @@ TEST(Launch, InterruptTearsDownAndSaysSo) {
   ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
   EXPECT_FALSE(left_pending);  // run() consumed it
   EXPECT_FALSE(o.ok);
-  EXPECT_NE(o.reason.find("interrupted by signal 2"), std::string::npos) << o.reason;
+  EXPECT_NE(o.reason.find("interrupted by signal " + std::to_string(sig)), std::string::npos) << o.reason;
   EXPECT_TRUE(o.ranks[0].killed_by_launcher);
   EXPECT_TRUE(o.ranks[1].killed_by_launcher);
   EXPECT_LT(took, 4s);
+}
+
+TEST(Launch, InterruptTearsDownAndSaysSo) { expect_signal_tears_down(SIGINT); }
+
+// A closed terminal or ssh session must not kill the launcher before the result is written.
+TEST(Launch, HangupIsHandledLikeAnInterrupt) { expect_signal_tears_down(SIGHUP); }
+
+// Live processes (not zombies) whose command line is exactly `argv`.
+static std::vector<pid_t> processes_running(const std::vector<std::string>& argv) {
+  std::string want;
+  for (const auto& a : argv) want += a + '\0';
+  std::vector<pid_t> found;
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    const std::string name = e.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    const pid_t pid = static_cast<pid_t>(std::stol(name));
+    if (slurp("/proc/" + name + "/cmdline") == want && !is_zombie(pid)) found.push_back(pid);
+  }
+  return found;
+}
+
+TEST(Launch, DescendantsThatCallSetsidAreEnded) {
+  TempDir dir;
+  // A marker no other process has: the sleep's argument.
+  const std::string seconds = std::to_string(900000 + ::getpid() % 90000);
+  // Both ranks start a sleep in a session of its own, out of reach of the rank's process group;
+  // rank 1 then fails (the teardown path for rank 0), rank 0 waits for its sleep.
+  Spec s = sh_spec(dir, "setsid sleep " + seconds + " & echo $! > \"$OUTDIR/child$RANK\"\n"
+                   "sleep 0.3; if [ \"$RANK\" = 1 ]; then exit 3; fi; wait");
+  Outcome o = ddpbench::launch::run(s);
+  EXPECT_FALSE(o.ok);
+  ASSERT_TRUE(o.failed_rank.has_value());
+  EXPECT_EQ(*o.failed_rank, 1) << o.reason;
+  for (int r = 0; r < 2; ++r) {
+    const pid_t child = read_pid(dir / ("child" + std::to_string(r)));
+    ASSERT_GT(child, 0);
+    EXPECT_TRUE(gone(child)) << "setsid child of rank " << r << ", pid " << child;
+  }
+  EXPECT_EQ(processes_running({"sleep", seconds}).size(), 0u);
+
+  // A rank that exits 0 at once, its setsid child still running: the run is ok and nothing is left.
+  Spec quick = sh_spec(dir, "setsid sleep " + seconds + " & exit 0", 1);
+  const auto t0 = std::chrono::steady_clock::now();
+  Outcome q = ddpbench::launch::run(quick);
+  EXPECT_TRUE(q.ok) << q.reason;
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 3s);
+  EXPECT_EQ(processes_running({"sleep", seconds}).size(), 0u);
 }
 
 TEST(Slurm, FirstHost) {

@@ -184,6 +184,7 @@ CellResult run_cell(const CellRequest& req) {
     ctx.launcher_status = "failed";
     ctx.launcher_reason = outcome.reason;
     ctx.failed_rank = outcome.failed_rank.value_or(-1);
+    if (!outcome.failed_phase.empty()) ctx.failed_phase = outcome.failed_phase;
   }
   CellResult result;
   result.document = results::make_run_document(ctx, reports);

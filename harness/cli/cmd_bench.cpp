@@ -78,6 +78,7 @@ int collectives_main(const CollectivesArgs& a) {
   for (const auto& c : a.collectives) collectives::find(c);
   const std::string binary = collectives_binary();
 
+  check_runs_dir("--runs-dir", a.runs_dir);
   const std::string run_id = new_run_id();
   const std::string dir = a.out.empty() ? a.runs_dir + "/" + run_id : a.out;
   make_dirs(dir + "/cells");

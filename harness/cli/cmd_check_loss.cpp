@@ -60,6 +60,8 @@ int check_loss_main(const CheckLossArgs& a) {
   const double tolerance = a.tolerance >= 0 ? a.tolerance : default_tolerance(cfg);
   const int world = cfg.nproc, accum = cfg.grad_accum, micro = cfg.micro_batch;
 
+  check_runs_dir("--runs-dir", a.runs_dir);
+  if (!a.out.empty()) check_output_file("--out", a.out);
   const std::string run_id = new_run_id();
   const std::string dir = a.runs_dir + "/" + run_id;
   std::printf("ddpbench check-loss: trainer %s (loss norm %s), %d rank(s) x %d micro-batch(es) of %d against 1 rank x "

@@ -54,6 +54,7 @@ std::string existing(const std::string& what, const std::string& env_name, const
 int profile_main(const ProfileArgs& a) {
   if (a.command.empty()) throw UsageError("name the command to profile after --, e.g. ddpbench profile -- python3 train.py");
   if (a.nproc < 1) throw UsageError("--nproc: must be at least 1");
+  check_runs_dir("--runs-dir", a.runs_dir);
   const std::string injection = existing("the CUPTI injection library", "DDPBENCH_INJECTION", DDPBENCH_INJECTION_LIBRARY);
   const std::string dir = a.runs_dir + "/" + new_run_id() + "-profile";
   const std::string activity_dir = dir + "/activity";

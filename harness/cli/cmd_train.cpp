@@ -43,6 +43,8 @@ launch::Topology topology_of(const TrainArgs& a) {
 }
 
 int train_main(const TrainArgs& a) {
+  check_runs_dir("--runs-dir", a.runs_dir);
+  if (!a.out.empty()) check_output_file("--out", a.out);
   const auto cfg = a.flags->config();
   const auto topology = topology_of(a);
   CellRequest req;
@@ -98,6 +100,9 @@ int worker_main(const WorkerArgs& a) {
   }
   const auto env = train::RankEnv::from_environment();
   train::Probe probe;
+  // The launcher names a rank whose heartbeat stops (stopped, frozen) with the phase it was in.
+  const auto heartbeat = launch::HeartbeatWriter::from_environment();
+  if (heartbeat) probe.on_phase = [&](const std::string& phase) { heartbeat->phase(phase); };
   // The launcher's process analyses the activity once every rank is done; a rank only writes it.
   probe.on_activity = [&](profile::RankActivity&& activity) {
     write_file_atomic(a.out + "/rank" + std::to_string(env.rank) + ".activity.json", profile::to_json(activity).dump() + "\n");

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <ctime>
 #include <fcntl.h>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <sys/wait.h>
@@ -109,20 +110,45 @@ void write_file_atomic(const std::string& path, const std::string& content) {
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) throw RunError("cannot write " + tmp + ": " + std::strerror(errno));
+  // Every failure from here on removes the temp file: a failed write leaves nothing beside path.
+  auto fail = [&](const std::string& what, int err) {
+    if (fd >= 0) ::close(fd);
+    ::unlink(tmp.c_str());
+    throw RunError(what + ": " + std::strerror(err));
+  };
   std::size_t done = 0;
   while (done < content.size()) {
     ssize_t n = ::write(fd, content.data() + done, content.size() - done);
     if (n < 0) {
       if (errno == EINTR) continue;
-      int err = errno;
-      ::close(fd);
-      throw RunError("cannot write " + tmp + ": " + std::strerror(err));
+      fail("cannot write " + tmp, errno);
     }
     done += static_cast<std::size_t>(n);
   }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) throw RunError("cannot flush " + tmp + ": " + std::strerror(errno));
-  if (std::rename(tmp.c_str(), path.c_str()) != 0)
-    throw RunError("cannot rename " + tmp + " to " + path + ": " + std::strerror(errno));
+  if (::fsync(fd) != 0) fail("cannot flush " + tmp, errno);
+  const int closed = ::close(fd);
+  fd = -1;
+  if (closed != 0) fail("cannot flush " + tmp, errno);
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) fail("cannot rename " + tmp + " to " + path, errno);
+}
+
+void check_output_file(const std::string& flag, const std::string& path) {
+  namespace fs = std::filesystem;
+  if (path.empty()) throw UsageError(flag + ": empty path");
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) throw UsageError(flag + ": " + path + " is a folder, not a file");
+  const fs::path parent = fs::path(path).parent_path().empty() ? fs::path(".") : fs::path(path).parent_path();
+  if (!fs::is_directory(parent, ec)) throw UsageError(flag + ": folder " + parent.string() + " of " + path + " does not exist");
+  // The temp file goes beside path, so the folder itself must take new files.
+  if (::access(parent.c_str(), W_OK | X_OK) != 0)
+    throw UsageError(flag + ": cannot write into " + parent.string() + ": " + std::strerror(errno));
+}
+
+void check_runs_dir(const std::string& flag, const std::string& dir) {
+  if (dir.empty()) throw UsageError(flag + ": empty path (run folders would land in /)");
+  std::error_code ec;
+  if (std::filesystem::exists(dir, ec) && !std::filesystem::is_directory(dir, ec))
+    throw UsageError(flag + ": " + dir + " exists and is not a folder");
 }
 
 ShellOutput run_shell_capture(const std::string& command) {

@@ -23,7 +23,13 @@ struct ShellOutput {
 };
 ShellOutput run_shell_capture(const std::string& command);
 std::string shell_quote(const std::string& s);  // 'it'\''s' for /bin/sh
-// Writes to path.tmp, fsyncs and renames, so a reader never sees half a file.
+// Writes to path.tmp, fsyncs and renames, so a reader never sees half a file; on any failure the
+// temp file is removed.
 void write_file_atomic(const std::string& path, const std::string& content);
+// Checks made before a run starts, so that a bad output path is one line and exit 2 (UsageError
+// naming `flag`), not a finished run that cannot be saved. check_output_file: path is not a folder
+// and its folder exists and is writable. check_runs_dir: not empty, and not an existing non-folder.
+void check_output_file(const std::string& flag, const std::string& path);
+void check_runs_dir(const std::string& flag, const std::string& dir);
 
 }  // namespace ddpbench

@@ -21,8 +21,9 @@ from datetime import timedelta
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from rank_common import (IGNORE_INDEX, ConfigError, NvtxRanges, TokenFile, T_START,  # noqa: E402
-                         base_model_folder, bucket_layout, exit_rank, lr_at, measure_bf16_matmul_flops, memory_peaks,
-                         prepare_rendezvous_env, print_step_line, rank_main, select_device)
+                         base_model_folder, bucket_layout, check_finite_step, exit_rank, lr_at,
+                         measure_bf16_matmul_flops, memory_peaks, prepare_rendezvous_env, print_step_line, rank_main,
+                         select_device)
 
 
 def loss_scale(rule, world, grad_accum, n_global, n_rank, n_micro):
@@ -281,6 +282,7 @@ def run(cfg, env, report):
         report["steps"].append(sample)
         if env.rank == 0:
             print_step_line(cfg, sample, real_global, W, report["matmul_bf16_flops"])
+        check_finite_step(step, sample["loss"], sample["grad_norm"])
 
     # DDP rebuilds its buckets after the first iteration: read the layout it ended with.
     report["buckets"], report["bucket_bytes"] = bucket_layout(ddp_model)

@@ -35,7 +35,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from rank_common import (ConfigError, NvtxRanges, TokenFile, T_START, base_model_folder,  # noqa: E402
-                         bucket_layout, exit_rank, lr_at, measure_bf16_matmul_flops, memory_peaks,
+                         bucket_layout, check_finite_step, exit_rank, lr_at, measure_bf16_matmul_flops, memory_peaks,
                          prepare_rendezvous_env, print_step_line, rank_main, select_device)
 
 PEER_TRAINERS = ("hf", "liger", "unsloth")
@@ -317,6 +317,7 @@ class StepRecorder:
         self.report["steps"].append(sample)
         if env.rank == 0:
             print_step_line(cfg, sample, global_counts[0], world, self.report["matmul_bf16_flops"])
+        check_finite_step(step, sample["loss"], None if self.grad_norm is None else norm)
         self.loss_sum.zero_()
         self.grad_norm = None
         self.step += 1

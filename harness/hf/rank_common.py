@@ -294,6 +294,17 @@ def print_step_line(cfg, sample, global_tokens, world, peak_flops=0.0):
           flush=True)
 
 
+def check_finite_step(step, loss, grad_norm):
+    """Raises when a step's loss or gradient norm is NaN or infinite (the built-in trainer's check in
+    trainer.cpp): a diverged run fails in phase "step N" instead of reporting NaN figures as ok.
+    grad_norm None: the trainer computed none (no clipping)."""
+    if math.isfinite(loss) and (grad_norm is None or math.isfinite(grad_norm)):
+        return
+    what = "gradient norm" if math.isfinite(loss) else "loss"
+    raise RuntimeError(f"non-finite {what} at step {step} (loss {loss}, gradient norm {grad_norm}): "
+                       "the run diverged; try a smaller --lr")
+
+
 def measure_bf16_matmul_flops(torch, device):
     """The bf16 matrix rate of this GPU (FLOP/s), as ddp::measure_bf16_matmul_flops measures it:
     8192^3 products after warm-up; the operands go back to the driver afterwards."""

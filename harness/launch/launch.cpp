@@ -11,10 +11,19 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <condition_variable>
+#include <cstdlib>
 #include <filesystem>
+#include <mutex>
+#include <optional>
+#include <fstream>
+#include <iterator>
+#include <set>
+#include <sstream>
 #include <thread>
 #include <utility>
 
@@ -148,7 +157,7 @@ class SignalRouting {
  public:
   SignalRouting() {
     sigemptyset(&set_);
-    for (int s : {SIGINT, SIGTERM, SIGCHLD, SIGPIPE}) sigaddset(&set_, s);
+    for (int s : {SIGINT, SIGTERM, SIGHUP, SIGCHLD, SIGPIPE}) sigaddset(&set_, s);
     if (int rc = ::pthread_sigmask(SIG_BLOCK, &set_, &old_); rc != 0)
       throw RunError("launch: pthread_sigmask: " + errno_text(rc));
     fd_.reset(::signalfd(-1, &set_, SFD_NONBLOCK | SFD_CLOEXEC));
@@ -160,7 +169,7 @@ class SignalRouting {
   }
   ~SignalRouting() {
     // A SIGPIPE raised by our own echo write would kill the caller once unblocked; SIGCHLD is ours.
-    // A SIGINT/SIGTERM that arrives after the loop stays pending, so the caller still gets it.
+    // A SIGINT/SIGTERM/SIGHUP that arrives after the loop stays pending, so the caller still gets it.
     sigset_t mine;
     sigemptyset(&mine);
     sigaddset(&mine, SIGPIPE);
@@ -180,6 +189,68 @@ class SignalRouting {
   Fd fd_;
 };
 
+// The processes whose parent is `parent` (zombies included), from /proc.
+std::vector<pid_t> children_of(pid_t parent) {
+  std::vector<pid_t> out;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc", ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.empty() || !std::all_of(name.begin(), name.end(), [](unsigned char c) { return std::isdigit(c); })) continue;
+    std::ifstream in("/proc/" + name + "/stat");
+    const std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses, so parse after the last ')'.
+    const auto paren = stat.rfind(')');
+    if (paren == std::string::npos) continue;
+    std::istringstream rest(stat.substr(paren + 1));
+    char state = 0;
+    long ppid = 0;
+    if (rest >> state >> ppid && ppid == parent) out.push_back(static_cast<pid_t>(std::stol(name)));
+  }
+  return out;
+}
+
+// Makes this process the subreaper of everything the ranks start (PR_SET_CHILD_SUBREAPER): a
+// descendant that leaves its rank's process group (setsid, a daemon's double fork) is re-parented
+// here when its parent dies, instead of to init, so it can be found and ended with the ranks. Our
+// children from before run() are not touched; the callers start no other children while run()
+// supervises (one thread), so any other child of ours is such an adopted descendant.
+class Subreaper {
+ public:
+  Subreaper() {
+    int was = 0;
+    if (::prctl(PR_GET_CHILD_SUBREAPER, &was) == 0 && was == 0) set_here_ = ::prctl(PR_SET_CHILD_SUBREAPER, 1) == 0;
+    for (pid_t p : children_of(::getpid())) before_.insert(p);
+  }
+  ~Subreaper() {
+    end_adopted();
+    if (set_here_) ::prctl(PR_SET_CHILD_SUBREAPER, 0);
+  }
+  Subreaper(const Subreaper&) = delete;
+  Subreaper& operator=(const Subreaper&) = delete;
+
+  // SIGKILLs and reaps every adopted descendant; killing one re-parents its own children here, so
+  // this repeats until none is left. Called once no rank runs: an adopted process cannot be told
+  // apart from a live rank's helper, and the ranks themselves are reaped by the supervisor.
+  void end_adopted() {
+    for (int round = 0; round < 100; ++round) {
+      std::vector<pid_t> adopted;
+      for (pid_t p : children_of(::getpid()))
+        if (!before_.count(p)) adopted.push_back(p);
+      if (adopted.empty()) return;
+      // Our unreaped children: their pids cannot be reused until we wait for them, so these
+      // signals cannot reach an unrelated process.
+      for (pid_t p : adopted) ::kill(p, SIGKILL);
+      for (pid_t p : adopted)
+        while (::waitpid(p, nullptr, 0) < 0 && errno == EINTR) {
+        }
+    }
+  }
+
+ private:
+  bool set_here_ = false;
+  std::set<pid_t> before_;
+};
+
 struct Rank {
   int local = 0;
   int global = 0;
@@ -195,6 +266,10 @@ struct Rank {
   bool killed_by_launcher = false;
   std::string start_error;
   bool log_failed = false;
+  std::string beat_path;  // its heartbeat file
+  std::optional<std::filesystem::file_time_type> beat_mtime;
+  Clock::time_point last_beat;
+  std::string last_phase;  // what the heartbeat file last said
 
   bool running() const { return pid > 0 && !reaped; }
   std::string name(int node) const {
@@ -288,6 +363,7 @@ class Supervisor {
   void read_signals();
   void reap();
   void check_deadlines(Clock::time_point now);
+  void read_heartbeat(Rank& r, Clock::time_point now);
   void begin_teardown(Clock::time_point now);
   void fail(Rank& r, std::string reason);
   bool has_exited(const Rank& r) const;
@@ -297,6 +373,7 @@ class Supervisor {
   const Spec& spec_;
   const int port_;
   SignalRouting signals_;
+  Subreaper subreaper_;  // destroyed after ~Supervisor has reaped the ranks
   std::vector<Rank> ranks_;
   Clock::time_point start_;
   bool echo_ = false;
@@ -319,6 +396,8 @@ void Supervisor::open_logs() {
     r.local = i;
     r.global = t.global_rank(i);
     r.log_path = (std::filesystem::path(spec_.log_dir) / ("rank" + std::to_string(r.global) + ".log")).string();
+    r.beat_path = (std::filesystem::path(spec_.log_dir) / ("rank" + std::to_string(r.global) + ".heartbeat")).string();
+    std::filesystem::remove(r.beat_path, ec);  // a beat of an earlier run is not one of this rank
     r.log.reset(::open(r.log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
     if (!r.log) throw RunError("cannot write " + r.log_path + ": " + errno_text(errno));
   }
@@ -330,7 +409,9 @@ void Supervisor::start(Rank& r) {
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
-  std::vector<std::string> env = merged_environment(rank_environment(spec_, r.local, port_));
+  auto rank_env = rank_environment(spec_, r.local, port_);
+  rank_env[kHeartbeatFileEnv] = r.beat_path;
+  std::vector<std::string> env = merged_environment(rank_env);
   std::vector<char*> envp;
   for (auto& e : env) envp.push_back(e.data());
   envp.push_back(nullptr);
@@ -409,7 +490,9 @@ void Supervisor::read_signals() {
   signalfd_siginfo info;
   while (::read(signals_.fd(), &info, sizeof info) == static_cast<ssize_t>(sizeof info)) {
     int sig = static_cast<int>(info.ssi_signo);
-    if (sig != SIGINT && sig != SIGTERM) continue;  // SIGCHLD only wakes us; SIGPIPE is handled by write
+    // A closed terminal or ssh session (SIGHUP) stops the run as Ctrl-C does: the ranks are ended
+    // and the caller still writes its result. SIGCHLD only wakes us; SIGPIPE is handled by write.
+    if (sig != SIGINT && sig != SIGTERM && sig != SIGHUP) continue;
     if (teardown_) {
       // A second interrupt while stopping means "now": skip the rest of the grace period.
       kill_at_ = Clock::now();
@@ -497,6 +580,18 @@ void Supervisor::check_deadlines(Clock::time_point now) {
     begin_teardown(now);
     return;
   }
+  if (spec_.stall_timeout.count() > 0) {
+    for (auto& r : ranks_) {
+      if (!r.running()) continue;
+      read_heartbeat(r, now);
+      if (!r.beat_mtime || now - r.last_beat < spec_.stall_timeout) continue;
+      fail(r, r.name(spec_.topology.node_rank) + " stalled in " + (r.last_phase.empty() ? "unknown" : r.last_phase) +
+                  ": no heartbeat for " + seconds_text(std::chrono::duration<double>(now - r.last_beat).count()) +
+                  " (the process is stopped or frozen; stall timeout " +
+                  seconds_text(std::chrono::duration<double>(spec_.stall_timeout).count()) + ")");
+      return;
+    }
+  }
   if (spec_.heartbeat_timeout.count() > 0) {
     for (auto& r : ranks_) {
       if (!r.running() || now - r.last_output < spec_.heartbeat_timeout) continue;
@@ -509,6 +604,18 @@ void Supervisor::check_deadlines(Clock::time_point now) {
       return;
     }
   }
+}
+
+void Supervisor::read_heartbeat(Rank& r, Clock::time_point now) {
+  std::error_code ec;
+  const auto mtime = std::filesystem::last_write_time(r.beat_path, ec);
+  if (ec || (r.beat_mtime && *r.beat_mtime == mtime)) return;
+  r.beat_mtime = mtime;
+  r.last_beat = now;
+  std::ifstream in(r.beat_path);
+  std::string phase;
+  // Read while the rank may be rewriting it: an empty read keeps the phase we had.
+  if (std::getline(in, phase) && !phase.empty()) r.last_phase = phase;
 }
 
 std::string Supervisor::running_list() const {
@@ -545,7 +652,11 @@ Outcome Supervisor::run() {
     check_deadlines(now);
     bool all_reaped = std::all_of(ranks_.begin(), ranks_.end(), [](const Rank& r) { return !r.running(); });
     bool all_closed = std::all_of(ranks_.begin(), ranks_.end(), [](const Rank& r) { return !r.out; });
-    if (all_reaped && !drain_until) drain_until = now + kDrainLimit;
+    if (all_reaped && !drain_until) {
+      // Descendants that left their rank's process group may hold its output pipe open.
+      subreaper_.end_adopted();
+      drain_until = now + kDrainLimit;
+    }
     if (all_reaped && (all_closed || now >= *drain_until)) break;
 
     fds.clear();
@@ -577,6 +688,7 @@ Outcome Supervisor::run() {
     }
   }
   for (auto& r : ranks_) r.out.reset();
+  subreaper_.end_adopted();
   return outcome();
 }
 
@@ -601,6 +713,7 @@ Outcome Supervisor::outcome() const {
     const Rank& r = ranks_[static_cast<std::size_t>(*failed_)];
     o.failed_rank = r.global;
     o.failed_log_tail = last_lines(r.tail, kTailLines);
+    o.failed_phase = r.last_phase;
   }
   if (!o.ok && o.reason.empty()) o.reason = "ranks did not all exit with status 0";
   o.seconds = std::chrono::duration<double>(Clock::now() - start_).count();
@@ -608,6 +721,55 @@ Outcome Supervisor::outcome() const {
 }
 
 }  // namespace
+
+struct HeartbeatWriter::State {
+  std::string path;
+  std::chrono::milliseconds every;
+  std::mutex mutex;
+  std::condition_variable wake;
+  std::string phase = "setup";
+  bool stop = false;
+  std::thread thread;
+
+  void beat() {
+    std::unique_lock<std::mutex> lock(mutex);
+    while (!stop) {
+      const std::string line = phase + "\n";
+      lock.unlock();
+      // Rewritten in place (no rename): every write moves the file's mtime, which is the beat.
+      Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+      if (fd) (void)write_all(fd.get(), line.data(), line.size());
+      lock.lock();
+      wake.wait_for(lock, every, [this] { return stop; });
+    }
+  }
+};
+
+HeartbeatWriter::HeartbeatWriter(std::string path, std::chrono::milliseconds every) : state_(std::make_unique<State>()) {
+  state_->path = std::move(path);
+  state_->every = every;
+  state_->thread = std::thread([s = state_.get()] { s->beat(); });
+}
+
+HeartbeatWriter::~HeartbeatWriter() {
+  {
+    std::lock_guard<std::mutex> lock(state_->mutex);
+    state_->stop = true;
+  }
+  state_->wake.notify_all();
+  state_->thread.join();
+}
+
+void HeartbeatWriter::phase(const std::string& phase) {
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  state_->phase = phase;
+}
+
+std::unique_ptr<HeartbeatWriter> HeartbeatWriter::from_environment() {
+  const char* path = std::getenv(kHeartbeatFileEnv);
+  if (!path || !*path) return nullptr;
+  return std::make_unique<HeartbeatWriter>(path, std::chrono::milliseconds(500));
+}
 
 std::vector<int> usable_cpus() {
   std::vector<int> cpus;

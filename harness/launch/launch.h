@@ -4,6 +4,7 @@
 #pragma once
 #include <chrono>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -38,6 +39,10 @@ struct Spec {
   std::string log_dir;                            // rank<k>.log per global rank k is written here
   std::chrono::milliseconds timeout{std::chrono::minutes(30)};  // whole run
   std::chrono::milliseconds heartbeat_timeout{0};  // 0: off; else a rank silent this long is hung
+  // A rank that has written its heartbeat file (kHeartbeatFileEnv) and then stops updating it this
+  // long (a stopped or frozen process) is named with its last phase; 0: off. Ranks that never beat
+  // (arbitrary commands) are not watched this way.
+  std::chrono::milliseconds stall_timeout{std::chrono::seconds(10)};
   std::chrono::milliseconds kill_grace{std::chrono::seconds(5)};  // SIGTERM, then SIGKILL after this
   bool echo_rank0 = true;  // copy local rank 0's output to our stdout as it comes
   int threads_per_rank = 0;  // OMP_NUM_THREADS; 0: cores / nproc_per_node, at least 1
@@ -69,15 +74,38 @@ struct Outcome {
   std::optional<int> failed_rank;  // the first rank to fail, by time
   std::string reason;              // one line: "rank 1 (node 0, local 1) exited with status 3"
   std::string failed_log_tail;     // the last lines of that rank's log
+  std::string failed_phase;        // that rank's last phase from its heartbeat file; empty if it never beat
   std::vector<RankExit> ranks;     // one per local rank, in local rank order
   double seconds = 0;
 };
 
 // Runs the ranks of this node and supervises them: when one exits non-zero or by a signal, the
 // others are torn down (SIGTERM to each rank's process group, SIGKILL after kill_grace); at the
-// timeout, all are. SIGINT and SIGTERM to the launcher are forwarded the same way. Returns when
-// every rank has been reaped; no process of a rank's process group is left behind.
+// timeout, all are. SIGINT, SIGTERM and SIGHUP to the launcher are forwarded the same way. Returns
+// when every rank has been reaped; no process of a rank's process group is left behind, nor any
+// descendant that left it (setsid): the launcher is their subreaper while it runs, and ends them.
 Outcome run(const Spec& spec);
+
+// The file a rank's HeartbeatWriter updates: set by the launcher for every rank it starts.
+inline constexpr const char* kHeartbeatFileEnv = "DDPBENCH_HEARTBEAT_FILE";
+
+// The rank's side of the stall check: a thread that rewrites the heartbeat file with the current
+// phase every `every`, so that it goes quiet exactly when the whole process does (SIGSTOP, frozen),
+// not when the training thread merely waits in a long step or a collective.
+class HeartbeatWriter {
+ public:
+  HeartbeatWriter(std::string path, std::chrono::milliseconds every);
+  ~HeartbeatWriter();
+  HeartbeatWriter(const HeartbeatWriter&) = delete;
+  HeartbeatWriter& operator=(const HeartbeatWriter&) = delete;
+  void phase(const std::string& phase);  // written at the next beat
+  // One from kHeartbeatFileEnv, beating every 500 ms; null where the launcher set none.
+  static std::unique_ptr<HeartbeatWriter> from_environment();
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
 
 // The environment one rank sees, beyond the launcher's own: RANK, LOCAL_RANK, WORLD_SIZE,
 // LOCAL_WORLD_SIZE, GROUP_RANK, NODE_RANK, MASTER_ADDR, MASTER_PORT, OMP_NUM_THREADS, plus extra_env.

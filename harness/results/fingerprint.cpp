@@ -282,7 +282,12 @@ std::map<std::string, std::string> recorded_env() {
     auto eq = entry.find('=');
     if (eq == std::string::npos) continue;
     std::string name = entry.substr(0, eq);
-    if (is_recorded_env(name)) env.emplace(std::move(name), entry.substr(eq + 1));
+    if (!is_recorded_env(name)) continue;
+    // Results files get shared and pasted into issues: that a secret was set may matter, its
+    // value never goes in.
+    std::string value = entry.substr(eq + 1);
+    if (looks_secret(name, value)) value = kMaskedValue;
+    env.emplace(std::move(name), std::move(value));
   }
   return env;
 }
@@ -354,18 +359,45 @@ std::vector<std::vector<std::string>> build_link_matrix(
   return links;
 }
 
-bool is_recorded_env(const std::string& name) {
-  std::string upper = name;
-  std::transform(upper.begin(), upper.end(), upper.begin(), [](unsigned char c) { return std::toupper(c); });
-  // Results files get shared and pasted into issues; credentials must never end up in them.
-  for (const char* secret : {"TOKEN", "SECRET", "PASSWORD", "KEY"})
-    if (upper.find(secret) != std::string::npos) return false;
+namespace {
 
-  for (const char* prefix : {"NCCL_", "TORCH_", "CUDA_", "NVSHMEM_", "OMP_", "MASTER_", "SLURM_", "PYTORCH_"})
-    if (name.rfind(prefix, 0) == 0) return true;
-  for (const char* exact : {"WORLD_SIZE", "LOCAL_WORLD_SIZE", "RANK", "LOCAL_RANK", "MKL_NUM_THREADS",
-                            "LD_PRELOAD", "CUDA_INJECTION64_PATH"})
+std::string upper_case(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::toupper(c); });
+  return s;
+}
+
+bool starts_with_any(const std::string& s, std::initializer_list<const char*> prefixes) {
+  return std::any_of(prefixes.begin(), prefixes.end(), [&](const char* p) { return s.rfind(p, 0) == 0; });
+}
+
+}  // namespace
+
+bool is_recorded_env(const std::string& name) {
+  // Families that change NCCL, CUDA, torch.distributed or threading behaviour. TORCH_ is not a
+  // family of its own: torch reads only some of its names, and anything else under it (an auth
+  // token of some plug-in) has no business in a result file.
+  if (starts_with_any(name, {"NCCL_", "CUDA_", "NVSHMEM_", "OMP_", "MASTER_", "SLURM_", "PYTORCH_", "TORCHINDUCTOR_",
+                             "TORCH_NCCL_", "TORCH_DISTRIBUTED_", "TORCH_GLOO_", "TORCH_CUDA_", "TORCH_CUDNN_",
+                             "TORCH_BLAS_", "TORCH_COMPILE_", "TORCH_FR_", "TORCH_SYMMMEM", "TORCH_ALLOW_TF32"}))
+    return true;
+  for (const char* exact : {"WORLD_SIZE", "LOCAL_WORLD_SIZE", "RANK", "LOCAL_RANK", "MKL_NUM_THREADS", "LD_PRELOAD",
+                            "CUDA_INJECTION64_PATH", "TORCH_CPP_LOG_LEVEL", "TORCH_SHOW_CPP_STACKTRACES", "TORCH_LOGS",
+                            "TORCH_USE_CUDA_DSA", "TORCH_DEVICE_BACKEND_AUTOLOAD"})
     if (name == exact) return true;
+  return false;
+}
+
+bool looks_secret(const std::string& name, const std::string& value) {
+  const std::string upper = upper_case(name);
+  for (const char* word : {"TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "KEY", "AUTH", "COOKIE", "PRIVATE",
+                           "SESSION", "SIGNATURE"})
+    if (upper.find(word) != std::string::npos) return true;
+  // A URL with a user's password in it (scheme://user:password@host), whatever the variable's name.
+  if (const auto scheme = value.find("://"); scheme != std::string::npos) {
+    const auto at = value.find('@', scheme + 3);
+    const auto colon = value.find(':', scheme + 3);
+    if (at != std::string::npos && colon < at && value.find('/', scheme + 3) > at) return true;
+  }
   return false;
 }
 

@@ -56,9 +56,13 @@ Fingerprint fingerprint_from_json(const nlohmann::json& j);
 // "2x NVIDIA H100 80GB HBM3 (NV18)" or "cpu: 2 cores, Intel(R) Xeon(R) ...": the key the gate
 // and the long-format table use for "same hardware".
 std::string hardware_key(const Fingerprint& fp);
-// Which variables from the environment are recorded (prefixes NCCL_, TORCH_, CUDA_, NVSHMEM_,
-// OMP_, MASTER_, SLURM_ and a few others).
+// Which variables from the environment are recorded: an allow-list of families (NCCL_, CUDA_,
+// NVSHMEM_, OMP_, MASTER_, SLURM_, PYTORCH_, the TORCH_ names torch reads) and a few exact names.
 bool is_recorded_env(const std::string& name);
+// A variable whose name (TOKEN, SECRET, PASSWORD, CREDENTIAL, KEY, AUTH, ...) or value (a URL with
+// a password) says it holds a secret: recorded as kMaskedValue, never verbatim.
+bool looks_secret(const std::string& name, const std::string& value);
+inline constexpr const char* kMaskedValue = "<masked>";
 
 // One GPU's NVLinks as NVML reports them: the input of build_link_matrix, kept apart from NVML so
 // that topologies no test machine has can still be tested.

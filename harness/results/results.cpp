@@ -210,7 +210,7 @@ nlohmann::json make_run_document(const RunContext& ctx, const std::vector<RankRe
     }
   }
   if (status["state"] == "ok" && ctx.launcher_status != "ok")
-    status = {{"state", "failed"}, {"rank", ctx.failed_rank}, {"phase", "unknown"}, {"reason", ctx.launcher_reason}};
+    status = {{"state", "failed"}, {"rank", ctx.failed_rank}, {"phase", ctx.failed_phase}, {"reason", ctx.launcher_reason}};
   if (!ctx.skipped_reason.empty()) status = {{"state", "skipped"}, {"reason", ctx.skipped_reason}};
   doc["status"] = status;
 

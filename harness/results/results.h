@@ -69,6 +69,7 @@ struct RunContext {
   std::string launcher_status = "ok";  // the launcher's verdict when it is not ok
   std::string launcher_reason;
   int failed_rank = -1;
+  std::string failed_phase = "unknown";  // the failed rank's last phase, where the launcher knows it
 };
 
 struct Summary {

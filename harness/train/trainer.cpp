@@ -3,9 +3,11 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
+#include <stdexcept>
 #include <thread>
 
 #include "common/error.h"
@@ -143,7 +145,11 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
   report.local_rank = env.local_rank;
   report.world_size = env.world_size;
   report.host = host_name();
-  report.phase = "setup";
+  auto set_phase = [&](std::string phase) {
+    report.phase = std::move(phase);
+    if (probe.on_phase) probe.on_phase(report.phase);
+  };
+  set_phase("setup");
   std::unique_ptr<ddp::Communicator> comm;
   try {
     const auto t_setup = Clock::now();
@@ -159,7 +165,7 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
     report.parameters = model.parameter_count(false);
     report.trainable_parameters = model.parameter_count(true);
 
-    report.phase = "rendezvous";
+    set_phase("rendezvous");
     ddp::Rendezvous rv{env.master_addr, env.master_port, env.rank, env.world_size, std::chrono::seconds(cfg.timeout_s)};
     comm = ddp::Communicator::connect(cuda ? "nccl" : "gloo", rv, env.local_rank);
     // Every rank starts from rank 0's weights, as torch DDP guarantees at construction.
@@ -190,7 +196,7 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
 
     const int W = env.world_size, G = cfg.grad_accum;
     for (int step = 0; step < cfg.total_steps(); ++step) {
-      report.phase = "step " + std::to_string(step);
+      set_phase("step " + std::to_string(step));
       ddp::reset_memory_peaks(cfg.device, env.local_rank);
       const auto t0 = Clock::now();
       std::optional<profile::Phases::Scope> step_scope;
@@ -278,15 +284,23 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
       sample.mem_reserved_peak = mem.reserved;
       report.steps.push_back(sample);
       if (probe.live_log && env.rank == 0) print_step_line(cfg, sample, real_global, W, report.matmul_bf16_flops);
+      // A NaN or infinite loss poisons every later step: stop here, naming the step (the phase), so
+      // that a diverged run is a failed run and not a row of NaN figures with state "ok". The loss
+      // is allreduced and the norm is of the averaged gradient, so every rank stops at this step.
+      if (!std::isfinite(sample.loss) || !std::isfinite(sample.grad_norm))
+        throw std::runtime_error("non-finite " + std::string(std::isfinite(sample.loss) ? "gradient norm" : "loss") +
+                                 " at step " + std::to_string(step) + " (loss " + std::to_string(sample.loss) +
+                                 ", gradient norm " + std::to_string(sample.grad_norm) +
+                                 "): the run diverged; try a smaller --lr");
     }
     if (probe.on_weights) probe.on_weights(host_fp64(trainable));
     if (profiler) {
       auto activity = profiler->finish(env.rank, env.world_size);
       if (probe.on_activity) probe.on_activity(std::move(activity));
     }
-    report.phase = "shutdown";
+    set_phase("shutdown");
     comm->shutdown();
-    report.phase = "done";
+    set_phase("done");
   } catch (const std::exception& e) {
     report.status = "failed";
     report.error = e.what();

@@ -34,6 +34,9 @@ struct Probe {
   bool live_log = true;  // rank 0 prints one line per step
   // With cfg.profile: the GPU activity this rank recorded, handed over once training is done.
   std::function<void(profile::RankActivity&&)> on_activity;
+  // Called from the training thread whenever the phase changes (setup, rendezvous, step N,
+  // shutdown, done): what the launcher's heartbeat reports for a rank that stalls.
+  std::function<void(const std::string& phase)> on_phase;
 };
 
 // Runs warmup + steps optimizer steps and returns this rank's measurements. A failure does not

@@ -314,3 +314,13 @@ def test_step_line_shows_mfu_only_with_a_measured_rate(capsys):
     assert "mfu" not in capsys.readouterr().out
     hf.print_step_line({"warmup": 1, "steps": 2}, sample, 8192, 2, 100e12)
     assert "mfu" not in capsys.readouterr().out
+
+
+def test_non_finite_step_is_refused_naming_the_step():
+    """The check both Python trainers run after every step (hf_loop, StepRecorder.step_end)."""
+    rank_common.check_finite_step(3, 2.5, 1.0)
+    rank_common.check_finite_step(3, 2.5, None)  # no norm computed: only the loss is checked
+    with pytest.raises(RuntimeError, match="non-finite loss at step 4 "):
+        rank_common.check_finite_step(4, float("nan"), 1.0)
+    with pytest.raises(RuntimeError, match="non-finite gradient norm at step 5 "):
+        rank_common.check_finite_step(5, 2.5, float("inf"))

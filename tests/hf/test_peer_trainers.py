@@ -81,6 +81,20 @@ def test_trainer_settings_of_the_wrong_rules_break_the_equality(workdir, rule):
     assert abs(norm2 - norm1) / norm1 > 1e-3, (rule, norm2, norm1)
 
 
+def test_trainer_fails_the_run_at_the_first_non_finite_step(workdir):
+    """--lr 1e308 drives the weights to inf after one step; the next step's loss is NaN: the rank
+    must fail in phase "step N" (exit 1), keeping the steps before, not report NaN figures as ok."""
+    cfg = config(workdir, "base", "full", nproc=1, micro_batch=2, grad_accum=1, trainer="hf", lr=1e308, steps=3)
+    codes, reports, out = launch(workdir / "diverged", cfg, script=SCRIPT)
+    assert codes == [1], out[0][1][-2000:]
+    report = reports[0]
+    assert report["status"] == "failed", report
+    assert "non-finite loss" in report["error"], report["error"]
+    step = int(report["phase"].split()[1]) if report["phase"].startswith("step ") else None
+    assert step is not None and f"at step {step} " in report["error"], (report["phase"], report["error"])
+    assert len(report["steps"]) == step + 1  # every step up to the failing one is kept
+
+
 def test_check_packages_names_what_is_missing(monkeypatch, capsys):
     real = peer_trainers.importlib.util.find_spec
     monkeypatch.setattr(peer_trainers.importlib.util, "find_spec",
