@@ -107,10 +107,7 @@ void check_inputs(const train::Config& cfg) {
     throw UsageError("--data-file: " + cfg.data_file + " does not exist");
 }
 
-}  // namespace
-
-namespace {
-
+// The identity and environment every document of the cell carries, skipped or run.
 results::RunContext context_of(const CellRequest& req, const train::Config& config, const results::Fingerprint& fp) {
   results::RunContext ctx;
   ctx.run_id = req.run_id;

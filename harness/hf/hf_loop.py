@@ -21,7 +21,7 @@ from datetime import timedelta
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from rank_common import (IGNORE_INDEX, ConfigError, NvtxRanges, TokenFile, T_START,  # noqa: E402
-                         base_model_folder, bucket_layout, check_finite_step, exit_rank, lr_at,
+                         base_model_folder, bucket_layout, check_finite_step, check_loaded, exit_rank, lr_at,
                          measure_bf16_matmul_flops, memory_peaks, prepare_rendezvous_env, print_step_line, rank_main,
                          select_device)
 
@@ -145,13 +145,7 @@ def run(cfg, env, report):
         model, loading = AutoModelForCausalLM.from_pretrained(
             base_folder, dtype=dtype, attn_implementation="sdpa", device_map={"": env.local_rank} if cuda else None,
             output_loading_info=True)
-    # Equal work means equal weights: a weight the checkpoint lacks would be drawn at random here.
-    for kind in ("missing_keys", "mismatched_keys"):
-        keys = sorted(str(k) for k in (loading.get(kind) or ()))
-        if keys:
-            more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
-            raise ConfigError(f"checkpoint {checkpoint}: {kind.replace('_', ' ')} in model.safetensors: "
-                              f"{', '.join(keys[:3])}{more}")
+    check_loaded(loading, checkpoint)
     model.config.use_cache = False
     vocab = int(model.config.vocab_size)
     if data.vocab > vocab:

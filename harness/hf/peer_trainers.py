@@ -35,7 +35,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from rank_common import (ConfigError, NvtxRanges, TokenFile, T_START, base_model_folder,  # noqa: E402
-                         bucket_layout, check_finite_step, exit_rank, lr_at, measure_bf16_matmul_flops, memory_peaks,
+                         bucket_layout, check_finite_step, check_loaded, exit_rank, lr_at, measure_bf16_matmul_flops, memory_peaks,
                          prepare_rendezvous_env, print_step_line, rank_main, select_device)
 
 PEER_TRAINERS = ("hf", "liger", "unsloth")
@@ -121,16 +121,6 @@ def model_dtype(torch, cfg):
     if cfg["device"] != "cuda" or cfg["optim_state"] == "fp32":
         return torch.float32
     return torch.bfloat16
-
-
-def check_loaded(loading, checkpoint):
-    # Equal work means equal weights: a weight the checkpoint lacks would be drawn at random.
-    for kind in ("missing_keys", "mismatched_keys"):
-        keys = sorted(str(k) for k in (loading.get(kind) or ()))
-        if keys:
-            more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
-            raise ConfigError(f"checkpoint {checkpoint}: {kind.replace('_', ' ')} in model.safetensors: "
-                              f"{', '.join(keys[:3])}{more}")
 
 
 def load_hf_model(torch, cfg, env, cuda):

@@ -437,6 +437,17 @@ def bucket_layout(ddp_model):
         return 0, 0
 
 
+def check_loaded(loading, checkpoint):
+    """Equal work means equal weights: a weight the checkpoint lacks, or holds in another shape, would be
+    drawn at random; `loading` is from_pretrained's output_loading_info."""
+    for kind in ("missing_keys", "mismatched_keys"):
+        keys = sorted(str(k) for k in (loading.get(kind) or ()))
+        if keys:
+            more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+            raise ConfigError(f"checkpoint {checkpoint}: {kind.replace('_', ' ')} in model.safetensors: "
+                              f"{', '.join(keys[:3])}{more}")
+
+
 @contextlib.contextmanager
 def base_model_folder(checkpoint, has_adapter):
     """The folder to load the base model from. Transformers loads an adapter it finds beside the
