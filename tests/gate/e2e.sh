@@ -4,16 +4,23 @@
 # interleaved (baseline, clean, slow, baseline, ...) so that a change in the machine's load hits all
 # three alike. The clean current must gate with exit 0, the slowed one with exit 1 naming its cells,
 # and too few repeats with exit 2. Usage: tests/gate/e2e.sh DDPBENCH_BINARY
+# The GPU check (scripts/gpu-check gate:SUITE) runs the same with GATE_SUITE (another suite),
+# GATE_RULES (ci/gate.toml), GATE_DELAY_MS and GATE_KEEP (a folder that keeps the runs and outputs).
 set -euo pipefail
 bin=${1:?usage: tests/gate/e2e.sh DDPBENCH_BINARY}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-work=$(mktemp -d "${TMPDIR:-/tmp}/ddpbench-gate-e2e.XXXXXX")
-trap 'rm -rf "$work"' EXIT
-suite=$root/suites/gate-cpu.toml
-rules=$root/tests/gate/cpu-rules.toml
-delay_ms=400  # steps of 5-50 ms on a (busy) two-core machine: this is far beyond that, and beyond the rules
-sed "/^\[defaults\]/a debug_step_delay_ms = $delay_ms" "$suite" > "$work/gate-cpu-slow.toml"
-cells=(lora-tiny/builtin/n2/b2/g1/s64 full-tiny/builtin/n2/b2/g1/s64)
+if [ -n "${GATE_KEEP:-}" ]; then
+  work=$GATE_KEEP
+  mkdir -p "$work"
+else
+  work=$(mktemp -d "${TMPDIR:-/tmp}/ddpbench-gate-e2e.XXXXXX")
+  trap 'rm -rf "$work"' EXIT
+fi
+suite=${GATE_SUITE:-$root/suites/gate-cpu.toml}
+rules=${GATE_RULES:-$root/tests/gate/cpu-rules.toml}
+# CPU steps of 5-50 ms on a (busy) two-core machine: 400 ms is far beyond that, and beyond the rules.
+delay_ms=${GATE_DELAY_MS:-400}
+sed "/^\[defaults\]/a debug_step_delay_ms = $delay_ms" "$suite" > "$work/gate-slow.toml"
 
 fail() { echo "gate e2e: FAILED: $*" >&2; exit 1; }
 
@@ -41,9 +48,17 @@ base=() clean=() slow=()
 for round in 1 2 3; do
   base+=("$(run_suite "$suite" "$work/base$round")")
   clean+=("$(run_suite "$suite" "$work/clean$round")")
-  slow+=("$(run_suite "$work/gate-cpu-slow.toml" "$work/slow$round")")
+  slow+=("$(run_suite "$work/gate-slow.toml" "$work/slow$round")")
 done
 echo "gate e2e: 9 runs in $(( $(date +%s) - start )) s"
+# The cells every run must have: the suite's, named by the run documents themselves.
+mapfile -t cells < <(python3 -c '
+import json, sys, glob
+for f in sorted(glob.glob(sys.argv[1] + "/cells/*.json")):
+    d = json.load(open(f))
+    if d.get("status", {}).get("state") != "skipped": print(d["cell"])' "${base[0]}")
+[ "${#cells[@]}" -ge 1 ] || fail "the baseline run has no cells"
+echo "gate e2e: cells ${cells[*]}"
 grep -q "\"debug_step_delay_ms\": $delay_ms" "${slow[0]}"/cells/*.json || fail "the slowed runs do not record debug_step_delay_ms"
 
 "$bin" gate --rules "$rules" --update "${base[@]}" --out "$work/baselines" || fail "gate --update"

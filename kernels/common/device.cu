@@ -1,0 +1,13 @@
+#include "kernels/common/cuda_check.h"
+
+namespace ddpbench::kernels {
+
+int multiprocessor_count() {
+  int device = 0;
+  DDPBENCH_CUDA_CHECK(cudaGetDevice(&device));
+  int count = 0;
+  DDPBENCH_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  return count;
+}
+
+}  // namespace ddpbench::kernels
