@@ -1,9 +1,9 @@
 #include <cstdio>
 
-#include "cli/cell_runner.h"
 #include "cli/commands.h"
 #include "cli/train_flags.h"
 #include "common/error.h"
+#include "orchestrate/orchestrate.h"
 #include "train/batches.h"
 #include "train/checkpoint.h"
 
@@ -20,7 +20,7 @@ struct PrepareArgs {
 int prepare_main(const PrepareArgs& a) {
   auto cfg = a.flags->config();
   if (a.out.empty()) throw UsageError("--out: name the folder to write the checkpoint and token file into");
-  const auto files = prepare_equal_work_inputs(cfg, a.out, cfg.nproc * a.nnodes);
+  const auto files = orchestrate::prepare_equal_work_inputs(cfg, a.out, cfg.nproc * a.nnodes);
   std::printf("checkpoint: %s\ntoken file: %s\n", files.checkpoint.c_str(), files.data_file.c_str());
   std::printf("train on them with: --checkpoint %s --data-file %s\n", files.checkpoint.c_str(), files.data_file.c_str());
   return 0;
