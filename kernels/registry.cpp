@@ -1,6 +1,8 @@
 #include "kernels/ops.h"
 
 #include "common/error.h"
+#include "kernels/linear_ce/linear_ce.h"
+#include "kernels/lora/lora.h"
 #include "train/config.h"
 
 namespace ddpbench::kernels {
@@ -27,6 +29,8 @@ const std::vector<OpSpec>& registry() {
   static const std::vector<OpSpec> ops = [] {
     std::vector<OpSpec> all;
     // all.push_back(rms_norm_op());
+    all.push_back(linear_cross_entropy_op());
+    all.push_back(lora_linear_op());
     return all;
   }();
   return ops;
