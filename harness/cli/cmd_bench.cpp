@@ -7,6 +7,7 @@
 // output that the report's kernel table reads.
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 
 #include "cli/cell_runner.h"
 #include "cli/commands.h"
@@ -174,6 +175,7 @@ struct KernelsArgs {
   std::string out;
   std::string runs_dir = "runs";
   int timeout_s = 1800;
+  std::vector<std::string> from;  // convert these Google Benchmark files instead of running
 };
 
 std::string join_csv(const std::vector<std::string>& v) {
@@ -191,14 +193,16 @@ launch::Outcome run_one(const std::vector<std::string>& argv, const std::string&
   return launch::run(spec);
 }
 
-int kernels_main(const KernelsArgs& a) {
-  if (a.repetitions < 1) throw UsageError("--repetitions: must be at least 1");
+// Runs bench_kernels (and liger_ops.py) into DIR/work; the merged Google Benchmark output, or
+// nullopt with the reason printed when bench_kernels wrote none.
+struct KernelsMeasured {
+  nlohmann::json gbench;
+  std::string liger_note;
+  std::string failure;  // bench_kernels' own failure (a failed check exits 1 with its file written)
+};
+
+std::optional<KernelsMeasured> measure_kernels(const KernelsArgs& a, const std::string& dir) {
   const std::string binary = bench_binary("bench_kernels", "DDPBENCH_BENCH_KERNELS", "where nvcc and Google Benchmark are found");
-  check_runs_dir("--runs-dir", a.runs_dir);
-  const std::string run_id = new_run_id();
-  const std::string dir = a.out.empty() ? a.runs_dir + "/" + run_id : a.out;
-  make_dirs(dir + "/cells");
-  make_dirs(dir + "/work");
   const std::string gbench_json = dir + "/work/gbench.json", shapes_json = dir + "/work/shapes.json";
   std::vector<std::string> common{"--presets", join_csv(a.presets), "--tokens", std::to_string(a.tokens), "--seq-len",
                                   std::to_string(a.seq_len), "--batch", std::to_string(a.batch), "--iterations",
@@ -209,19 +213,13 @@ int kernels_main(const KernelsArgs& a) {
   argv.insert(argv.end(), {"--benchmark_out=" + gbench_json, "--benchmark_out_format=json",
                            "--benchmark_repetitions=" + std::to_string(a.repetitions)});
   if (!a.filter.empty()) argv.push_back("--benchmark_filter=" + a.filter);
-  std::printf("ddpbench bench kernels: %s at %lld tokens, %d repetition(s) -> %s\n", join_csv(a.presets).c_str(),
-              static_cast<long long>(a.tokens), a.repetitions, dir.c_str());
-  std::fflush(stdout);
   const auto outcome = run_one(argv, dir + "/work/logs", a.timeout_s);
-  // Exit 1 with a written file is a failed validation: the timings still count, the cells say it.
   if (!std::filesystem::exists(gbench_json)) {
     std::fprintf(stderr, "ddpbench bench kernels: failed: %s\n%s", outcome.reason.c_str(), outcome.failed_log_tail.c_str());
-    return 1;
+    return std::nullopt;
   }
-  auto gbench = collectives::parse_gbench_json(read_file(gbench_json), gbench_json);
-
-  // Liger-Kernel's same ops on the same shapes, where it imports (exit 3: it does not).
-  std::string liger_note = "off";
+  KernelsMeasured m{collectives::parse_gbench_json(read_file(gbench_json), gbench_json), "off", outcome.ok ? "" : outcome.reason};
+  // Liger-Kernel's same ops on the same shapes, where it imports (the script exits 3 where not).
   if (a.liger != "off") {
     std::vector<std::string> describe{binary};
     describe.insert(describe.end(), common.begin(), common.end());
@@ -235,15 +233,51 @@ int kernels_main(const KernelsArgs& a) {
                                  dir + "/work/logs-liger", a.timeout_s);
       if (std::filesystem::exists(liger_json)) {
         const auto l = collectives::parse_gbench_json(read_file(liger_json), liger_json);
-        for (const auto& e : l.at("benchmarks")) gbench["benchmarks"].push_back(e);
-        liger_note = "timed";
+        for (const auto& e : l.at("benchmarks")) m.gbench["benchmarks"].push_back(e);
+        m.liger_note = "timed";
       } else {
-        liger_note = "not timed (" + liger.reason + ", see " + dir + "/work/logs-liger)";
+        m.liger_note = "not timed (" + liger.reason + ", see " + dir + "/work/logs-liger)";
       }
     } else {
-      liger_note = "not timed (bench_kernels --describe failed)";
+      m.liger_note = "not timed (bench_kernels --describe failed)";
     }
   }
+  return m;
+}
+
+int kernels_main(const KernelsArgs& a) {
+  if (a.repetitions < 1) throw UsageError("--repetitions: must be at least 1");
+  check_runs_dir("--runs-dir", a.runs_dir);
+  const std::string run_id = new_run_id();
+  const std::string dir = a.out.empty() ? a.runs_dir + "/" + run_id : a.out;
+  std::vector<nlohmann::json> given;
+  for (const auto& f : a.from) {
+    if (!std::filesystem::is_regular_file(f)) throw UsageError("--from: " + f + " is not a file");
+    given.push_back(collectives::parse_gbench_json(read_file(f), f));
+  }
+  make_dirs(dir + "/cells");
+  make_dirs(dir + "/work");
+  KernelsMeasured m;
+  if (a.from.empty()) {
+    std::printf("ddpbench bench kernels: %s at %lld tokens, %d repetition(s) -> %s\n", join_csv(a.presets).c_str(),
+                static_cast<long long>(a.tokens), a.repetitions, dir.c_str());
+    std::fflush(stdout);
+    auto measured = measure_kernels(a, dir);
+    if (!measured) return 1;
+    m = std::move(*measured);
+  } else {
+    // Output measured before (bench_kernels' and liger_ops.py's files), converted without running anything.
+    m.gbench = {{"benchmarks", nlohmann::json::array()}};
+    for (std::size_t i = 0; i < given.size(); ++i) {
+      if (!given[i].contains("benchmarks") || !given[i]["benchmarks"].is_array())
+        throw UsageError("--from: " + a.from[i] + " has no 'benchmarks' list");
+      if (i == 0 && given[i].contains("context")) m.gbench["context"] = given[i]["context"];
+      for (const auto& e : given[i]["benchmarks"]) m.gbench["benchmarks"].push_back(e);
+    }
+    m.liger_note = "read with --from";
+  }
+  const auto& gbench = m.gbench;
+  const std::string& liger_note = m.liger_note;
   write_file_atomic(dir + "/kernels.json", gbench.dump(1) + "\n");
 
   const auto runtime = ddp::runtime_info();
@@ -287,10 +321,10 @@ int kernels_main(const KernelsArgs& a) {
   write_file_atomic(dir + "/run.json", index.dump(2) + "\n");
   write_file_atomic(dir + "/results.csv", csv);
   std::printf("\nresults: %s/run.json, cells in %s/cells, Google Benchmark output in %s/kernels.json\n", dir.c_str(), dir.c_str(), dir.c_str());
-  if (!outcome.ok || failed > 0) {
+  if (failed > 0 || !m.failure.empty()) {
     std::fprintf(stderr, "ddpbench bench kernels: %s\n",
                  failed > 0 ? (std::to_string(failed) + " cell(s) failed the check of fused against reference").c_str()
-                            : ("bench_kernels: " + outcome.reason).c_str());
+                            : ("bench_kernels: " + m.failure).c_str());
     return 1;
   }
   return 0;
@@ -337,6 +371,10 @@ void add_bench_command(CLI::App& app, Action& action) {
   ksub->add_option("--out", kargs->out, "run folder [RUNS_DIR/<run id>]");
   ksub->add_option("--runs-dir", kargs->runs_dir, "folder for run folders [runs]");
   ksub->add_option("--timeout", kargs->timeout_s, "seconds for each program [1800]");
+  ksub->add_option("--from", kargs->from,
+                   "convert these Google Benchmark JSON files (bench_kernels' --benchmark_out, liger_ops.py's --out) into the "
+                   "run folder instead of running anything; the run is described by the other flags")
+      ->delimiter(',');
   ksub->callback([kargs, &action] { action = [kargs] { return kernels_main(*kargs); }; });
 }
 
