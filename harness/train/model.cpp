@@ -143,9 +143,8 @@ LlamaModel::Linear LlamaModel::make_linear(const std::string& prefix, std::int64
   return lin;
 }
 
-// Part A's kernels (rms_norm, add_rms_norm, rope_qk, swiglu; branch kmem) are not merged yet: under
-// --impl fused these four switch points still take the ATen path.
 at::Tensor LlamaModel::rms_norm(const at::Tensor& x, const at::Tensor& weight) const {
+  if (fused_) return kernels::rms_norm(x, weight, shape_.norm_eps);
   // As Hugging Face's LlamaRMSNorm: normalise in fp32, scale in the input dtype.
   const auto xf = x.to(at::kFloat);
   const auto normed = xf * at::rsqrt(xf.pow(2).mean({-1}, true) + shape_.norm_eps);
@@ -154,6 +153,7 @@ at::Tensor LlamaModel::rms_norm(const at::Tensor& x, const at::Tensor& weight) c
 
 std::pair<at::Tensor, at::Tensor> LlamaModel::add_rms_norm(const at::Tensor& x, const at::Tensor& residual,
                                                            const at::Tensor& weight) const {
+  if (fused_) return kernels::add_rms_norm(x, residual, weight, shape_.norm_eps);
   auto h = x + residual;
   auto normed = rms_norm(h, weight);
   return {std::move(h), std::move(normed)};
@@ -162,11 +162,14 @@ std::pair<at::Tensor, at::Tensor> LlamaModel::add_rms_norm(const at::Tensor& x, 
 // q [B, T, Hq, D], k [B, T, Hk, D]; cos, sin [T, D].
 std::pair<at::Tensor, at::Tensor> LlamaModel::rope(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cos,
                                                    const at::Tensor& sin) const {
+  if (fused_) return kernels::rope_qk(q, k, cos, sin);
   const auto c = cos.unsqueeze(1), s = sin.unsqueeze(1);  // broadcast over heads
   return {q * c + rotate_half(q) * s, k * c + rotate_half(k) * s};
 }
 
-at::Tensor LlamaModel::swiglu(const at::Tensor& gate, const at::Tensor& up) const { return at::silu(gate) * up; }
+at::Tensor LlamaModel::swiglu(const at::Tensor& gate, const at::Tensor& up) const {
+  return fused_ ? kernels::swiglu(gate, up) : at::silu(gate) * up;
+}
 
 at::Tensor LlamaModel::adapter_input(const at::Tensor& x, std::initializer_list<const Linear*> readers) const {
   // As PEFT does for a bf16 base model: adapters are kept and computed in fp32, the input cast to

@@ -10,10 +10,12 @@
 
 #include "common/error.h"
 #include "kernels/fused.h"
+#include "kernels/op_helpers.h"
 
 #ifdef DDPBENCH_WITH_KERNELS
-#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
 
+#include "kernels/common/binding.h"
 #include "kernels/linear_ce/softmax_ce.h"
 #endif
 
@@ -40,13 +42,22 @@ void row_step_cpu(at::Tensor& logits, const at::Tensor& labels, std::int64_t ign
 void row_step(at::Tensor& logits, const at::Tensor& labels, std::int64_t ignore_index, at::Tensor row_loss) {
   if (!logits.is_cuda()) return row_step_cpu(logits, labels, ignore_index, std::move(row_loss));
 #ifdef DDPBENCH_WITH_KERNELS
-  const auto type = logits.scalar_type() == at::kBFloat16 ? LogitsType::bf16 : LogitsType::f32;
-  softmax_cross_entropy_grad(logits.data_ptr(), type, logits.size(0), logits.size(1), logits.stride(0),
-                             labels.data_ptr<std::int64_t>(), ignore_index, row_loss.data_ptr<float>(),
-                             c10::cuda::getCurrentCUDAStream(logits.get_device()).stream());
+  const c10::cuda::CUDAGuard guard(logits.device());
+  softmax_cross_entropy_grad(logits.data_ptr(), kernel_dtype(logits, "linear_cross_entropy"), logits.size(0),
+                             logits.size(1), logits.stride(0), labels.data_ptr<std::int64_t>(), ignore_index,
+                             row_loss.data_ptr<float>(), current_stream(logits));
 #else
-  throw RunError("linear_cross_entropy: this binary was built without the fused CUDA kernels");
+  throw_not_built("linear_cross_entropy");
 #endif
+}
+
+// Outputs and workspaces: on the GPU through the bindings' allocator, which fills them with NaN
+// under the kernel tests (DDPBENCH_KERNELS_POISON=1), so that a row the kernel skips shows.
+at::Tensor new_buffer(at::IntArrayRef sizes, const at::TensorOptions& options) {
+#ifdef DDPBENCH_WITH_KERNELS
+  if (options.device().is_cuda()) return new_output(sizes, options);
+#endif
+  return at::empty(sizes, options);
 }
 
 // grad_weight accumulated over chunks in fp32: cuBLAS's bf16 GEMM with an fp32 output on the GPU
@@ -71,11 +82,11 @@ struct LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy>
                             const at::Tensor& labels, std::int64_t ignore_index, std::int64_t chunk_rows) {
     const auto tokens = hidden.size(0), vocab = weight.size(0);
     const bool grad_hidden_needed = ctx->needs_input_grad(0), grad_weight_needed = ctx->needs_input_grad(1);
-    auto row_loss = at::empty({tokens}, hidden.options().dtype(at::promote_types(hidden.scalar_type(), at::kFloat)));
-    const auto grad_hidden = grad_hidden_needed ? at::empty_like(hidden) : at::Tensor();
+    auto row_loss = new_buffer({tokens}, hidden.options().dtype(at::promote_types(hidden.scalar_type(), at::kFloat)));
+    const auto grad_hidden = grad_hidden_needed ? new_buffer(hidden.sizes(), hidden.options()) : at::Tensor();
     at::Tensor grad_weight_acc;
     // One chunk buffer for all chunks; the last one uses its leading rows.
-    auto logits_buffer = at::empty({std::min(chunk_rows, tokens), vocab}, hidden.options());
+    auto logits_buffer = new_buffer({std::min(chunk_rows, tokens), vocab}, hidden.options());
     for (std::int64_t start = 0; start < tokens; start += chunk_rows) {
       const auto rows = std::min(chunk_rows, tokens - start);
       const auto h = hidden.narrow(0, start, rows);
@@ -149,16 +160,17 @@ OpSpec linear_cross_entropy_op() {
   op.liger_name = "fused_linear_cross_entropy";
   op.memory_bound = false;
   op.make_inputs = [](const OpShape& s, at::ScalarType dtype, at::Device device, at::Generator& gen) {
-    const auto f32 = at::TensorOptions().dtype(at::kFloat);
     // Logits of unit scale: hidden ~ N(0, 1), weight ~ N(0, 1/H); a tenth of the labels ignored.
-    auto hidden = at::empty({s.tokens, s.hidden}, f32).normal_(0, 1, gen);
-    auto weight = at::empty({s.vocab, s.hidden}, f32).normal_(0, 1.0 / std::sqrt(static_cast<double>(s.hidden)), gen);
-    auto labels = at::empty({s.tokens}, at::kLong).random_(0, s.vocab, gen);
-    labels.masked_fill_(at::empty({s.tokens}, f32).uniform_(0, 1, gen) < 0.1, -100);
+    // A shape without a vocabulary (the kernel tests' odd shapes) takes intermediate + 1 words.
+    const std::int64_t vocab = s.vocab > 0 ? s.vocab : s.intermediate + 1;
+    const auto on_gen = at::TensorOptions().device(gen.device());
+    auto weight = random_tensor({vocab, s.hidden}, at::kFloat, device, gen) / std::sqrt(static_cast<double>(s.hidden));
+    auto labels = at::randint(0, vocab, {s.tokens}, gen, on_gen.dtype(at::kLong));
+    labels.masked_fill_(at::rand({s.tokens}, gen, on_gen.dtype(at::kFloat)) < 0.1, -100);
     OpInputs in;
-    in.inputs = {hidden.to(device, dtype), weight.to(device, dtype), labels.to(device)};
+    in.inputs = {random_tensor({s.tokens, s.hidden}, dtype, device, gen), weight.to(dtype), labels.to(device)};
     in.differentiable = {true, true, false};
-    in.grad_outputs = {at::empty({}, f32).normal_(0, 1, gen).to(device)};
+    in.grad_outputs = {random_tensor({}, at::kFloat, device, gen)};
     return in;
   };
   op.reference = [](const std::vector<at::Tensor>& in) {
@@ -171,11 +183,10 @@ OpSpec linear_cross_entropy_op() {
   // At least: hidden, weight and labels read, their gradients written (all in forward); backward
   // reads and writes the two gradients once to scale them.
   op.forward_bytes = [](const OpShape& s, at::ScalarType dtype) {
-    const double e = static_cast<double>(c10::elementSize(dtype));
-    return 2.0 * e * static_cast<double>(s.tokens * s.hidden + s.vocab * s.hidden) + 8.0 * static_cast<double>(s.tokens);
+    return 2.0 * elem_bytes(dtype) * static_cast<double>(s.tokens * s.hidden + s.vocab * s.hidden) + 8.0 * static_cast<double>(s.tokens);
   };
   op.backward_bytes = [](const OpShape& s, at::ScalarType dtype) {
-    return 2.0 * static_cast<double>(c10::elementSize(dtype)) * static_cast<double>(s.tokens * s.hidden + s.vocab * s.hidden);
+    return 2.0 * elem_bytes(dtype) * static_cast<double>(s.tokens * s.hidden + s.vocab * s.hidden);
   };
   // Three GEMMs of 2 N H V each: logits, grad_hidden, grad_weight.
   op.forward_flops = [](const OpShape& s) { return 6.0 * static_cast<double>(s.tokens) * s.hidden * s.vocab; };

@@ -3,12 +3,11 @@
 // logits in place. The second read of the row comes from L2: a 1b/8b row (128256 bf16 values) is
 // 256 KB, the size of a multiprocessor's whole register file, so it cannot stay on chip, but the
 // rows in flight (one or two per multiprocessor) fit in the H100/H200's 50 MB L2.
-#include <cuda_bf16.h>
-
 #include <cmath>
 #include <cstdint>
 
 #include "kernels/common/cuda_check.h"
+#include "kernels/common/vec.cuh"
 #include "kernels/linear_ce/softmax_ce.h"
 
 namespace ddpbench::kernels {
@@ -16,21 +15,6 @@ namespace {
 
 constexpr int kThreads = 1024;
 constexpr int kUnroll = 4;  // independent loads in flight per thread
-
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <typename T>
-__device__ __forceinline__ T from_float(float x);
-template <>
-__device__ __forceinline__ float from_float<float>(float x) { return x; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-
-// N values loaded and stored as one access (16 bytes when N * sizeof(T) == 16).
-template <typename T, int N>
-struct alignas(sizeof(T) * N) Pack {
-  T v[N];
-};
 
 // Merges a partial (max, sum of exp(x - max)) into another; an empty partial has max -inf.
 __device__ __forceinline__ void merge(float& m, float& s, float m2, float s2) {
@@ -131,10 +115,9 @@ template <typename T>
 void launch(T* logits, std::int64_t rows, std::int64_t vocab, std::int64_t row_stride, const std::int64_t* labels,
             std::int64_t ignore_index, float* row_loss, cudaStream_t stream) {
   if (rows == 0) return;
-  constexpr int kVec = 16 / sizeof(T);
-  const bool aligned = reinterpret_cast<std::uintptr_t>(logits) % 16 == 0 && vocab % kVec == 0 && row_stride % kVec == 0;
+  constexpr int kVec = kPackElems<T>;
   const dim3 grid(static_cast<unsigned>(rows));
-  if (aligned)
+  if (aligned16(logits) && vocab % kVec == 0 && row_stride % kVec == 0)
     softmax_ce_grad_kernel<T, kVec><<<grid, kThreads, 0, stream>>>(logits, vocab, row_stride, labels, ignore_index, row_loss);
   else
     softmax_ce_grad_kernel<T, 1><<<grid, kThreads, 0, stream>>>(logits, vocab, row_stride, labels, ignore_index, row_loss);
@@ -143,13 +126,13 @@ void launch(T* logits, std::int64_t rows, std::int64_t vocab, std::int64_t row_s
 
 }  // namespace
 
-void softmax_cross_entropy_grad(void* logits, LogitsType type, std::int64_t rows, std::int64_t vocab,
+void softmax_cross_entropy_grad(void* logits, DType type, std::int64_t rows, std::int64_t vocab,
                                 std::int64_t row_stride, const std::int64_t* labels, std::int64_t ignore_index,
                                 float* row_loss, cudaStream_t stream) {
-  if (type == LogitsType::bf16)
-    launch(static_cast<__nv_bfloat16*>(logits), rows, vocab, row_stride, labels, ignore_index, row_loss, stream);
-  else
-    launch(static_cast<float*>(logits), rows, vocab, row_stride, labels, ignore_index, row_loss, stream);
+  dispatch_dtype(type, [&](auto element) {
+    using T = decltype(element);
+    launch(static_cast<T*>(logits), rows, vocab, row_stride, labels, ignore_index, row_loss, stream);
+  });
 }
 
 }  // namespace ddpbench::kernels

@@ -5,16 +5,16 @@
 
 #include <cstdint>
 
-namespace ddpbench::kernels {
+#include "kernels/common/dtype.h"
 
-enum class LogitsType { f32, bf16 };
+namespace ddpbench::kernels {
 
 // For each of `rows` rows of `logits` (`vocab` values, rows `row_stride` elements apart), in one
 // launch: row_loss[r] = logsumexp(row) - row[labels[r]] in fp32, and the row overwritten in place
 // with d row_loss[r] / d row = softmax(row) - onehot(labels[r]). Rows whose label is ignore_index
 // get loss 0 and a zero gradient; a label outside [0, vocab) gets loss NaN (so that the trainer's
 // non-finite check names the step rather than training on garbage).
-void softmax_cross_entropy_grad(void* logits, LogitsType type, std::int64_t rows, std::int64_t vocab,
+void softmax_cross_entropy_grad(void* logits, DType type, std::int64_t rows, std::int64_t vocab,
                                 std::int64_t row_stride, const std::int64_t* labels, std::int64_t ignore_index,
                                 float* row_loss, cudaStream_t stream);
 

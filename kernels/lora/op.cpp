@@ -11,6 +11,7 @@
 
 #include "common/error.h"
 #include "kernels/fused.h"
+#include "kernels/op_helpers.h"
 
 namespace ddpbench::kernels {
 
@@ -79,18 +80,16 @@ OpSpec lora_linear_op() {
   // The gate/up projection: x [tokens, hidden] to [tokens, intermediate], the widest adapted input
   // being the down projection's, the widest output these.
   op.make_inputs = [](const OpShape& s, at::ScalarType dtype, at::Device device, at::Generator& gen) {
-    const auto f32 = at::TensorOptions().dtype(at::kFloat);
-    const double bound = 1.0 / std::sqrt(static_cast<double>(s.hidden));
-    auto x = at::empty({s.tokens, s.hidden}, f32).normal_(0, 1, gen);
-    auto weight = at::empty({s.intermediate, s.hidden}, f32).normal_(0, 0.02, gen);
-    auto a = at::empty({s.lora_rank, s.hidden}, f32).uniform_(-bound, bound, gen);
-    // B non-zero (unlike at initialisation), so that every gradient path carries something.
-    auto b = at::empty({s.intermediate, s.lora_rank}, f32).normal_(0, 0.02, gen);
+    // x ~ N(0, 1); weight ~ N(0, 0.02^2) as initialised; A ~ N(0, 1/hidden), about PEFT's
+    // kaiming-uniform scale; B non-zero (unlike at initialisation), so every gradient path carries something.
     OpInputs in;
     // The adapters stay fp32 as the trainer keeps them; x and the frozen weight take `dtype`.
-    in.inputs = {x.to(device, dtype), weight.to(device, dtype), a.to(device), b.to(device)};
+    in.inputs = {random_tensor({s.tokens, s.hidden}, dtype, device, gen),
+                 (random_tensor({s.intermediate, s.hidden}, at::kFloat, device, gen) * 0.02).to(dtype),
+                 random_tensor({s.lora_rank, s.hidden}, at::kFloat, device, gen) / std::sqrt(static_cast<double>(s.hidden)),
+                 random_tensor({s.intermediate, s.lora_rank}, at::kFloat, device, gen) * 0.02};
     in.differentiable = {true, false, true, true};
-    in.grad_outputs = {at::empty({s.tokens, s.intermediate}, f32).normal_(0, 1, gen).to(device, dtype)};
+    in.grad_outputs = {random_tensor({s.tokens, s.intermediate}, dtype, device, gen)};
     return in;
   };
   constexpr double kScale = 2.0;  // alpha 32 / rank 16, the suites' setting
@@ -103,12 +102,12 @@ OpSpec lora_linear_op() {
   // x, weight, adapters read and y written in forward; backward reads grad_y, x, weight and writes
   // grad_x (the adapters' gradients are r/hidden of that).
   op.forward_bytes = [](const OpShape& s, at::ScalarType dtype) {
-    const double e = static_cast<double>(c10::elementSize(dtype));
+    const double e = elem_bytes(dtype);
     return e * static_cast<double>(s.tokens * s.hidden + s.intermediate * s.hidden + s.tokens * s.intermediate) +
            4.0 * static_cast<double>(s.lora_rank * (s.hidden + s.intermediate));
   };
   op.backward_bytes = [](const OpShape& s, at::ScalarType dtype) {
-    const double e = static_cast<double>(c10::elementSize(dtype));
+    const double e = elem_bytes(dtype);
     return e * static_cast<double>(s.tokens * s.intermediate + 2 * s.tokens * s.hidden + s.intermediate * s.hidden) +
            8.0 * static_cast<double>(s.lora_rank * (s.hidden + s.intermediate));
   };
