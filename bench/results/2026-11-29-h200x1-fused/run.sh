@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# The one-GPU calls that produced this folder's figures, from the repository root with .deps (and
-# .deps/googletest, Debian's libgtest-dev source, since the GPU hosts have no GoogleTest) and .whl
-# carried. Every GPU process under a timeout; logs into $OUT.
+# The one-GPU calls that produce this folder's figures, from the repository root with .deps (from
+# scripts/pack-deps, GoogleTest included) and .whl carried. Every GPU process under a timeout; logs into $OUT.
 # Usage: bench/results/2026-11-29-h200x1-fused/run.sh STEP...  with STEP one of
 #   test            tests/test_fused_gpu (ops against the fp32 reference, linear + CE at the 1b shape
 #                   against unfused, fused trainer against baseline within the A/A floor)
@@ -15,23 +14,16 @@ mkdir -p "$out"
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$out/run.log"; }
 source "$root/scripts/gpu-env.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$out/nvidia-smi.csv" 2>&1
-gt=/tmp/ddpbench-gtest
-gt_src=$root/.deps/googletest
-[ -d "$gt_src" ] || gt_src=/usr/src/googletest
-if [ ! -f "$gt/lib/cmake/GTest/GTestConfig.cmake" ] && [ -d "$gt_src" ]; then
-  log "googletest"
-  { cmake -S "$gt_src" -B /tmp/ddpbench-gtest-build -G Ninja -DCMAKE_BUILD_TYPE=Release \
-      -DCMAKE_INSTALL_PREFIX="$gt" -DBUILD_GMOCK=OFF && cmake --build /tmp/ddpbench-gtest-build -j"$(nproc)" &&
-    cmake --install /tmp/ddpbench-gtest-build; } > "$out/gtest.log" 2>&1 || log "googletest build failed"
-fi
 build=$root/build-gpu
+# GoogleTest comes from .deps as scripts/pack-deps packs it (headers and static libraries).
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDDPBENCH_CUDA=ON -DDDPBENCH_TESTS=ON \
   -DDDPBENCH_EXTRA_INCLUDE="$root/.deps/include" \
-  -DCMAKE_PREFIX_PATH="$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)');$gt" > "$out/configure.log" 2>&1 ||
+  -DCMAKE_PREFIX_PATH="$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)')" > "$out/configure.log" 2>&1 ||
   { log "configure failed"; tail -20 "$out/configure.log"; exit 1; }
-log "build"
 targets=(ddpbench)
-[ -f "$gt/lib/cmake/GTest/GTestConfig.cmake" ] && targets+=(test_fused_gpu) || log "no GoogleTest: the test step is skipped"
+if grep -q "GoogleTest not found" "$out/configure.log"; then log "no GoogleTest (run scripts/pack-deps): the test step is skipped"
+else targets+=(test_fused_gpu); fi
+log "build"
 timeout "${BUILD_TIMEOUT:-180}" cmake --build "$build" -j"$(nproc)" --target "${targets[@]}" > "$out/build.log" 2>&1 ||
   { log "build failed"; grep -E "error" -A3 "$out/build.log" | head -30; tail -3 "$out/build.log"; exit 1; }
 log "built"
