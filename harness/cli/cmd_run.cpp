@@ -22,7 +22,7 @@ namespace {
 struct RunArgs {
   std::string suite_path;
   std::string runs_dir = "runs";
-  std::string filter;
+  std::vector<std::string> filters;  // a cell runs when its name contains any of them
   int repeats = 1;
   bool dry_run = false;
 };
@@ -153,14 +153,20 @@ int run_main(const RunArgs& a) {
   }
   std::vector<PlannedCell> cells;
   for (const auto& c : suite.cells) {
-    if (!a.filter.empty() && c.name.find(a.filter) == std::string::npos) continue;
+    if (!a.filters.empty() && std::none_of(a.filters.begin(), a.filters.end(),
+                                           [&](const std::string& f) { return c.name.find(f) != std::string::npos; }))
+      continue;
     const auto config = train::to_json(c.config);
     PlannedCell p{&c, c.config, results::cell_id(c.workload, config), results::scaling_group(c.workload, config), "", {}, {}};
     if (c.config.device == "cuda" && c.config.nproc > gpus)
       p.gpu_skip = "skipped: needs " + std::to_string(c.config.nproc) + " GPU(s), " + std::to_string(gpus) + " visible";
     cells.push_back(std::move(p));
   }
-  if (cells.empty()) throw UsageError("--filter: no cell of suite '" + suite.name + "' matches '" + a.filter + "'");
+  if (cells.empty()) {
+    std::string wanted;
+    for (const auto& f : a.filters) wanted += (wanted.empty() ? "'" : ", '") + f + "'";
+    throw UsageError("--filter: no cell of suite '" + suite.name + "' matches " + wanted);
+  }
 
   const std::string run_id = new_run_id();
   const std::string run_dir = a.runs_dir + "/" + run_id;
@@ -258,7 +264,8 @@ void add_run_command(CLI::App& app, Action& action) {
   auto* sub = app.add_subcommand("run", "Run a suite: workloads x GPU counts x batch settings (no SUITE: the built-in smoke suite)");
   sub->add_option("suite", args->suite_path, "suite file (TOML); without one: smoke-gpu where GPUs are visible, else smoke-cpu");
   sub->add_option("--runs-dir", args->runs_dir, "folder for run folders [runs]");
-  sub->add_option("--filter", args->filter, "run only cells whose name contains this");
+  sub->add_option("--filter", args->filters, "run only cells whose name contains this (repeat: any of them)")
+      ->allow_extra_args(false);
   sub->add_option("--repeats", args->repeats,
                   "rounds: each runs every cell once, in the same order, so drift hits all cells alike [1]");
   sub->add_flag("--dry-run", args->dry_run, "list the cell ids and the number of rounds, and stop");
