@@ -8,7 +8,7 @@
 #include "collectives/collectives.h"
 #include "common/error.h"
 #include "common/strings.h"
-#include "results/cells.h"
+#include "results/results.h"
 #include "results/stats.h"
 
 namespace ddpbench::kernels {
@@ -123,17 +123,7 @@ nlohmann::json kernel_document(const KernelSeries& s, const std::map<double, dou
                                  {"repetitions", info.repetitions}, {"iterations", info.iterations}, {"batch", info.batch},
                                  {"device", "cuda"},     {"nproc", 1}};
   const std::string cell = "kernels/" + s.op + "/" + s.preset + "/" + s.pass;
-  nlohmann::json doc;
-  doc["schema_version"] = 1;
-  doc["kind"] = "kernels";
-  doc["run_id"] = info.run_id;
-  doc["cell"] = cell;
-  doc["cell_id"] = cell + "#" + results::short_hash(config.dump());
-  doc["repeat"] = 1;
-  doc["created"] = utc_timestamp();
-  doc["config"] = config;
-  doc["fingerprint"] = info.fingerprint;
-  doc["hardware_key"] = info.hardware_key;
+  auto doc = results::benchmark_document_head("kernels", cell, config, info.run_id, info.fingerprint, info.hardware_key);
   nlohmann::json rows = nlohmann::json::array();
   for (const auto& r : s.rows) {
     nlohmann::json row = {{"impl", r.impl},

@@ -25,6 +25,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/csrc/autograd/autograd.h>
 
+#include "bench/bench_main.h"
 #include "common/error.h"
 #include "device/cuda_device.h"
 #include "kernels/check.h"
@@ -244,13 +245,5 @@ int bench_main(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return bench_main(argc, argv);
-  } catch (const ddpbench::UsageError& e) {
-    std::fprintf(stderr, "bench_kernels: %s\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "bench_kernels: error: %s\n", e.what());
-    return 1;
-  }
+  return ddpbench::bench::guarded_main("bench_kernels", [&] { return bench_main(argc, argv); });
 }

@@ -9,7 +9,7 @@
 
 #include "common/error.h"
 #include "common/strings.h"
-#include "results/cells.h"
+#include "results/results.h"
 #include "results/stats.h"
 
 namespace ddpbench::collectives {
@@ -207,17 +207,7 @@ nlohmann::json series_document(const Series& s, const RunInfo& info) {
                            {"backend", info.backend},     {"max_bytes", info.max_bytes}, {"repetitions", info.repetitions},
                            {"batch", info.batch}};
   const std::string cell = "collectives/" + s.collective + "/" + s.dtype + "/" + s.mode + "/n" + std::to_string(world);
-  nlohmann::json doc;
-  doc["schema_version"] = 1;
-  doc["kind"] = "collectives";
-  doc["run_id"] = info.run_id;
-  doc["cell"] = cell;
-  doc["cell_id"] = cell + "#" + results::short_hash(config.dump());
-  doc["repeat"] = 1;
-  doc["created"] = utc_timestamp();
-  doc["config"] = config;
-  doc["fingerprint"] = info.fingerprint;
-  doc["hardware_key"] = info.hardware_key;
+  auto doc = results::benchmark_document_head("collectives", cell, config, info.run_id, info.fingerprint, info.hardware_key);
 
   nlohmann::json rows = nlohmann::json::array();
   std::int64_t wrong = 0;

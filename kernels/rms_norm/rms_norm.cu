@@ -33,7 +33,9 @@ Layout layout_for(std::int64_t hidden, int vec) {
   Layout l;
   l.vec = vec;
   const std::int64_t packs = (hidden + vec - 1) / vec;
-  while ((packs + l.vpt - 1) / l.vpt > 256 && l.vpt < 16) l.vpt *= 2;
+  // One pack per thread up to rows of 512 packs (8b's 4096 bf16): more packs per thread cost
+  // registers, and with them the second block per multiprocessor that the backward pass counts on.
+  while ((packs + l.vpt - 1) / l.vpt > kBlockThreads && l.vpt < 16) l.vpt *= 2;
   const std::int64_t threads = ((packs + l.vpt - 1) / l.vpt + 31) / 32 * 32;
   if (threads > kBlockThreads)
     throw std::invalid_argument("rms_norm: hidden size " + std::to_string(hidden) + " is larger than the kernels support (" +
