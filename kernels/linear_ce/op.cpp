@@ -78,10 +78,12 @@ void accumulate_weight_grad(at::Tensor& acc, const at::Tensor& dlogits, const at
 }
 
 struct LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy> {
+  // Which gradients to form is decided by the caller (grad mode and requires_grad at the call):
+  // inside forward the node has no edges yet where no input requires a gradient.
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& hidden, const at::Tensor& weight,
-                            const at::Tensor& labels, std::int64_t ignore_index, std::int64_t chunk_rows) {
+                            const at::Tensor& labels, std::int64_t ignore_index, std::int64_t chunk_rows,
+                            bool grad_hidden_needed, bool grad_weight_needed) {
     const auto tokens = hidden.size(0), vocab = weight.size(0);
-    const bool grad_hidden_needed = ctx->needs_input_grad(0), grad_weight_needed = ctx->needs_input_grad(1);
     auto row_loss = new_buffer({tokens}, hidden.options().dtype(at::promote_types(hidden.scalar_type(), at::kFloat)));
     const auto grad_hidden = grad_hidden_needed ? new_buffer(hidden.sizes(), hidden.options()) : at::Tensor();
     at::Tensor grad_weight_acc;
@@ -106,14 +108,18 @@ struct LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy>
     return row_loss.sum();
   }
 
+  // Out of place, so that a graph kept for a second backward (retain_graph) gives the same
+  // gradients again; the extra pass over the gradients is small beside the forward's GEMMs.
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    auto grad_hidden = ctx->saved_data["grad_hidden"].toTensor();
-    auto grad_weight = ctx->saved_data["grad_weight"].toTensor();
-    ctx->saved_data.clear();
+    const auto saved = [&](const char* key) {
+      const auto& v = ctx->saved_data[key];
+      return v.isTensor() ? v.toTensor() : at::Tensor();  // an undefined tensor is saved as None
+    };
+    const auto grad_hidden = saved("grad_hidden"), grad_weight = saved("grad_weight");
     const auto& grad_loss = grads[0];
-    if (grad_hidden.defined()) grad_hidden.mul_(grad_loss);
-    if (grad_weight.defined()) grad_weight.mul_(grad_loss);
-    return {grad_hidden, grad_weight, at::Tensor(), at::Tensor(), at::Tensor()};
+    return {grad_hidden.defined() ? grad_hidden * grad_loss : at::Tensor(),
+            grad_weight.defined() ? grad_weight * grad_loss : at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -144,8 +150,9 @@ at::Tensor linear_cross_entropy_sum_chunked(const at::Tensor& hidden, const at::
                                             std::int64_t ignore_index, std::int64_t chunk_rows) {
   check_inputs(hidden, weight, labels);
   if (chunk_rows < 1) throw RunError("linear_cross_entropy: chunk_rows must be at least 1");
+  const bool grad_mode = at::GradMode::is_enabled();
   return LinearCrossEntropy::apply(hidden.contiguous(), weight.contiguous(), labels.contiguous(), ignore_index,
-                                   chunk_rows);
+                                   chunk_rows, grad_mode && hidden.requires_grad(), grad_mode && weight.requires_grad());
 }
 
 at::Tensor linear_cross_entropy_sum(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& labels,
