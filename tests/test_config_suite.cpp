@@ -329,6 +329,7 @@ void expect_same(const Config& a, const Config& b) {
   EXPECT_EQ(a.lora_targets, b.lora_targets);
   EXPECT_EQ(a.loss_norm, b.loss_norm);
   EXPECT_EQ(a.bucket_cap_mb, b.bucket_cap_mb);
+  EXPECT_EQ(a.bucket_cap_kib, b.bucket_cap_kib);
   EXPECT_EQ(a.timeout_s, b.timeout_s);
   EXPECT_EQ(a.optim_state, b.optim_state);
   EXPECT_EQ(a.markov_states, b.markov_states);
@@ -353,6 +354,33 @@ TEST(ConfigJson, RoundTripsEveryLossNorm) {
     EXPECT_EQ(train::parse_loss_norm(train::to_string(n)), n);
   }
   EXPECT_EQ(train::to_json(Config{})["loss_norm"], "global-tokens");
+}
+
+TEST(ConfigJson, BucketCapInKibRoundTripsAndIsLeftOutUnset) {
+  Config c;
+  // Unset, the key is absent, so the documents and cell ids of configurations without it stay.
+  EXPECT_FALSE(train::to_json(c).contains("bucket_cap_kib"));
+  EXPECT_EQ(c.bucket_cap_bytes(), std::int64_t{25} << 20);
+  c.bucket_cap_kib = 48;
+  EXPECT_EQ(train::to_json(c).at("bucket_cap_kib").get<int>(), 48);
+  EXPECT_EQ(train::config_from_json(train::to_json(c)).bucket_cap_kib, 48);
+  EXPECT_EQ(c.bucket_cap_bytes(), 48 * 1024);
+}
+
+TEST(Settings, BucketCapKibAloneAndOnlyForTheBuiltinTrainer) {
+  Config c;
+  train::apply_settings(c, {{"bucket_cap_kib", "64"}});
+  EXPECT_NO_THROW(train::validate(c));
+  EXPECT_EQ(c.bucket_cap_bytes(), 64 * 1024);
+  Config both;
+  EXPECT_TRUE(contains(message_of<UsageError>([&] { train::apply_settings(both, {{"bucket_cap_mb", "2"}, {"bucket_cap_kib", "64"}}); }),
+                       "--bucket-cap-kib: give the bucket cap in MiB or in KiB, not both"));
+  Config hf;
+  train::apply_settings(hf, {{"trainer", "hf"}, {"bucket_cap_kib", "64"}});
+  EXPECT_TRUE(contains(message_of<UsageError>([&] { train::validate(hf); }), "--bucket-cap-kib: only the built-in trainer"));
+  Config negative;
+  train::apply_settings(negative, {{"bucket_cap_kib", "-1"}});
+  EXPECT_TRUE(contains(message_of<UsageError>([&] { train::validate(negative); }), "--bucket-cap-kib: must not be negative"));
 }
 
 TEST(ConfigJson, CarriesGlobalBatch) {

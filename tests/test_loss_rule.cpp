@@ -21,6 +21,7 @@ struct WorldRun {
   std::vector<std::int64_t> global_tokens;        // N per step
   std::vector<std::vector<double>> weights;       // per rank, the trainable weights after training
   std::int64_t optimizer_state_bytes = 0;         // rank 0's
+  int buckets = 0;                                // rank 0's gradient buckets
   std::vector<std::string> failures;
 };
 
@@ -63,6 +64,7 @@ WorldRun run_world(Config cfg, int world) {
   }
   out.grads = grads[0];
   out.optimizer_state_bytes = reports[0].optimizer_state_bytes;
+  out.buckets = reports[0].buckets;
   if (world > 1) out.rank1_grads = grads[1];
   return out;
 }
@@ -122,6 +124,24 @@ TEST_P(LossRule, TwoRanksTimesThreeMicroBatchesEqualsOneRankWithTheWholeBatch) {
     EXPECT_LT(rel_err(ddp.grads[s], reference.grads[s]), 1e-5);
     // After the all-reduce every rank holds the same averaged gradient.
     EXPECT_EQ(ddp.grads[s], ddp.rank1_grads[s]);
+  }
+}
+
+// The tiny model fits one bucket of the smallest MiB cap; with a cap in KiB its gradients spread
+// over several, launched as backward produces them, and the rule must hold all the same.
+TEST_P(LossRule, HoldsWithTheGradientsInSeveralBuckets) {
+  const auto reference = run_world(split(base_config(GetParam()), 12, 1), 1);
+  auto cfg = split(base_config(GetParam()), 2, 3);
+  cfg.bucket_cap_kib = GetParam() == Mode::lora ? 4 : 64;
+  const auto ddp = run_world(cfg, 2);
+  ASSERT_TRUE(reference.failures.empty()) << reference.failures.front();
+  ASSERT_TRUE(ddp.failures.empty()) << ddp.failures.front();
+  EXPECT_GE(ddp.buckets, 3);
+  ASSERT_EQ(ddp.losses.size(), reference.losses.size());
+  for (std::size_t s = 0; s < reference.losses.size(); ++s) {
+    SCOPED_TRACE("step " + std::to_string(s));
+    EXPECT_LT(std::fabs(ddp.losses[s] - reference.losses[s]) / std::fabs(reference.losses[s]), 1e-5);
+    EXPECT_LT(rel_err(ddp.grads[s], reference.grads[s]), 1e-5);
   }
 }
 

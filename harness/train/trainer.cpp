@@ -176,7 +176,7 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
         comm->broadcast(t, 0);
       }
     }
-    ddp::GradReducer reducer(*comm, trainable, static_cast<std::int64_t>(cfg.bucket_cap_mb) << 20, cfg.shard_optimizer);
+    ddp::GradReducer reducer(*comm, trainable, cfg.bucket_cap_bytes(), cfg.shard_optimizer);
     // ZeRO-1: the optimizer steps this rank's blocks of the parameters, not the parameters.
     const auto shards = cfg.shard_optimizer ? reducer.param_shards() : std::vector<at::Tensor>{};
     std::unique_ptr<profile::InProcessProfiler> profiler;
