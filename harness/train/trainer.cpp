@@ -21,6 +21,7 @@
 #include "train/batches.h"
 #include "train/data.h"
 #include "train/model.h"
+#include "train/staging.h"
 
 namespace ddpbench::train {
 
@@ -91,11 +92,6 @@ std::vector<double> host_fp64(const std::vector<at::Tensor>& tensors) {
     flat.insert(flat.end(), h.data_ptr<double>(), h.data_ptr<double>() + h.numel());
   }
   return flat;
-}
-
-at::Tensor to_device(const std::vector<std::int64_t>& values, int rows, int cols, const at::Device& device) {
-  auto cpu = at::from_blob(const_cast<std::int64_t*>(values.data()), {rows, cols}, at::kLong).clone();
-  return device.is_cpu() ? cpu : cpu.to(device, /*non_blocking=*/false);
 }
 
 // The per-micro-batch factor on the summed token loss. With DDP's mean over W ranks, the
@@ -195,6 +191,7 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
     report.matmul_bf16_flops = device::measure_bf16_matmul_flops(cfg.device, env.local_rank);
 
     const int W = env.world_size, G = cfg.grad_accum;
+    MicroBatchStager stager(device, G);
     for (int step = 0; step < cfg.total_steps(); ++step) {
       set_phase("step " + std::to_string(step));
       device::reset_memory_peaks(cfg.device, env.local_rank);
@@ -230,8 +227,8 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
         at::Tensor tokens, labels;
         {
           const auto scope = phases.scope(profile::kDataRange);
-          tokens = to_device(mb.tokens, mb.rows, mb.seq_len, device);
-          labels = to_device(mb.labels, mb.rows, mb.seq_len, device);
+          tokens = stager.to_device(mb.tokens, mb.rows, mb.seq_len, 2 * m);
+          labels = stager.to_device(mb.labels, mb.rows, mb.seq_len, 2 * m + 1);
         }
         const double scale = loss_scale(cfg.loss_norm, W, G, n_global, n_rank, mb.predicted_tokens());
         at::Tensor loss_sum;
