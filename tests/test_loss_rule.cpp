@@ -8,6 +8,7 @@
 #include <mutex>
 #include <thread>
 
+#include "device/device.h"
 #include "launch/launch.h"
 #include "train/trainer.h"
 
@@ -163,6 +164,36 @@ TEST_P(LossRule, TheTwoWrongVariantsBreakTheEquivalence) {
     }
     EXPECT_GT(worst_grad, 1e-3);
     EXPECT_GT(worst_loss, 1e-4);
+  }
+}
+
+double norm_of(const std::vector<double>& v) {
+  double sum = 0;
+  for (double x : v) sum += x * x;
+  return std::sqrt(sum);
+}
+
+// Labelled gpu (tests/CMakeLists.txt: test suites named Gpu*): the rule on the GPU path, bf16 weights
+// and NCCL (2 ranks where 2 GPUs are visible, else a world of 1 accumulating 3 micro-batches), within
+// check-loss's bf16 tolerance (orchestrate/check_loss.cpp).
+TEST(GpuTrainer, Bf16OnNcclTrainsLikeOneRankWithTheWholeBatch) {
+  const auto runtime = device::runtime_info();
+  const int gpus = runtime.cuda_available ? runtime.cuda_device_count : 0;
+  if (gpus < 1) GTEST_SKIP() << "no GPU visible: NCCL and bf16 run only on GPUs";
+  const int ranks = std::min(gpus, 2);
+  auto cfg = base_config(Mode::lora);
+  cfg.device = "cuda";
+  const auto reference = run_world(split(cfg, 12, 1), 1);
+  const auto ddp = run_world(split(cfg, 12 / (3 * ranks), 3), ranks);
+  ASSERT_TRUE(reference.failures.empty()) << reference.failures.front();
+  ASSERT_TRUE(ddp.failures.empty()) << ddp.failures.front();
+  ASSERT_EQ(ddp.losses.size(), reference.losses.size());
+  for (std::size_t s = 0; s < reference.losses.size(); ++s) {
+    SCOPED_TRACE("step " + std::to_string(s));
+    EXPECT_EQ(ddp.global_tokens[s], reference.global_tokens[s]);
+    EXPECT_LT(std::fabs(ddp.losses[s] - reference.losses[s]) / std::fabs(reference.losses[s]), 5e-3);
+    const double norm = norm_of(ddp.grads[s]), ref = norm_of(reference.grads[s]);
+    if (ref > 0) EXPECT_LT(std::fabs(norm - ref) / ref, 5e-3);
   }
 }
 
