@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/strings.h"
+#include "launch/launch.h"
 #include "results/cells.h"
 #include "profile/activity.h"
 
@@ -134,6 +135,47 @@ TEST_F(Cli, TrainTwoGlooRanksWritesAResultDocument) {
   for (const auto& e : fs::recursive_directory_iterator(dir_ / "runs"))
     logs += e.path().filename().string().rfind("rank", 0) == 0 && e.path().extension() == ".log";
   EXPECT_EQ(logs, 2u);
+}
+
+// Two launchers as two nodes of one rank each (the multi-node path on one machine): node 0 hosts
+// the rendezvous store for the cell and gathers rank 1's report into its document, whose per-rank
+// figures are then over both ranks; node 1's document holds its own rank and says it is partial.
+TEST_F(Cli, TwoLaunchersAsTwoNodesGatherEveryRankOnNodeZero) {
+  const int port = ddpbench::launch::pick_free_port();
+  const std::string common = "train --nnodes 2 --nproc 1 --master-port " + std::to_string(port) +
+                             " --grad-accum 2 --seq-len 32 --lengths uniform:8:32 --warmup 1 --steps 3 --node-rank ";
+  Result node[2];
+  for (int n : {0, 1}) fs::create_directories(dir_ / ("node" + std::to_string(n)));
+  std::thread other([&] { node[1] = run(common + "1 --out out.json", dir_ / "node1"); });
+  node[0] = run(common + "0 --out out.json", dir_ / "node0");
+  other.join();
+  ASSERT_EQ(node[0].status, 0) << node[0].output;
+  ASSERT_EQ(node[1].status, 0) << node[1].output;
+  const auto doc0 = load("node0/out.json"), doc1 = load("node1/out.json");
+  ASSERT_EQ(doc0["ranks"].size(), 2u) << doc0.dump(1);
+  EXPECT_EQ(doc0["ranks"][0]["rank"], 0);
+  EXPECT_EQ(doc0["ranks"][1]["rank"], 1);
+  EXPECT_FALSE(doc0.contains("partial")) << doc0["partial"].dump();
+  // The tokens of both ranks, over the two of them.
+  double tokens = 0, time = 0;
+  for (const auto& st : doc0["steps"])
+    if (!st["warmup"].get<bool>()) {
+      tokens += st["tokens"].get<double>();
+      time += st["step_time_s"].get<double>();
+    }
+  const auto& s0 = doc0["summary"];
+  EXPECT_NEAR(s0["tokens_per_s"].get<double>(), tokens / time, 1e-9 * tokens / time);
+  EXPECT_NEAR(s0["tokens_per_s_per_gpu"].get<double>(), tokens / time / 2, 1e-9 * tokens / time);
+  // Each step's tokens are both ranks': rank 1's, from node 1's document, are a part of them.
+  ASSERT_EQ(doc1["steps"].size(), doc0["steps"].size());
+  EXPECT_LT(doc1["steps"][1]["tokens"].get<double>(), doc0["steps"][1]["tokens"].get<double>());
+  ASSERT_TRUE(doc1.contains("partial")) << doc1.dump(1);
+  EXPECT_EQ(doc1["partial"]["world_size"], 2);
+  EXPECT_EQ(doc1["partial"]["ranks"], nlohmann::json::array({1}));
+  EXPECT_NE(doc1["partial"]["reason"].get<std::string>().find("node 0's document holds every rank"), std::string::npos);
+  EXPECT_EQ(doc1["ranks"].size(), 1u);
+  const auto& s1 = doc1["summary"];
+  EXPECT_DOUBLE_EQ(s1["tokens_per_s_per_gpu"].get<double>(), s1["tokens_per_s"].get<double>());
 }
 
 TEST_F(Cli, NonFiniteLossFailsTheRunNamingTheStep) {

@@ -13,6 +13,7 @@
 #include "common/error.h"
 #include "common/strings.h"
 #include "ddp/ddp.h"
+#include "ddp/store.h"
 #include "device/device.h"
 #include "profile/activity.h"
 #include "profile/in_process.h"
@@ -130,6 +131,7 @@ RankEnv RankEnv::from_environment() {
   e.local_world_size = env_int("LOCAL_WORLD_SIZE", e.world_size);
   e.master_addr = getenv_or("MASTER_ADDR", "127.0.0.1");
   e.master_port = env_int("MASTER_PORT", e.world_size == 1 ? std::optional<int>(0) : std::nullopt);
+  e.report_store = getenv_or(ddp::kReportStoreVariable, "") == "1";
   if (e.rank < 0 || e.rank >= e.world_size)
     throw UsageError("RANK=" + std::to_string(e.rank) + " is outside WORLD_SIZE=" + std::to_string(e.world_size));
   return e;
@@ -162,7 +164,8 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
     report.trainable_parameters = model.parameter_count(true);
 
     set_phase("rendezvous");
-    ddp::Rendezvous rv{env.master_addr, env.master_port, env.rank, env.world_size, std::chrono::seconds(cfg.timeout_s)};
+    ddp::Rendezvous rv{env.master_addr, env.master_port, env.rank, env.world_size, std::chrono::seconds(cfg.timeout_s),
+                       env.report_store};
     comm = ddp::Communicator::connect(cuda ? "nccl" : "gloo", rv, env.local_rank);
     // Every rank starts from rank 0's weights, as torch DDP guarantees at construction.
     {
