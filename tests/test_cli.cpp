@@ -400,6 +400,42 @@ TEST_F(Cli, RunRepeatsInterleavesRoundsIntoUniqueFiles) {
   }
 }
 
+// profile = ["builtin"] on the smoke suite's tiny shapes: the two-rank cell once more with --profile,
+// whose document breaks each rank's steps down by phase (on the CPU the phases are all there is).
+TEST_F(Cli, RunProfilesTheListedTrainersAtTheLargestRankCount) {
+  std::ofstream(dir_ / "s.toml") << "name = \"prof\"\nprofile = [\"builtin\"]\n[defaults]\npreset = \"tiny\"\ndevice = \"cpu\"\n"
+                                    "nproc = [1, 2]\nmicro_batch = 2\ngrad_accum = 2\nseq_len = 32\nlengths = \"uniform:8:32\"\n"
+                                    "warmup = 1\nsteps = 3\n[[workload]]\nname = \"lora-tiny\"\nmode = \"lora\"\n";
+  const auto r = run("run s.toml", dir_);
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto run_dir = fs::directory_iterator(dir_ / "runs")->path();
+  const auto index = nlohmann::json::parse(ddpbench::read_file((run_dir / "run.json").string()));
+  ASSERT_EQ(index["cells"].size(), 3u) << index.dump(1);
+  EXPECT_EQ(index["cells"][2]["name"], "lora-tiny-profile/builtin/n2/b2/g2/s32");
+  for (int i : {0, 1}) {
+    const auto doc = nlohmann::json::parse(ddpbench::read_file((run_dir / index["cells"][i]["file"].get<std::string>()).string()));
+    EXPECT_FALSE(doc.contains("profile")) << index["cells"][i]["name"];
+  }
+  const auto doc = nlohmann::json::parse(ddpbench::read_file((run_dir / index["cells"][2]["file"].get<std::string>()).string()));
+  EXPECT_EQ(doc["status"]["state"], "ok") << doc["status"].dump();
+  EXPECT_TRUE(doc["config"]["profile"].get<bool>());
+  ASSERT_TRUE(doc.contains("profile")) << doc.dump(1).substr(0, 2000);
+  ASSERT_EQ(doc["profile"]["ranks"].size(), 2u) << doc["profile"].dump(1).substr(0, 2000);
+  EXPECT_TRUE(doc["profile"]["missing"].empty());
+  EXPECT_EQ(doc["profile"]["traces"].size(), 2u);
+  // The measured steps broken down by phase, on the host's clock: forward and backward took time,
+  // and each phase lies within the steps.
+  for (const auto& rank : doc["profile"]["ranks"]) {
+    const auto& total = rank["summary"]["total"];
+    SCOPED_TRACE(total.dump());
+    EXPECT_EQ(rank["summary"]["measured_steps"], 3);
+    const auto& phases = total["phases_ns"];
+    EXPECT_GT(phases["forward"].get<double>(), 0);
+    EXPECT_GT(phases["backward"].get<double>(), 0);
+    for (const auto& [name, ns] : phases.items()) EXPECT_LE(ns.get<double>(), total["step_ns"].get<double>()) << name;
+  }
+}
+
 TEST_F(Cli, DoctorDescribesTheEnvironment) {
   const auto r = run("doctor --nproc 2", dir_);
   ASSERT_EQ(r.status, 0) << r.output;

@@ -918,4 +918,43 @@ TEST(Suite, AaAddsTheHalfMicroBatchTwinOfEachOneRankBuiltinCell) {
   EXPECT_THROW(ddpbench::suite::parse_suite("name = \"a\"\naa = 1\n[[workload]]\nname = \"w\"\n", "aa.toml"), ddpbench::UsageError);
 }
 
+// profile = [...] adds, after each cell of a listed trainer at the workload's largest rank count,
+// its profiled twin (workload "<name>-profile"); the measured cells stay unprofiled.
+TEST(Suite, ProfileAddsTheProfiledTwinOfTheListedTrainersAtTheLargestRankCount) {
+  const auto s = ddpbench::suite::parse_suite(
+      "name = \"p\"\nprofile = [\"builtin\", \"hf\"]\n[defaults]\npreset = \"tiny\"\ndevice = \"cuda\"\n"
+      "trainer = [\"builtin\", \"hf\", \"liger\"]\nnproc = [1, 2, 4]\n[[workload]]\nname = \"w\"\n[[workload]]\nname = \"v\"\nnproc = [1, 2]\n",
+      "p.toml");
+  std::vector<std::string> profiled;
+  for (std::size_t i = 0; i < s.cells.size(); ++i) {
+    const auto& c = s.cells[i];
+    if (c.workload.size() < 8 || c.workload.substr(c.workload.size() - 8) != "-profile") {
+      EXPECT_FALSE(c.config.profile) << c.name;
+      continue;
+    }
+    EXPECT_TRUE(c.config.profile) << c.name;
+    profiled.push_back(c.name);
+    // Right after the cell it profiles, which is the same configuration unprofiled.
+    ASSERT_GT(i, 0u);
+    auto plain = c.config;
+    plain.profile = false;
+    EXPECT_EQ(ddpbench::train::to_json(plain), ddpbench::train::to_json(s.cells[i - 1].config)) << c.name;
+  }
+  EXPECT_EQ(profiled, (std::vector<std::string>{"w-profile/builtin/n4/b2/g1/s128", "w-profile/hf/n4/b2/g1/s128",
+                                                "v-profile/builtin/n2/b2/g1/s128", "v-profile/hf/n2/b2/g1/s128"}));
+  EXPECT_EQ(s.cells.size(), 3u * 3 + 3u * 2 + 4);
+}
+
+TEST(SuiteErrors, ProfileNamesTrainersThatCanBeProfiledThere) {
+  const auto message = [](const std::string& text) {
+    return ddpbench::testing_helpers::message_of<ddpbench::UsageError>([&] { ddpbench::suite::parse_suite(text, "p.toml"); });
+  };
+  EXPECT_TRUE(ddpbench::testing_helpers::contains(message("name = \"p\"\nprofile = \"builtin\"\n[[workload]]\nname = \"w\"\n"), "'profile' must be a list"));
+  EXPECT_TRUE(ddpbench::testing_helpers::contains(message("name = \"p\"\nprofile = [\"nope\"]\n[[workload]]\nname = \"w\"\n"), "unknown trainer 'nope'"));
+  // On the CPU only the built-in trainer records its phases; a Python trainer needs CUPTI.
+  EXPECT_TRUE(ddpbench::testing_helpers::contains(message("name = \"p\"\nprofile = [\"hf\"]\n[defaults]\ntrainer = \"hf\"\n[[workload]]\nname = \"w\"\n"),
+                       "needs --device cuda"));
+  EXPECT_NO_THROW(ddpbench::suite::parse_suite("name = \"p\"\nprofile = [\"builtin\"]\n[[workload]]\nname = \"w\"\n", "p.toml"));
+}
+
 }  // namespace

@@ -15,6 +15,9 @@
 #ifndef DDPBENCH_SOURCE_DIR
 #define DDPBENCH_SOURCE_DIR "."
 #endif
+#ifndef DDPBENCH_INJECTION_LIBRARY
+#define DDPBENCH_INJECTION_LIBRARY ""
+#endif
 #include "results/cells.h"
 #include "results/fingerprint.h"
 #include "results/results.h"
@@ -30,6 +33,14 @@ EqualWorkInputs prepare_equal_work_inputs(const train::Config& cfg, const std::s
   train::write_initial_checkpoint(cfg, in.checkpoint);
   train::dump_synthetic_data(cfg, train::preset_shape(cfg.preset).vocab, world_size, in.data_file);
   return in;
+}
+
+std::string injection_library() {
+  const std::string path = getenv_or("DDPBENCH_INJECTION", DDPBENCH_INJECTION_LIBRARY);
+  if (path.empty() || !std::filesystem::exists(path))
+    throw UsageError("the CUPTI injection library not found" + (path.empty() ? std::string() : " at " + path) +
+                     " (set DDPBENCH_INJECTION; ddpbench needs a CUDA toolkit with CUPTI at build time)");
+  return path;
 }
 
 std::string python_trainer_script(const std::string& trainer) {
@@ -178,6 +189,14 @@ CellResult run_cell(const CellRequest& req) {
   spec.timeout = std::chrono::seconds(config.timeout_s);
   spec.echo_rank0 = req.echo_rank0;
   spec.bind_cpus = config.bind_cpus;
+  if (config.profile && train::is_python_trainer(config.trainer)) {
+    // A Python trainer is profiled from outside, as `ddpbench profile` does: the CUPTI collector as
+    // CUDA's (and NVTX's) injection library, leaving rank<k>.activity.json beside the reports.
+    const std::string injection = injection_library();
+    spec.extra_env["CUDA_INJECTION64_PATH"] = injection;
+    spec.extra_env["NVTX_INJECTION64_PATH"] = injection;
+    spec.extra_env["DDPBENCH_PROFILE_DIR"] = ranks_dir;
+  }
   // Over several nodes, node 0 hosts the rendezvous store for the whole cell and every rank of the
   // built-in trainer leaves its report in it, so that node 0's document holds every rank. A Python
   // trainer's torch.distributed hosts its own store in its rank 0: its nodes' documents stay partial.

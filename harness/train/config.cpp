@@ -134,7 +134,9 @@ void validate(const Config& c) {
   require(c.bucket_cap_kib == 0 || c.trainer == "builtin",
           "--bucket-cap-kib: only the built-in trainer has it (trainer '" + c.trainer + "' takes --bucket-cap-mb)");
   require(c.timeout_s >= 1, "--timeout: must be at least 1 second");
-  require(!c.profile || c.device == "cuda", "--profile: needs --device cuda (CUPTI records GPU activity)");
+  require(!c.profile || c.device == "cuda" || c.trainer == "builtin",
+          "--profile: on the CPU only the built-in trainer records its phases; trainer '" + c.trainer +
+              "' needs --device cuda (CUPTI records GPU activity)");
   require(c.data == "markov" || c.data == "random", "--data: unknown generator '" + c.data + "' (choose markov or random)");
   require(c.markov_states >= 1, "--markov-states: must be at least 1, got " + std::to_string(c.markov_states));
   require(c.global_batch >= 0, "--global-batch: must not be negative, got " + std::to_string(c.global_batch));
@@ -339,7 +341,7 @@ const std::vector<Setting>& settings() {
        [](Config& c, const std::string& v) { c.checkpoint = v; }},
       {"grad_ckpt", "gradient checkpointing: recompute each layer in backward",
        [](Config& c, const std::string& v) { c.grad_ckpt = parse_bool("grad_ckpt", v); }, true},
-      {"profile", "record GPU activity (CUPTI, NVTX) and break each step down",
+      {"profile", "break each step down: on a GPU with its activity (CUPTI, NVTX), on the CPU by the trainer's phases alone",
        [](Config& c, const std::string& v) { c.profile = parse_bool("profile", v); }, true},
       {"bind_cpus", "bind each local rank to its own contiguous share of the launcher's CPUs",
        [](Config& c, const std::string& v) { c.bind_cpus = parse_bool("bind_cpus", v); }, true},

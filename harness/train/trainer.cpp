@@ -179,7 +179,7 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
     // ZeRO-1: the optimizer steps this rank's blocks of the parameters, not the parameters.
     const auto shards = cfg.shard_optimizer ? reducer.param_shards() : std::vector<at::Tensor>{};
     std::unique_ptr<profile::InProcessProfiler> profiler;
-    if (cfg.profile) profiler = std::make_unique<profile::InProcessProfiler>();
+    if (cfg.profile) profiler = std::make_unique<profile::InProcessProfiler>(cfg.device);
     const device::Phases phases(profiler ? profiler->sink() : device::Phases::Sink{});
     reducer.set_phases(&phases);
     report.buckets = reducer.bucket_count();
