@@ -63,6 +63,9 @@ class Cli : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(dir_); }
   nlohmann::json load(const std::string& rel) { return nlohmann::json::parse(ddpbench::read_file((dir_ / rel).string())); }
+  // The folder of the one run under runs/, and its run.json.
+  fs::path only_run() { return fs::directory_iterator(dir_ / "runs")->path(); }
+  nlohmann::json load_run_index() { return nlohmann::json::parse(ddpbench::read_file((only_run() / "run.json").string())); }
   fs::path dir_;
 };
 
@@ -359,8 +362,8 @@ TEST_F(Cli, RunRepeatsInterleavesRoundsIntoUniqueFiles) {
   const auto r = run("run s.toml --repeats 2", dir_);
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("tok/s range"), std::string::npos) << r.output;
-  const auto run_dir = fs::directory_iterator(dir_ / "runs")->path();
-  const auto index = nlohmann::json::parse(ddpbench::read_file((run_dir / "run.json").string()));
+  const auto run_dir = only_run();
+  const auto index = load_run_index();
   EXPECT_EQ(index["repeats"], 2);
   ASSERT_EQ(index["cells"].size(), 4u) << index.dump(1);
   const std::vector<std::pair<std::string, int>> order{{"x/y", 1}, {"x_y", 1}, {"x/y", 2}, {"x_y", 2}};
@@ -408,8 +411,8 @@ TEST_F(Cli, RunProfilesTheListedTrainersAtTheLargestRankCount) {
                                     "warmup = 1\nsteps = 3\n[[workload]]\nname = \"lora-tiny\"\nmode = \"lora\"\n";
   const auto r = run("run s.toml", dir_);
   ASSERT_EQ(r.status, 0) << r.output;
-  const auto run_dir = fs::directory_iterator(dir_ / "runs")->path();
-  const auto index = nlohmann::json::parse(ddpbench::read_file((run_dir / "run.json").string()));
+  const auto run_dir = only_run();
+  const auto index = load_run_index();
   ASSERT_EQ(index["cells"].size(), 3u) << index.dump(1);
   EXPECT_EQ(index["cells"][2]["name"], "lora-tiny-profile/builtin/n2/b2/g2/s32");
   for (int i : {0, 1}) {
