@@ -183,6 +183,7 @@ TEST(GpuTrainer, Bf16OnNcclTrainsLikeOneRankWithTheWholeBatch) {
   const int ranks = std::min(gpus, 2);
   auto cfg = base_config(Mode::lora);
   cfg.device = "cuda";
+  cfg.lr = 1e-3;  // as check-loss on GPUs: bf16 rounding, moved by large updates, would blur later steps
   const auto reference = run_world(split(cfg, 12, 1), 1);
   const auto ddp = run_world(split(cfg, 12 / (3 * ranks), 3), ranks);
   ASSERT_TRUE(reference.failures.empty()) << reference.failures.front();

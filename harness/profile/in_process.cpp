@@ -1,6 +1,7 @@
 #include "profile/in_process.h"
 
 #include <chrono>
+#include <map>
 #include <mutex>
 #include <thread>
 
@@ -14,11 +15,13 @@
 
 namespace ddpbench::profile {
 
-// On the CPU: the phases as ranges on the steady clock, closed in the order they were opened.
+// On the CPU: the phases as ranges on the steady clock, each thread's closed in the reverse order
+// they were opened (the gradient reducer's ranges come from autograd's hooks).
 struct HostRanges {
   std::mutex mu;
   std::vector<RangeRecord> done;
-  std::vector<RangeRecord> open;
+  std::map<std::uint64_t, std::vector<RangeRecord>> open;  // by thread
+  static std::uint64_t this_thread() { return std::hash<std::thread::id>{}(std::this_thread::get_id()); }
   static std::uint64_t now_ns() {
     return static_cast<std::uint64_t>(
         std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count());
@@ -27,16 +30,17 @@ struct HostRanges {
     std::lock_guard<std::mutex> lock(mu);
     RangeRecord r;
     r.start = now_ns();
-    r.thread = std::hash<std::thread::id>{}(std::this_thread::get_id());
+    r.thread = this_thread();
     r.name = name;
-    open.push_back(std::move(r));
+    open[r.thread].push_back(std::move(r));
   }
   void pop() {
     std::lock_guard<std::mutex> lock(mu);
-    if (open.empty()) return;
-    open.back().end = now_ns();
-    done.push_back(std::move(open.back()));
-    open.pop_back();
+    auto& stack = open[this_thread()];
+    if (stack.empty()) return;
+    stack.back().end = now_ns();
+    done.push_back(std::move(stack.back()));
+    stack.pop_back();
   }
 };
 
