@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/strings.h"
+#include "launch/launch.h"
 #include "results/cells.h"
 #include "profile/activity.h"
 
@@ -62,6 +63,9 @@ class Cli : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(dir_); }
   nlohmann::json load(const std::string& rel) { return nlohmann::json::parse(ddpbench::read_file((dir_ / rel).string())); }
+  // The folder of the one run under runs/, and its run.json.
+  fs::path only_run() { return fs::directory_iterator(dir_ / "runs")->path(); }
+  nlohmann::json load_run_index() { return nlohmann::json::parse(ddpbench::read_file((only_run() / "run.json").string())); }
   fs::path dir_;
 };
 
@@ -134,6 +138,47 @@ TEST_F(Cli, TrainTwoGlooRanksWritesAResultDocument) {
   for (const auto& e : fs::recursive_directory_iterator(dir_ / "runs"))
     logs += e.path().filename().string().rfind("rank", 0) == 0 && e.path().extension() == ".log";
   EXPECT_EQ(logs, 2u);
+}
+
+// Two launchers as two nodes of one rank each (the multi-node path on one machine): node 0 hosts
+// the rendezvous store for the cell and gathers rank 1's report into its document, whose per-rank
+// figures are then over both ranks; node 1's document holds its own rank and says it is partial.
+TEST_F(Cli, TwoLaunchersAsTwoNodesGatherEveryRankOnNodeZero) {
+  const int port = ddpbench::launch::pick_free_port();
+  const std::string common = "train --nnodes 2 --nproc 1 --master-port " + std::to_string(port) +
+                             " --grad-accum 2 --seq-len 32 --lengths uniform:8:32 --warmup 1 --steps 3 --node-rank ";
+  Result node[2];
+  for (int n : {0, 1}) fs::create_directories(dir_ / ("node" + std::to_string(n)));
+  std::thread other([&] { node[1] = run(common + "1 --out out.json", dir_ / "node1"); });
+  node[0] = run(common + "0 --out out.json", dir_ / "node0");
+  other.join();
+  ASSERT_EQ(node[0].status, 0) << node[0].output;
+  ASSERT_EQ(node[1].status, 0) << node[1].output;
+  const auto doc0 = load("node0/out.json"), doc1 = load("node1/out.json");
+  ASSERT_EQ(doc0["ranks"].size(), 2u) << doc0.dump(1);
+  EXPECT_EQ(doc0["ranks"][0]["rank"], 0);
+  EXPECT_EQ(doc0["ranks"][1]["rank"], 1);
+  EXPECT_FALSE(doc0.contains("partial")) << doc0["partial"].dump();
+  // The tokens of both ranks, over the two of them.
+  double tokens = 0, time = 0;
+  for (const auto& st : doc0["steps"])
+    if (!st["warmup"].get<bool>()) {
+      tokens += st["tokens"].get<double>();
+      time += st["step_time_s"].get<double>();
+    }
+  const auto& s0 = doc0["summary"];
+  EXPECT_NEAR(s0["tokens_per_s"].get<double>(), tokens / time, 1e-9 * tokens / time);
+  EXPECT_NEAR(s0["tokens_per_s_per_gpu"].get<double>(), tokens / time / 2, 1e-9 * tokens / time);
+  // Each step's tokens are both ranks': rank 1's, from node 1's document, are a part of them.
+  ASSERT_EQ(doc1["steps"].size(), doc0["steps"].size());
+  EXPECT_LT(doc1["steps"][1]["tokens"].get<double>(), doc0["steps"][1]["tokens"].get<double>());
+  ASSERT_TRUE(doc1.contains("partial")) << doc1.dump(1);
+  EXPECT_EQ(doc1["partial"]["world_size"], 2);
+  EXPECT_EQ(doc1["partial"]["ranks"], nlohmann::json::array({1}));
+  EXPECT_NE(doc1["partial"]["reason"].get<std::string>().find("node 0's document holds every rank"), std::string::npos);
+  EXPECT_EQ(doc1["ranks"].size(), 1u);
+  const auto& s1 = doc1["summary"];
+  EXPECT_DOUBLE_EQ(s1["tokens_per_s_per_gpu"].get<double>(), s1["tokens_per_s"].get<double>());
 }
 
 TEST_F(Cli, NonFiniteLossFailsTheRunNamingTheStep) {
@@ -324,8 +369,8 @@ TEST_F(Cli, RunRepeatsInterleavesRoundsIntoUniqueFiles) {
   const auto r = run("run s.toml --repeats 2", dir_);
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("tok/s range"), std::string::npos) << r.output;
-  const auto run_dir = fs::directory_iterator(dir_ / "runs")->path();
-  const auto index = nlohmann::json::parse(ddpbench::read_file((run_dir / "run.json").string()));
+  const auto run_dir = only_run();
+  const auto index = load_run_index();
   EXPECT_EQ(index["repeats"], 2);
   ASSERT_EQ(index["cells"].size(), 4u) << index.dump(1);
   const std::vector<std::pair<std::string, int>> order{{"x/y", 1}, {"x_y", 1}, {"x/y", 2}, {"x_y", 2}};
@@ -362,6 +407,42 @@ TEST_F(Cli, RunRepeatsInterleavesRoundsIntoUniqueFiles) {
   for (const auto& p : index["scaling"]) {
     EXPECT_EQ(p["baseline_cell_id"], p["cell_id"]) << p.dump();
     EXPECT_DOUBLE_EQ(p["efficiency"].get<double>(), 1.0);
+  }
+}
+
+// profile = ["builtin"] on the smoke suite's tiny shapes: the two-rank cell once more with --profile,
+// whose document breaks each rank's steps down by phase (on the CPU the phases are all there is).
+TEST_F(Cli, RunProfilesTheListedTrainersAtTheLargestRankCount) {
+  std::ofstream(dir_ / "s.toml") << "name = \"prof\"\nprofile = [\"builtin\"]\n[defaults]\npreset = \"tiny\"\ndevice = \"cpu\"\n"
+                                    "nproc = [1, 2]\nmicro_batch = 2\ngrad_accum = 2\nseq_len = 32\nlengths = \"uniform:8:32\"\n"
+                                    "warmup = 1\nsteps = 3\n[[workload]]\nname = \"lora-tiny\"\nmode = \"lora\"\n";
+  const auto r = run("run s.toml", dir_);
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto run_dir = only_run();
+  const auto index = load_run_index();
+  ASSERT_EQ(index["cells"].size(), 3u) << index.dump(1);
+  EXPECT_EQ(index["cells"][2]["name"], "lora-tiny-profile/builtin/n2/b2/g2/s32");
+  for (int i : {0, 1}) {
+    const auto doc = nlohmann::json::parse(ddpbench::read_file((run_dir / index["cells"][i]["file"].get<std::string>()).string()));
+    EXPECT_FALSE(doc.contains("profile")) << index["cells"][i]["name"];
+  }
+  const auto doc = nlohmann::json::parse(ddpbench::read_file((run_dir / index["cells"][2]["file"].get<std::string>()).string()));
+  EXPECT_EQ(doc["status"]["state"], "ok") << doc["status"].dump();
+  EXPECT_TRUE(doc["config"]["profile"].get<bool>());
+  ASSERT_TRUE(doc.contains("profile")) << doc.dump(1).substr(0, 2000);
+  ASSERT_EQ(doc["profile"]["ranks"].size(), 2u) << doc["profile"].dump(1).substr(0, 2000);
+  EXPECT_TRUE(doc["profile"]["missing"].empty());
+  EXPECT_EQ(doc["profile"]["traces"].size(), 2u);
+  // The measured steps broken down by phase, on the host's clock: forward and backward took time,
+  // and each phase lies within the steps.
+  for (const auto& rank : doc["profile"]["ranks"]) {
+    const auto& total = rank["summary"]["total"];
+    SCOPED_TRACE(total.dump());
+    EXPECT_EQ(rank["summary"]["measured_steps"], 3);
+    const auto& phases = total["phases_ns"];
+    EXPECT_GT(phases["forward"].get<double>(), 0);
+    EXPECT_GT(phases["backward"].get<double>(), 0);
+    for (const auto& [name, ns] : phases.items()) EXPECT_LE(ns.get<double>(), total["step_ns"].get<double>()) << name;
   }
 }
 

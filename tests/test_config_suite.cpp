@@ -351,6 +351,7 @@ void expect_same(const Config& a, const Config& b) {
   EXPECT_EQ(a.lora_targets, b.lora_targets);
   EXPECT_EQ(a.loss_norm, b.loss_norm);
   EXPECT_EQ(a.bucket_cap_mb, b.bucket_cap_mb);
+  EXPECT_EQ(a.bucket_cap_kib, b.bucket_cap_kib);
   EXPECT_EQ(a.timeout_s, b.timeout_s);
   EXPECT_EQ(a.optim_state, b.optim_state);
   EXPECT_EQ(a.markov_states, b.markov_states);
@@ -375,6 +376,33 @@ TEST(ConfigJson, RoundTripsEveryLossNorm) {
     EXPECT_EQ(train::parse_loss_norm(train::to_string(n)), n);
   }
   EXPECT_EQ(train::to_json(Config{})["loss_norm"], "global-tokens");
+}
+
+TEST(ConfigJson, BucketCapInKibRoundTripsAndIsLeftOutUnset) {
+  Config c;
+  // Unset, the key is absent, so the documents and cell ids of configurations without it stay.
+  EXPECT_FALSE(train::to_json(c).contains("bucket_cap_kib"));
+  EXPECT_EQ(c.bucket_cap_bytes(), std::int64_t{25} << 20);
+  c.bucket_cap_kib = 48;
+  EXPECT_EQ(train::to_json(c).at("bucket_cap_kib").get<int>(), 48);
+  EXPECT_EQ(train::config_from_json(train::to_json(c)).bucket_cap_kib, 48);
+  EXPECT_EQ(c.bucket_cap_bytes(), 48 * 1024);
+}
+
+TEST(Settings, BucketCapKibAloneAndOnlyForTheBuiltinTrainer) {
+  Config c;
+  train::apply_settings(c, {{"bucket_cap_kib", "64"}});
+  EXPECT_NO_THROW(train::validate(c));
+  EXPECT_EQ(c.bucket_cap_bytes(), 64 * 1024);
+  Config both;
+  EXPECT_TRUE(contains(message_of<UsageError>([&] { train::apply_settings(both, {{"bucket_cap_mb", "2"}, {"bucket_cap_kib", "64"}}); }),
+                       "--bucket-cap-kib: give the bucket cap in MiB or in KiB, not both"));
+  Config hf;
+  train::apply_settings(hf, {{"trainer", "hf"}, {"bucket_cap_kib", "64"}});
+  EXPECT_TRUE(contains(message_of<UsageError>([&] { train::validate(hf); }), "--bucket-cap-kib: only the built-in trainer"));
+  Config negative;
+  train::apply_settings(negative, {{"bucket_cap_kib", "-1"}});
+  EXPECT_TRUE(contains(message_of<UsageError>([&] { train::validate(negative); }), "--bucket-cap-kib: must not be negative"));
 }
 
 TEST(ConfigJson, CarriesGlobalBatch) {
@@ -925,6 +953,45 @@ TEST(Suite, AaAddsTheHalfMicroBatchTwinOfEachOneRankBuiltinCell) {
                                             "[[workload]]\nname = \"w\"\n", "aa.toml"),
                ddpbench::UsageError);
   EXPECT_THROW(ddpbench::suite::parse_suite("name = \"a\"\naa = 1\n[[workload]]\nname = \"w\"\n", "aa.toml"), ddpbench::UsageError);
+}
+
+// profile = [...] adds, after each cell of a listed trainer at the workload's largest rank count,
+// its profiled twin (workload "<name>-profile"); the measured cells stay unprofiled.
+TEST(Suite, ProfileAddsTheProfiledTwinOfTheListedTrainersAtTheLargestRankCount) {
+  const auto s = ddpbench::suite::parse_suite(
+      "name = \"p\"\nprofile = [\"builtin\", \"hf\"]\n[defaults]\npreset = \"tiny\"\ndevice = \"cuda\"\n"
+      "trainer = [\"builtin\", \"hf\", \"liger\"]\nnproc = [1, 2, 4]\n[[workload]]\nname = \"w\"\n[[workload]]\nname = \"v\"\nnproc = [1, 2]\n",
+      "p.toml");
+  std::vector<std::string> profiled;
+  for (std::size_t i = 0; i < s.cells.size(); ++i) {
+    const auto& c = s.cells[i];
+    if (c.workload.size() < 8 || c.workload.substr(c.workload.size() - 8) != "-profile") {
+      EXPECT_FALSE(c.config.profile) << c.name;
+      continue;
+    }
+    EXPECT_TRUE(c.config.profile) << c.name;
+    profiled.push_back(c.name);
+    // Right after the cell it profiles, which is the same configuration unprofiled.
+    ASSERT_GT(i, 0u);
+    auto plain = c.config;
+    plain.profile = false;
+    EXPECT_EQ(ddpbench::train::to_json(plain), ddpbench::train::to_json(s.cells[i - 1].config)) << c.name;
+  }
+  EXPECT_EQ(profiled, (std::vector<std::string>{"w-profile/builtin/n4/b2/g1/s128", "w-profile/hf/n4/b2/g1/s128",
+                                                "v-profile/builtin/n2/b2/g1/s128", "v-profile/hf/n2/b2/g1/s128"}));
+  EXPECT_EQ(s.cells.size(), 3u * 3 + 3u * 2 + 4);
+}
+
+TEST(SuiteErrors, ProfileNamesTrainersThatCanBeProfiledThere) {
+  const auto message = [](const std::string& text) {
+    return ddpbench::testing_helpers::message_of<ddpbench::UsageError>([&] { ddpbench::suite::parse_suite(text, "p.toml"); });
+  };
+  EXPECT_TRUE(ddpbench::testing_helpers::contains(message("name = \"p\"\nprofile = \"builtin\"\n[[workload]]\nname = \"w\"\n"), "'profile' must be a list"));
+  EXPECT_TRUE(ddpbench::testing_helpers::contains(message("name = \"p\"\nprofile = [\"nope\"]\n[[workload]]\nname = \"w\"\n"), "unknown trainer 'nope'"));
+  // On the CPU only the built-in trainer records its phases; a Python trainer needs CUPTI.
+  EXPECT_TRUE(ddpbench::testing_helpers::contains(message("name = \"p\"\nprofile = [\"hf\"]\n[defaults]\ntrainer = \"hf\"\n[[workload]]\nname = \"w\"\n"),
+                       "needs --device cuda"));
+  EXPECT_NO_THROW(ddpbench::suite::parse_suite("name = \"p\"\nprofile = [\"builtin\"]\n[[workload]]\nname = \"w\"\n", "p.toml"));
 }
 
 }  // namespace

@@ -324,6 +324,27 @@ TEST(Results, Summarize) {
   EXPECT_EQ(s.peak_reserved_max, 9005);
 }
 
+// A node of a two-node run holds one rank of two: its figures are that rank's, per rank over the
+// ranks it holds (not the world), and the document says it is partial and why.
+TEST(Results, PartialDocumentCountsTheRanksItHolds) {
+  auto ranks = two_ranks();
+  ranks.erase(ranks.begin());  // node 1's view: rank 1 only
+  const auto s = results::summarize(ranks, 0, 0);
+  const double time = 1.25 + 1.75 + 1.5 + 3.0;  // rank 1's measured steps
+  const double tokens = 60 + 70 + 80 + 85;
+  EXPECT_DOUBLE_EQ(s.tokens_per_s, tokens / time);
+  EXPECT_DOUBLE_EQ(s.tokens_per_s_per_gpu, tokens / time);
+  results::RunContext ctx;
+  ctx.partial_reason = "node 1 of 2: this node's ranks only";
+  const auto doc = results::make_run_document(ctx, ranks);
+  ASSERT_TRUE(doc.contains("partial"));
+  EXPECT_EQ(doc["partial"]["world_size"], 2);
+  EXPECT_EQ(doc["partial"]["ranks"], nlohmann::json::array({1}));
+  EXPECT_EQ(doc["partial"]["reason"], "node 1 of 2: this node's ranks only");
+  // Every rank's report: no partial section.
+  EXPECT_FALSE(results::make_run_document(ctx, two_ranks()).contains("partial"));
+}
+
 TEST(Results, MfuUnknownWithoutPeakOrFlops) {
   const auto ranks = two_ranks();
   EXPECT_EQ(results::summarize(ranks, 6e9, 0).mfu, -1);

@@ -689,6 +689,25 @@ TEST(ProfileStraggler, ThreeRanks) {
   EXPECT_TRUE(contains(message_of<UsageError>([&] { straggler_view({ranks[0], ranks[0]}); }), "rank 2"));
 }
 
+// A CPU run's activity: the trainer's phases as host ranges and no device records. The screen gives
+// the phases per step, which is all the breakdown there is.
+TEST(ProfileRender, PhasesOnTheHostClockArePrintedPerStep) {
+  RankActivity a;
+  a.device_name = "cpu";
+  for (std::uint64_t s = 0; s < 2; ++s) {
+    const std::uint64_t t = s * 10'000'000;
+    a.ranges.push_back(range(t, t + 10'000'000));
+    a.ranges.push_back(range(t + 1'000'000, t + 3'000'000, kForwardRange));
+    a.ranges.push_back(range(t + 3'000'000, t + 8'000'000, kBackwardRange));
+  }
+  const std::string text = render_breakdown(analyze(a, opts(50, 0)));
+  EXPECT_TRUE(contains(text, "phases (host)   forward 2.00 ms, backward 5.00 ms per step")) << text;
+  // Without phase ranges (another trainer's NVTX steps only), no such line.
+  RankActivity steps_only;
+  steps_only.ranges.push_back(range(0, 1000));
+  EXPECT_FALSE(contains(render_breakdown(analyze(steps_only, opts(50, 0))), "phases (host)"));
+}
+
 // Ranks whose collectives (communication kernels, in start order) last the given durations, step by
 // step; steps are 1000 ns windows, the first a warm-up without collectives.
 RankBreakdown rank_with_collectives(int rank, const std::vector<std::vector<std::uint64_t>>& per_step) {

@@ -9,10 +9,6 @@
 #include "launch/launch.h"
 #include "orchestrate/orchestrate.h"
 
-#ifndef DDPBENCH_INJECTION_LIBRARY
-#define DDPBENCH_INJECTION_LIBRARY ""
-#endif
-
 namespace ddpbench::cli {
 
 namespace {
@@ -42,19 +38,11 @@ struct ProfileArgs {
   std::vector<std::string> command;
 };
 
-std::string existing(const std::string& what, const std::string& env_name, const std::string& built_in) {
-  const std::string path = getenv_or(env_name.c_str(), built_in);
-  if (path.empty() || !std::filesystem::exists(path))
-    throw UsageError(what + " not found" + (path.empty() ? "" : " at " + path) + " (set " + env_name +
-                     "; ddpbench needs a CUDA toolkit with CUPTI at build time)");
-  return path;
-}
-
 int profile_main(const ProfileArgs& a) {
   if (a.command.empty()) throw UsageError("name the command to profile after --, e.g. ddpbench profile -- python3 train.py");
   if (a.nproc < 1) throw UsageError("--nproc: must be at least 1");
   check_runs_dir("--runs-dir", a.runs_dir);
-  const std::string injection = existing("the CUPTI injection library", "DDPBENCH_INJECTION", DDPBENCH_INJECTION_LIBRARY);
+  const std::string injection = orchestrate::injection_library();
   const std::string dir = a.runs_dir + "/" + new_run_id() + "-profile";
   const std::string activity_dir = dir + "/activity";
   make_dirs(activity_dir);

@@ -6,6 +6,7 @@
 #include "cli/train_flags.h"
 #include "common/error.h"
 #include "common/strings.h"
+#include "ddp/store.h"
 #include "orchestrate/orchestrate.h"
 #include "profile/activity.h"
 #include "train/trainer.h"
@@ -107,7 +108,16 @@ int worker_main(const WorkerArgs& a) {
     write_file_atomic(a.out + "/rank" + std::to_string(env.rank) + ".activity.json", profile::to_json(activity).dump() + "\n");
   };
   const auto report = train::run_rank(cfg, env, probe);
-  write_file_atomic(a.out + "/rank" + std::to_string(env.rank) + ".json", results::to_json(report).dump(1) + "\n");
+  const std::string text = results::to_json(report).dump(1) + "\n";
+  write_file_atomic(a.out + "/rank" + std::to_string(env.rank) + ".json", text);
+  // Over several nodes, node 0's document gathers every rank's report from the store its launcher hosts.
+  if (env.report_store) {
+    try {
+      ddp::put_in_store(env.master_addr, env.master_port, ddp::report_key(env.rank), text, std::chrono::seconds(30));
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "rank %d: its report stays on this node only: %s\n", env.rank, e.what());
+    }
+  }
   if (report.status != "ok") {
     std::fprintf(stderr, "rank %d failed in %s: %s\n", env.rank, report.phase.c_str(), report.error.c_str());
     return 1;

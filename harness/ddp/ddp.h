@@ -22,6 +22,7 @@ struct Rendezvous {
   int rank = 0;
   int world_size = 1;
   std::chrono::seconds timeout{300};
+  bool store_hosted = false;  // the launcher hosts the store (ddp/store.h): rank 0 connects as a client
 };
 
 // One process group. shutdown() must run before the process exits: an NCCL group that is

@@ -15,7 +15,8 @@ namespace {
 c10::intrusive_ptr<c10d::Store> make_store(const Rendezvous& rv) {
   c10d::TCPStoreOptions opts;
   opts.port = static_cast<std::uint16_t>(rv.master_port);
-  opts.isServer = rv.rank == 0;
+  // Rank 0 hosts the store unless the launcher already does (a run over several nodes, ddp/store.h).
+  opts.isServer = rv.rank == 0 && !rv.store_hosted;
   opts.numWorkers = rv.world_size;
   opts.waitWorkers = false;
   opts.timeout = rv.timeout;

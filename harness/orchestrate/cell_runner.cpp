@@ -2,14 +2,21 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <memory>
+#include <set>
 
 #include "common/error.h"
 #include "common/strings.h"
+#include "ddp/store.h"
 #include "device/device.h"
 
 #ifndef DDPBENCH_SOURCE_DIR
 #define DDPBENCH_SOURCE_DIR "."
+#endif
+#ifndef DDPBENCH_INJECTION_LIBRARY
+#define DDPBENCH_INJECTION_LIBRARY ""
 #endif
 #include "results/cells.h"
 #include "results/fingerprint.h"
@@ -26,6 +33,14 @@ EqualWorkInputs prepare_equal_work_inputs(const train::Config& cfg, const std::s
   train::write_initial_checkpoint(cfg, in.checkpoint);
   train::dump_synthetic_data(cfg, train::preset_shape(cfg.preset).vocab, world_size, in.data_file);
   return in;
+}
+
+std::string injection_library() {
+  const std::string path = getenv_or("DDPBENCH_INJECTION", DDPBENCH_INJECTION_LIBRARY);
+  if (path.empty() || !std::filesystem::exists(path))
+    throw UsageError("the CUPTI injection library not found" + (path.empty() ? std::string() : " at " + path) +
+                     " (set DDPBENCH_INJECTION; ddpbench needs a CUDA toolkit with CUPTI at build time)");
+  return path;
 }
 
 std::string python_trainer_script(const std::string& trainer) {
@@ -81,6 +96,46 @@ void check_inputs(const train::Config& cfg) {
     throw UsageError("--data-file: " + cfg.data_file + " does not exist");
 }
 
+// Node 0 of a run over several nodes: the other nodes' ranks' reports from the store, added to
+// `reports` (and written beside the local ones). Returns why the document holds fewer than every
+// rank, or "" when it holds them all.
+std::string gather_remote_reports(ddp::HostedStore* store, const launch::Topology& topology, int world, bool local_ok,
+                                  const std::string& ranks_dir, std::vector<results::RankReport>& reports) {
+  if (topology.nnodes == 1) return "";
+  if (!store)
+    return topology.node_rank == 0
+               ? "this trainer's ranks on the other nodes report there only"
+               : "node " + std::to_string(topology.node_rank) + " of " + std::to_string(topology.nnodes) +
+                     ": this node's ranks only; node 0's document holds every rank";
+  std::set<int> have;
+  for (const auto& r : reports) have.insert(r.rank);
+  // The other nodes' ranks leave their reports as soon as training ends there, moments after ours;
+  // when ours failed, theirs likely did too, and waiting long would only delay the verdict.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(local_ok ? 60 : 2);
+  std::vector<int> missing;
+  for (int k = 0; k < world; ++k) {
+    if (have.count(k)) continue;
+    const auto left = std::max(std::chrono::milliseconds(1), std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                                 deadline - std::chrono::steady_clock::now()));
+    const auto text = store->get(ddp::report_key(k), left);
+    if (!text) {
+      missing.push_back(k);
+      continue;
+    }
+    try {
+      reports.push_back(results::rank_report_from_json(nlohmann::json::parse(*text)));
+    } catch (const std::exception& e) {
+      throw RunError("rank " + std::to_string(k) + "'s report from the rendezvous store: " + e.what());
+    }
+    write_file_atomic(ranks_dir + "/rank" + std::to_string(k) + ".json", *text);
+  }
+  std::sort(reports.begin(), reports.end(), [](const auto& a, const auto& b) { return a.rank < b.rank; });
+  if (missing.empty()) return "";
+  std::string list;
+  for (int k : missing) list += (list.empty() ? "" : ",") + std::to_string(k);
+  return "rank(s) " + list + " left no report in the rendezvous store";
+}
+
 // The identity and environment every document of the cell carries, skipped or run.
 results::RunContext context_of(const CellRequest& req, const train::Config& config, const results::Fingerprint& fp) {
   results::RunContext ctx;
@@ -134,6 +189,25 @@ CellResult run_cell(const CellRequest& req) {
   spec.timeout = std::chrono::seconds(config.timeout_s);
   spec.echo_rank0 = req.echo_rank0;
   spec.bind_cpus = config.bind_cpus;
+  if (config.profile && train::is_python_trainer(config.trainer)) {
+    // A Python trainer is profiled from outside, as `ddpbench profile` does: the CUPTI collector as
+    // CUDA's (and NVTX's) injection library, leaving rank<k>.activity.json beside the reports.
+    const std::string injection = injection_library();
+    spec.extra_env["CUDA_INJECTION64_PATH"] = injection;
+    spec.extra_env["NVTX_INJECTION64_PATH"] = injection;
+    spec.extra_env["DDPBENCH_PROFILE_DIR"] = ranks_dir;
+  }
+  // Over several nodes, node 0 hosts the rendezvous store for the whole cell and every rank of the
+  // built-in trainer leaves its report in it, so that node 0's document holds every rank. A Python
+  // trainer's torch.distributed hosts its own store in its rank 0: its nodes' documents stay partial.
+  const int world = config.nproc * req.topology.nnodes;
+  const bool gather = req.topology.nnodes > 1 && !train::is_python_trainer(config.trainer);
+  std::unique_ptr<ddp::HostedStore> store;
+  if (gather) {
+    spec.extra_env[ddp::kReportStoreVariable] = "1";
+    if (req.topology.node_rank == 0 && req.topology.master_port > 0)
+      store = std::make_unique<ddp::HostedStore>(req.topology.master_port, std::chrono::seconds(config.timeout_s));
+  }
   const auto outcome = launch::run(spec);
 
   std::vector<results::RankReport> reports;
@@ -147,7 +221,9 @@ CellResult run_cell(const CellRequest& req) {
     }
   }
 
+  const std::size_t local_reports = reports.size();
   auto ctx = context_of(req, config, fp);
+  ctx.partial_reason = gather_remote_reports(store.get(), req.topology, world, outcome.ok, ranks_dir, reports);
   ctx.flops_per_token = train::model_flops_per_token(config);
   ctx.peak_flops = results::measured_peak_flops(reports);
   if (config.device == "cuda" && !fp.gpus.empty()) ctx.datasheet_flops = results::datasheet_bf16_flops(fp.gpus.front().name);
@@ -169,7 +245,7 @@ CellResult run_cell(const CellRequest& req) {
     result.profile_screens = std::move(prof.rendered);
   }
   result.ok = outcome.ok && result.document["status"]["state"] == "ok" &&
-              static_cast<int>(reports.size()) == static_cast<int>(outcome.ranks.size());
+              local_reports == outcome.ranks.size();
   if (!result.ok) {
     const auto& st = result.document["status"];
     result.reason = st.contains("reason") && !st["reason"].get<std::string>().empty()

@@ -51,6 +51,10 @@ struct EqualWorkInputs {
 // batches of the whole run as a token file, under dir.
 EqualWorkInputs prepare_equal_work_inputs(const train::Config& cfg, const std::string& dir, int world_size);
 
+// The CUPTI collector as an injection library (CUDA_INJECTION64_PATH), for profiling trainers other
+// than the built-in one: $DDPBENCH_INJECTION or the one built beside ddpbench; UsageError when absent.
+std::string injection_library();
+
 // The Python adapter that runs a trainer of harness/hf/ (UsageError when it is missing).
 std::string python_trainer_script(const std::string& trainer);
 // Why a Python trainer cannot run here (its packages are not installed), or nullopt when it can.

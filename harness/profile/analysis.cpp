@@ -694,6 +694,14 @@ std::string render_breakdown(const RankBreakdown& b) {
   std::snprintf(line, sizeof line, "communication   %s/step, overlapped with compute %s\n",
                 ms(per_step(s.total.comm_ns)).c_str(), pct(s.overlap).c_str());
   out << line;
+  // The trainer's phases on the host's clock: on the CPU (no device activity) all the breakdown there is.
+  std::string phase_list;
+  for (const char* p : kPhaseNames) {
+    const auto it = s.total_phases_ns.find(p);
+    if (it == s.total_phases_ns.end() || it->second == 0) continue;
+    phase_list += (phase_list.empty() ? "" : ", ") + std::string(p) + " " + ms(per_step(it->second));
+  }
+  if (!phase_list.empty()) out << "phases (host)   " << phase_list << " per step\n";
   if (!b.top_kernels.empty()) {
     out << "top kernels (share of GPU busy):\n";
     for (std::size_t i = 0; i < b.top_kernels.size() && i < 5; ++i) {

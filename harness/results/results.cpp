@@ -150,10 +150,12 @@ Summary summarize(const std::vector<RankReport>& ranks, double flops_per_token, 
   }
   s.measured_steps = static_cast<int>(times.size());
   const double total_time = std::accumulate(times.begin(), times.end(), 0.0);
-  const int world = ranks.empty() ? 1 : ranks.front().world_size;
+  // Per rank over the ranks whose reports are here: all of them, or a node's own in a partial
+  // document (make_run_document), whose tokens are that node's too.
+  const int reported = ranks.empty() ? 1 : static_cast<int>(ranks.size());
   if (total_time > 0) {
     s.tokens_per_s = tokens / total_time;
-    s.tokens_per_s_per_gpu = s.tokens_per_s / world;
+    s.tokens_per_s_per_gpu = s.tokens_per_s / reported;
     s.padded_tokens_per_s = padded / total_time;
   }
   s.step_time_p50_s = median(times);
@@ -262,6 +264,14 @@ nlohmann::json make_run_document(const RunContext& ctx, const std::vector<RankRe
                         {"peak_reserved_bytes", peak_res}});
   }
   doc["ranks"] = per_rank;
+  // A document without every rank's report (a node of a multi-node run that holds only its own
+  // ranks, or ranks that never reported) says so, and its figures are over the ranks it holds.
+  const int world = ranks.empty() ? 0 : ranks.front().world_size;
+  if (!ranks.empty() && static_cast<int>(ranks.size()) < world) {
+    nlohmann::json held = nlohmann::json::array();
+    for (const auto& r : ranks) held.push_back(r.rank);
+    doc["partial"] = {{"world_size", world}, {"ranks", held}, {"reason", ctx.partial_reason}};
+  }
   auto summary = to_json(summarize(ranks, ctx.flops_per_token, ctx.peak_flops));
   summary["flops_per_token"] = ctx.flops_per_token;
   summary["peak_flops"] = ctx.peak_flops;

@@ -70,6 +70,9 @@ struct RunContext {
   std::string launcher_reason;
   int failed_rank = -1;
   std::string failed_phase = "unknown";  // the failed rank's last phase, where the launcher knows it
+  // Why the document holds fewer reports than the world has ranks (written as "partial"), e.g. a
+  // node of a multi-node run that holds only its own ranks.
+  std::string partial_reason;
 };
 
 struct Summary {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <map>
 #include <iomanip>
+#include <iterator>
 #include <set>
 #include <sstream>
 
@@ -77,6 +78,38 @@ std::string cell_name(const std::string& workload, const train::Config& c) {
 
 }  // namespace
 
+namespace {
+
+// After a workload's cells (from `first`): the profiled twin of each cell of a trainer in `trainers`
+// at the workload's largest rank count, right after it.
+void add_profile_twins(Suite& suite, std::size_t first, const std::string& workload, const std::set<std::string>& trainers,
+                       std::set<std::string>& names, const std::string& at) {
+  int widest = 0;
+  for (std::size_t i = first; i < suite.cells.size(); ++i)
+    if (suite.cells[i].workload == workload) widest = std::max(widest, suite.cells[i].config.nproc);
+  std::vector<Cell> cells(std::make_move_iterator(suite.cells.begin() + static_cast<std::ptrdiff_t>(first)),
+                          std::make_move_iterator(suite.cells.end()));
+  suite.cells.resize(first);
+  for (auto& cell : cells) {
+    const bool profile = cell.workload == workload && cell.config.nproc == widest && trainers.count(cell.config.trainer) > 0;
+    Cell twin = cell;
+    suite.cells.push_back(std::move(cell));
+    if (!profile) continue;
+    twin.workload = workload + "-profile";
+    twin.config.profile = true;
+    try {
+      train::validate(twin.config);
+    } catch (const UsageError& e) {
+      throw UsageError(at + ": profile: workload '" + workload + "': " + e.what());
+    }
+    twin.name = cell_name(twin.workload, twin.config);
+    if (!names.insert(twin.name).second) throw UsageError(at + ": duplicate cell " + twin.name);
+    suite.cells.push_back(std::move(twin));
+  }
+}
+
+}  // namespace
+
 const std::vector<std::string>& matrix_keys() {
   static const std::vector<std::string> keys{"trainer", "nproc", "micro_batch", "grad_accum", "seq_len"};
   return keys;
@@ -92,8 +125,9 @@ Suite parse_suite(const std::string& text, const std::string& source) {
   Suite suite;
   for (const auto& [k, node] : root) {
     const std::string key(k.str());
-    if (key != "name" && key != "description" && key != "defaults" && key != "workload" && key != "aa")
-      throw UsageError(where(source, node) + ": unknown top-level key '" + key + "' (name, description, defaults, workload, aa)");
+    if (key != "name" && key != "description" && key != "defaults" && key != "workload" && key != "aa" && key != "profile")
+      throw UsageError(where(source, node) + ": unknown top-level key '" + key +
+                       "' (name, description, defaults, workload, aa, profile)");
   }
   suite.name = root["name"].value_or(std::string());
   if (suite.name.empty()) throw UsageError(source + ": the suite has no name (name = \"...\")");
@@ -103,6 +137,26 @@ Suite parse_suite(const std::string& text, const std::string& source) {
     auto flag = node->as_boolean();
     if (!flag) throw UsageError(where(source, *node) + ": 'aa' must be true or false");
     aa = flag->get();
+  }
+
+  // profile = ["builtin", "hf"]: those trainers' cells at each workload's largest rank count, once
+  // more with --profile (workload "<name>-profile"), so that the measured cells stay unprofiled.
+  std::set<std::string> profiled;
+  if (auto node = root.get("profile")) {
+    auto list = node->as_array();
+    if (!list) throw UsageError(where(source, *node) + ": 'profile' must be a list of trainers, e.g. [\"builtin\", \"hf\"]");
+    for (const auto& item : *list) {
+      auto name = item.value<std::string>();
+      if (!name) throw UsageError(where(source, item) + ": 'profile' must be a list of trainer names");
+      try {
+        train::Config probe;
+        train::apply_settings(probe, {{"trainer", *name}});
+        train::validate(probe);
+      } catch (const UsageError& e) {
+        throw UsageError(where(source, item) + ": profile: " + e.what());
+      }
+      profiled.insert(*name);
+    }
   }
 
   Values defaults;
@@ -135,6 +189,7 @@ Suite parse_suite(const std::string& text, const std::string& source) {
         }
       combos = std::move(next);
     }
+    const std::size_t first_of_workload = suite.cells.size();
     for (const auto& combo : combos) {
       Cell cell;
       cell.workload = wname;
@@ -165,6 +220,7 @@ Suite parse_suite(const std::string& text, const std::string& source) {
       }
       suite.cells.push_back(std::move(cell));
     }
+    if (!profiled.empty()) add_profile_twins(suite, first_of_workload, wname, profiled, names, where(source, wnode));
   }
   return suite;
 }

@@ -138,8 +138,13 @@ void validate(const Config& c) {
   require(c.weight_decay >= 0, "--weight-decay: must not be negative");
   require(c.max_grad_norm >= 0, "--max-grad-norm: must not be negative");
   require(c.bucket_cap_mb >= 1, "--bucket-cap-mb: must be at least 1");
+  require(c.bucket_cap_kib >= 0, "--bucket-cap-kib: must not be negative, got " + std::to_string(c.bucket_cap_kib));
+  require(c.bucket_cap_kib == 0 || c.trainer == "builtin",
+          "--bucket-cap-kib: only the built-in trainer has it (trainer '" + c.trainer + "' takes --bucket-cap-mb)");
   require(c.timeout_s >= 1, "--timeout: must be at least 1 second");
-  require(!c.profile || c.device == "cuda", "--profile: needs --device cuda (CUPTI records GPU activity)");
+  require(!c.profile || c.device == "cuda" || c.trainer == "builtin",
+          "--profile: on the CPU only the built-in trainer records its phases; trainer '" + c.trainer +
+              "' needs --device cuda (CUPTI records GPU activity)");
   require(c.data == "markov" || c.data == "random", "--data: unknown generator '" + c.data + "' (choose markov or random)");
   require(c.markov_states >= 1, "--markov-states: must be at least 1, got " + std::to_string(c.markov_states));
   require(c.global_batch >= 0, "--global-batch: must not be negative, got " + std::to_string(c.global_batch));
@@ -163,7 +168,7 @@ void validate(const Config& c) {
 }
 
 nlohmann::json to_json(const Config& c) {
-  return {
+  nlohmann::json j = {
       {"trainer", c.trainer},         {"preset", c.preset},
       {"mode", to_string(c.mode)},    {"impl", c.impl},
       {"device", c.device},           {"nproc", c.nproc},
@@ -188,6 +193,9 @@ nlohmann::json to_json(const Config& c) {
       {"global_batch_sequences", c.global_batch_sequences()},
       {"model_flops_per_token", model_flops_per_token(c)},
   };
+  // Only when set, so that the documents and cell ids of configurations without it stay as they were.
+  if (c.bucket_cap_kib > 0) j["bucket_cap_kib"] = c.bucket_cap_kib;
+  return j;
 }
 
 Config config_from_json(const nlohmann::json& j) {
@@ -215,6 +223,7 @@ Config config_from_json(const nlohmann::json& j) {
     c.lora_targets = j.at("lora_targets").get<std::vector<std::string>>();
     c.loss_norm = parse_loss_norm(j.at("loss_norm").get<std::string>());
     c.bucket_cap_mb = j.at("bucket_cap_mb").get<int>();
+    c.bucket_cap_kib = j.value("bucket_cap_kib", 0);
     c.timeout_s = j.at("timeout_s").get<int>();
     c.data = j.at("data").get<std::string>();
     c.markov_states = j.value("markov_states", c.markov_states);
@@ -338,6 +347,7 @@ const std::vector<Setting>& settings() {
       {"loss_norm", "global-tokens (right), mean-of-micro-means or local-tokens (the wrong variants)",
        [](Config& c, const std::string& v) { c.loss_norm = parse_loss_norm(v); }},
       DDPBENCH_NUMBER("bucket_cap_mb", bucket_cap_mb, "gradient bucket size in MiB"),
+      DDPBENCH_NUMBER("bucket_cap_kib", bucket_cap_kib, "gradient bucket size in KiB instead of MiB (built-in trainer; 0: off)"),
       DDPBENCH_NUMBER("timeout_s", timeout_s, "seconds before every rank is torn down"),
       {"data", "synthetic data: markov (learnable sparse Markov chain) or random (uniform tokens)",
        [](Config& c, const std::string& v) { c.data = v; }},
@@ -348,7 +358,7 @@ const std::vector<Setting>& settings() {
        [](Config& c, const std::string& v) { c.checkpoint = v; }},
       {"grad_ckpt", "gradient checkpointing: recompute each layer in backward",
        [](Config& c, const std::string& v) { c.grad_ckpt = parse_bool("grad_ckpt", v); }, true},
-      {"profile", "record GPU activity (CUPTI, NVTX) and break each step down",
+      {"profile", "break each step down: on a GPU with its activity (CUPTI, NVTX), on the CPU by the trainer's phases alone",
        [](Config& c, const std::string& v) { c.profile = parse_bool("profile", v); }, true},
       {"bind_cpus", "bind each local rank to its own contiguous share of the launcher's CPUs",
        [](Config& c, const std::string& v) { c.bind_cpus = parse_bool("bind_cpus", v); }, true},
@@ -387,6 +397,8 @@ void apply_settings(Config& cfg, const std::vector<std::pair<std::string, std::s
   const auto given = [&](const char* k) {
     return std::any_of(values.begin(), values.end(), [&](const auto& kv) { return kv.first == k; });
   };
+  if (given("bucket_cap_mb") && given("bucket_cap_kib"))
+    throw UsageError("--bucket-cap-kib: give the bucket cap in MiB or in KiB, not both");
   if (cfg.global_batch > 0) {
     if (given("grad_accum"))
       throw UsageError("--global-batch: give the global batch or --grad-accum, not both (the global batch sets it)");

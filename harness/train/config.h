@@ -86,6 +86,9 @@ struct Config {
   LossNorm loss_norm = LossNorm::global_tokens;
   OptimState optim_state = OptimState::fp32;
   int bucket_cap_mb = 25;
+  // > 0: the bucket cap in KiB instead (built-in trainer), for buckets below 1 MiB: tests and small
+  // models that would otherwise fit one bucket.
+  int bucket_cap_kib = 0;
   int timeout_s = 1800;
   std::string data = "markov";  // markov (learnable) | random (uniform tokens, for pure speed runs)
   int markov_states = kMarkovStates;  // distinct tokens of the Markov chain (each with 4 successors)
@@ -112,6 +115,10 @@ struct Config {
   double lr_at(int step) const { return step < lr_warmup ? lr * (step + 1) / lr_warmup : lr; }
   int global_batch_sequences() const { return nproc * micro_batch * grad_accum; }
   std::string scaling_mode() const { return global_batch > 0 ? "strong" : "weak"; }
+  // The gradient reducer's bucket cap: bucket_cap_kib when set, else bucket_cap_mb.
+  std::int64_t bucket_cap_bytes() const {
+    return bucket_cap_kib > 0 ? static_cast<std::int64_t>(bucket_cap_kib) << 10 : static_cast<std::int64_t>(bucket_cap_mb) << 20;
+  }
 };
 
 // Throws UsageError naming the flag and the value at fault.

@@ -13,6 +13,7 @@
 #include "common/error.h"
 #include "common/strings.h"
 #include "ddp/ddp.h"
+#include "ddp/store.h"
 #include "device/device.h"
 #include "profile/activity.h"
 #include "profile/in_process.h"
@@ -21,6 +22,7 @@
 #include "train/batches.h"
 #include "train/data.h"
 #include "train/model.h"
+#include "train/staging.h"
 
 namespace ddpbench::train {
 
@@ -93,11 +95,6 @@ std::vector<double> host_fp64(const std::vector<at::Tensor>& tensors) {
   return flat;
 }
 
-at::Tensor to_device(const std::vector<std::int64_t>& values, int rows, int cols, const at::Device& device) {
-  auto cpu = at::from_blob(const_cast<std::int64_t*>(values.data()), {rows, cols}, at::kLong).clone();
-  return device.is_cpu() ? cpu : cpu.to(device, /*non_blocking=*/false);
-}
-
 // The per-micro-batch factor on the summed token loss. With DDP's mean over W ranks, the
 // global_tokens rule back-propagates W * sum / N so that the averaged gradient is that of
 // sum over all tokens / N (DESIGN.md); the other two are the wrong variants users hit.
@@ -134,6 +131,7 @@ RankEnv RankEnv::from_environment() {
   e.local_world_size = env_int("LOCAL_WORLD_SIZE", e.world_size);
   e.master_addr = getenv_or("MASTER_ADDR", "127.0.0.1");
   e.master_port = env_int("MASTER_PORT", e.world_size == 1 ? std::optional<int>(0) : std::nullopt);
+  e.report_store = getenv_or(ddp::kReportStoreVariable, "") == "1";
   if (e.rank < 0 || e.rank >= e.world_size)
     throw UsageError("RANK=" + std::to_string(e.rank) + " is outside WORLD_SIZE=" + std::to_string(e.world_size));
   return e;
@@ -166,7 +164,8 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
     report.trainable_parameters = model.parameter_count(true);
 
     set_phase("rendezvous");
-    ddp::Rendezvous rv{env.master_addr, env.master_port, env.rank, env.world_size, std::chrono::seconds(cfg.timeout_s)};
+    ddp::Rendezvous rv{env.master_addr, env.master_port, env.rank, env.world_size, std::chrono::seconds(cfg.timeout_s),
+                       env.report_store};
     comm = ddp::Communicator::connect(cuda ? "nccl" : "gloo", rv, env.local_rank);
     // Every rank starts from rank 0's weights, as torch DDP guarantees at construction.
     {
@@ -176,11 +175,11 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
         comm->broadcast(t, 0);
       }
     }
-    ddp::GradReducer reducer(*comm, trainable, static_cast<std::int64_t>(cfg.bucket_cap_mb) << 20, cfg.shard_optimizer);
+    ddp::GradReducer reducer(*comm, trainable, cfg.bucket_cap_bytes(), cfg.shard_optimizer);
     // ZeRO-1: the optimizer steps this rank's blocks of the parameters, not the parameters.
     const auto shards = cfg.shard_optimizer ? reducer.param_shards() : std::vector<at::Tensor>{};
     std::unique_ptr<profile::InProcessProfiler> profiler;
-    if (cfg.profile) profiler = std::make_unique<profile::InProcessProfiler>();
+    if (cfg.profile) profiler = std::make_unique<profile::InProcessProfiler>(cfg.device);
     const device::Phases phases(profiler ? profiler->sink() : device::Phases::Sink{});
     reducer.set_phases(&phases);
     report.buckets = reducer.bucket_count();
@@ -195,6 +194,7 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
     report.matmul_bf16_flops = device::measure_bf16_matmul_flops(cfg.device, env.local_rank);
 
     const int W = env.world_size, G = cfg.grad_accum;
+    MicroBatchStager stager(device, G);
     for (int step = 0; step < cfg.total_steps(); ++step) {
       set_phase("step " + std::to_string(step));
       device::reset_memory_peaks(cfg.device, env.local_rank);
@@ -230,8 +230,8 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
         at::Tensor tokens, labels;
         {
           const auto scope = phases.scope(profile::kDataRange);
-          tokens = to_device(mb.tokens, mb.rows, mb.seq_len, device);
-          labels = to_device(mb.labels, mb.rows, mb.seq_len, device);
+          tokens = stager.to_device(mb.tokens, mb.rows, mb.seq_len, 2 * m);
+          labels = stager.to_device(mb.labels, mb.rows, mb.seq_len, 2 * m + 1);
         }
         const double scale = loss_scale(cfg.loss_norm, W, G, n_global, n_rank, mb.predicted_tokens());
         at::Tensor loss_sum;

@@ -19,6 +19,9 @@ struct RankEnv {
   int local_world_size = 1;
   std::string master_addr = "127.0.0.1";
   int master_port = 0;
+  // DDPBENCH_REPORT_STORE=1: node 0's launcher hosts the rendezvous store, and the rank leaves its
+  // report there as well (a run over several nodes, ddp/store.h).
+  bool report_store = false;
   static RankEnv from_environment();  // UsageError when a variable is missing or malformed
 };
 
