@@ -107,6 +107,10 @@ int worker_main(const WorkerArgs& a) {
   probe.on_activity = [&](profile::RankActivity&& activity) {
     write_file_atomic(a.out + "/rank" + std::to_string(env.rank) + ".activity.json", profile::to_json(activity).dump() + "\n");
   };
+  // Each sample on disk as soon as it is measured: a rank killed later keeps its completed steps.
+  const std::string stream = results::step_stream_path(a.out, env.rank);
+  std::filesystem::remove(stream);
+  probe.on_step = [&](const results::StepSample& s) { results::append_step_sample(stream, s); };
   const auto report = train::run_rank(cfg, env, probe);
   write_file_atomic(a.out + "/rank" + std::to_string(env.rank) + ".json", results::to_json(report).dump(1) + "\n");
   if (report.status != "ok") {
