@@ -4,12 +4,11 @@
 #include <cstdio>
 #include <filesystem>
 
-#include "cli/cell_runner.h"
 #include "cli/commands.h"
 #include "collectives/collectives.h"
 #include "common/error.h"
 #include "common/strings.h"
-#include "ddp/device.h"
+#include "device/device.h"
 #include "launch/launch.h"
 #include "results/fingerprint.h"
 #include "results/results.h"
@@ -65,7 +64,7 @@ std::string collectives_binary() {
 int collectives_main(const CollectivesArgs& a) {
   if (a.nproc < 1) throw UsageError("--nproc: must be at least 1");
   if (a.repetitions < 1) throw UsageError("--repetitions: must be at least 1");
-  const auto runtime = ddp::runtime_info();
+  const auto runtime = device::runtime_info();
   const int gpus = runtime.cuda_available ? runtime.cuda_device_count : 0;
   const std::string device = a.device.empty() ? (gpus > 0 ? "cuda" : "cpu") : a.device;
   if (device == "cuda" && a.nproc > gpus)

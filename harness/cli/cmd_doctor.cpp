@@ -3,7 +3,7 @@
 #include "cli/commands.h"
 #include "common/error.h"
 #include "common/strings.h"
-#include "ddp/device.h"
+#include "device/device.h"
 #include "launch/launch.h"
 #include "results/fingerprint.h"
 
@@ -19,7 +19,7 @@ struct DoctorArgs {
 const char* or_none(const std::string& s) { return s.empty() ? "(none)" : s.c_str(); }
 
 int doctor_main(const DoctorArgs& a) {
-  const auto runtime = ddp::runtime_info();
+  const auto runtime = device::runtime_info();
   const auto fp = results::collect_fingerprint(runtime);
   if (a.json) {
     std::printf("%s\n", results::to_json(fp).dump(2).c_str());

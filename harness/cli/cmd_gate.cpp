@@ -4,7 +4,6 @@
 #include <fstream>
 
 #include "cli/builtin_gate_rules.h"
-#include "cli/cell_runner.h"
 #include "cli/commands.h"
 #include "common/error.h"
 #include "common/strings.h"

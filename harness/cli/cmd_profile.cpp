@@ -3,12 +3,11 @@
 #include <filesystem>
 #include <regex>
 
-#include "cli/cell_runner.h"
 #include "cli/commands.h"
-#include "cli/profile_report.h"
 #include "common/error.h"
 #include "common/strings.h"
 #include "launch/launch.h"
+#include "orchestrate/orchestrate.h"
 
 #ifndef DDPBENCH_INJECTION_LIBRARY
 #define DDPBENCH_INJECTION_LIBRARY ""
@@ -78,11 +77,11 @@ int profile_main(const ProfileArgs& a) {
 
   std::vector<int> ranks;
   for (const auto& r : outcome.ranks) ranks.push_back(r.global_rank);
-  const auto report = analyze_activity(activity_dir, ranks, a.analysis, trace_dir_of_run(dir));
+  const auto report = orchestrate::analyze_activity(activity_dir, ranks, a.analysis, orchestrate::trace_dir_of_run(dir));
   write_file_atomic(dir + "/profile.json", report.json.dump(2) + "\n");
   for (const auto& screen : report.rendered) std::printf("\n%s", screen.c_str());
   std::printf("\nprofile: %s/profile.json\ntraces (Perfetto, Holistic Trace Analysis): %s/\n", dir.c_str(),
-              trace_dir_of_run(dir).c_str());
+              orchestrate::trace_dir_of_run(dir).c_str());
   if (!report.json["missing"].empty())
     std::fprintf(stderr, "ddpbench profile: no activity from rank(s) %s (did they use the GPU and exit normally?)\n",
                  report.json["missing"].dump().c_str());
@@ -132,8 +131,8 @@ int analyze_main(const AnalyzeArgs& a) {
   // Beside the activity folder, where `train --profile` and `profile` put them: <run>/ranks or
   // <run>/activity -> <run>/traces.
   const std::string traces =
-      a.traces.empty() ? trace_dir_of_run(fs::canonical(a.dir).parent_path().string()) : a.traces;
-  const auto report = analyze_activity(a.dir, ranks, a.analysis, traces);
+      a.traces.empty() ? orchestrate::trace_dir_of_run(fs::canonical(a.dir).parent_path().string()) : a.traces;
+  const auto report = orchestrate::analyze_activity(a.dir, ranks, a.analysis, traces);
   const std::string out = a.out.empty() ? a.dir + "/profile.json" : a.out;
   write_file_atomic(out, report.json.dump(2) + "\n");
   for (const auto& screen : report.rendered) std::printf("\n%s", screen.c_str());

@@ -2,12 +2,11 @@
 #include <filesystem>
 #include <iostream>
 
-#include "cli/cell_runner.h"
 #include "cli/commands.h"
-#include "cli/profile_report.h"
 #include "cli/train_flags.h"
 #include "common/error.h"
 #include "common/strings.h"
+#include "orchestrate/orchestrate.h"
 #include "profile/activity.h"
 #include "train/trainer.h"
 
@@ -47,7 +46,7 @@ int train_main(const TrainArgs& a) {
   if (!a.out.empty()) check_output_file("--out", a.out);
   const auto cfg = a.flags->config();
   const auto topology = topology_of(a);
-  CellRequest req;
+  orchestrate::CellRequest req;
   req.run_id = new_run_id();
   req.cell = "train";
   req.dir = a.runs_dir + "/" + req.run_id;
@@ -58,7 +57,7 @@ int train_main(const TrainArgs& a) {
               cfg.micro_batch, cfg.grad_accum, cfg.seq_len, cfg.lengths.to_string().c_str(), cfg.warmup, cfg.steps,
               req.dir.c_str());
   std::fflush(stdout);
-  const auto result = run_cell(req);
+  const auto result = orchestrate::run_cell(req);
   if (!a.out.empty()) write_file_atomic(a.out, result.document.dump(2) + "\n");
   if (result.skipped) {
     std::printf("skipped: %s\nresult: %s\n", result.reason.c_str(), (a.out.empty() ? req.dir + "/result.json" : a.out).c_str());
@@ -67,7 +66,7 @@ int train_main(const TrainArgs& a) {
   const auto& s = result.document["summary"];
   if (result.ok && result.document.contains("profile")) {
     for (const auto& screen : result.profile_screens) std::printf("\n%s", screen.c_str());
-    std::printf("\ntraces (Perfetto, Holistic Trace Analysis): %s/\n", trace_dir_of_run(req.dir).c_str());
+    std::printf("\ntraces (Perfetto, Holistic Trace Analysis): %s/\n", orchestrate::trace_dir_of_run(req.dir).c_str());
   }
   if (result.ok) {
     std::printf("done: %s tok/s (%s per rank), step p50 %.1f ms p95 %.1f ms, peak %s, final loss %.4f\n",

@@ -1,5 +1,6 @@
 #include "common/strings.h"
 
+#include <cctype>
 #include <cerrno>
 #include <charconv>
 #include <cmath>
@@ -10,6 +11,7 @@
 #include <fcntl.h>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <sstream>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -167,6 +169,30 @@ std::string shell_quote(const std::string& s) {
   std::string q = "'";
   for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
   return q + "'";
+}
+
+std::string new_run_id() {
+  std::random_device rd;
+  char suffix[8];
+  std::snprintf(suffix, sizeof suffix, "%04x", rd() & 0xffff);
+  std::string ts = utc_timestamp();  // 2026-11-28T01:35:02Z
+  std::string compact;
+  for (char c : ts)
+    if (std::isdigit(static_cast<unsigned char>(c))) compact += c;
+  return compact.substr(0, 8) + "-" + compact.substr(8, 6) + "-" + suffix;
+}
+
+void make_dirs(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::create_directories(path, ec);
+  if (ec) throw RunError("cannot create folder " + path + ": " + ec.message());
+}
+
+std::string self_executable() {
+  std::error_code ec;
+  auto p = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (ec) throw RunError("cannot find this executable through /proc/self/exe: " + ec.message());
+  return p.string();
 }
 
 }  // namespace ddpbench

@@ -1,4 +1,4 @@
-// Small text helpers shared by the CLI, the results and the suite code.
+// Small text and file helpers shared by the CLI, the results, the suite code and orchestration.
 #pragma once
 #include <cstdint>
 #include <optional>
@@ -31,5 +31,11 @@ void write_file_atomic(const std::string& path, const std::string& content);
 // and its folder exists and is writable. check_runs_dir: not empty, and not an existing non-folder.
 void check_output_file(const std::string& flag, const std::string& path);
 void check_runs_dir(const std::string& flag, const std::string& dir);
+// "20261128-013502-4f2a": sortable, unique enough for one machine.
+std::string new_run_id();
+// mkdir -p; RunError naming the path.
+void make_dirs(const std::string& path);
+// The path of this executable, for starting ranks of the same binary.
+std::string self_executable();
 
 }  // namespace ddpbench

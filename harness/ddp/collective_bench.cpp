@@ -7,7 +7,7 @@
 #include "collectives/collectives.h"
 #include "common/error.h"
 #include "ddp/ddp.h"
-#include "ddp/device.h"
+#include "device/device.h"
 
 namespace ddpbench::ddp {
 
@@ -47,7 +47,7 @@ struct CollectiveBench::State {
   std::string device;
   int device_index = 0;
   std::unique_ptr<Communicator> comm;
-  std::unique_ptr<IntervalTimer> timer;
+  std::unique_ptr<device::IntervalTimer> timer;
   at::Tensor send, recv;
   Issue issue;
 
@@ -74,14 +74,14 @@ CollectiveBench::CollectiveBench(const std::string& device, int rank, int local_
   if (device != "cpu" && device != "cuda") throw UsageError("--device: '" + device + "' (cpu or cuda)");
   s_->device = device;
   s_->device_index = device == "cuda" ? local_rank : 0;
-  if (device == "cuda") set_cuda_device(s_->device_index);
+  if (device == "cuda") device::set_cuda_device(s_->device_index);
   Rendezvous rv;
   rv.master_addr = master_addr;
   rv.master_port = master_port;
   rv.rank = rank;
   rv.world_size = world_size;
   s_->comm = Communicator::connect(device == "cuda" ? "nccl" : "gloo", rv, s_->device_index);
-  s_->timer = std::make_unique<IntervalTimer>(device, s_->device_index);
+  s_->timer = std::make_unique<device::IntervalTimer>(device, s_->device_index);
 }
 
 CollectiveBench::~CollectiveBench() = default;

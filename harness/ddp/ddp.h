@@ -12,7 +12,7 @@
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 
-#include "profile/phases.h"
+#include "device/phases.h"
 
 namespace ddpbench::ddp {
 
@@ -79,7 +79,7 @@ class GradReducer {
 
   void zero_grad();           // zero every bucket; parameters keep their gradient views
   // Marks each bucket's all-reduce launch as an "allreduce" range (NVTX, and the collector's).
-  void set_phases(const profile::Phases* phases) { phases_ = phases; }
+  void set_phases(const device::Phases* phases) { phases_ = phases; }
   void set_sync(bool sync);   // false on accumulation micro-steps: no communication at all
   void finish();              // launch buckets not launched yet, wait for all: grads are averaged
   int bucket_count() const { return static_cast<int>(buckets_.size()); }
@@ -110,7 +110,7 @@ class GradReducer {
   std::size_t next_to_launch_ = 0;
   bool sync_ = true;
   bool shard_ = false;
-  const profile::Phases* phases_ = nullptr;
+  const device::Phases* phases_ = nullptr;
 };
 
 }  // namespace ddpbench::ddp

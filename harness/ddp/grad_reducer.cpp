@@ -2,7 +2,7 @@
 
 #include "common/error.h"
 #include "ddp/ddp.h"
-#include "profile/activity.h"
+#include "device/phases.h"
 
 namespace ddpbench::ddp {
 
@@ -159,12 +159,12 @@ void GradReducer::on_grad_ready(std::size_t param_index) {
 void GradReducer::launch_ready_buckets() {
   while (next_to_launch_ < buckets_.size() && buckets_[next_to_launch_].pending == 0) {
     auto& bucket = buckets_[next_to_launch_];
-    if (phases_) phases_->push(profile::kAllreduceRange);
+    if (phases_) phases_->push(device::kAllreduceRange);
     // Average, as torch DDP does: divide before summing so large worlds cannot overflow bf16.
     bucket.flat.div_(comm_.world_size());
     bucket.work = shard_ ? comm_.reduce_scatter_sum_async(bucket.shard, bucket.flat) : comm_.allreduce_sum_async(bucket.flat);
     bucket.launched = true;
-    if (phases_) phases_->pop(profile::kAllreduceRange);
+    if (phases_) phases_->pop(device::kAllreduceRange);
     ++next_to_launch_;
   }
 }

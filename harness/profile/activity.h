@@ -9,6 +9,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "device/phases.h"
+
 namespace ddpbench::profile {
 
 struct KernelRecord {
@@ -86,13 +88,13 @@ struct RankActivity {
   std::uint64_t overhead_ns = 0;
 };
 
-// Stable names: reports and tests key on them.
-inline constexpr const char* kStepRange = "step";
-inline constexpr const char* kDataRange = "data";
-inline constexpr const char* kForwardRange = "forward";
-inline constexpr const char* kBackwardRange = "backward";
-inline constexpr const char* kAllreduceRange = "allreduce";
-inline constexpr const char* kOptimizerRange = "optimizer";
+// The phase ranges' names (device/phases.h), as the profile reads them back.
+using device::kStepRange;
+using device::kDataRange;
+using device::kForwardRange;
+using device::kBackwardRange;
+using device::kAllreduceRange;
+using device::kOptimizerRange;
 
 nlohmann::json to_json(const RankActivity& a);
 RankActivity activity_from_json(const nlohmann::json& j);  // UsageError on a malformed document

@@ -3,8 +3,8 @@
 #include "common/error.h"
 
 #ifdef DDPBENCH_WITH_CUDA
-#include "ddp/cuda_device.h"
-#include "ddp/device.h"
+#include "device/cuda_device.h"
+#include "device/device.h"
 #include "profile/cupti_collector.h"
 #endif
 
@@ -30,7 +30,7 @@ InProcessProfiler::~InProcessProfiler() {
   }
 }
 
-Phases::Sink InProcessProfiler::sink() {
+device::Phases::Sink InProcessProfiler::sink() {
   CuptiCollector* c = &state_->collector;
   return [c](const char* name, bool begin) {
     if (begin) c->push_range(name);
@@ -40,7 +40,7 @@ Phases::Sink InProcessProfiler::sink() {
 
 RankActivity InProcessProfiler::finish(int rank, int world_size) {
   // Records of unfinished device work come without end times: let the device drain first.
-  ddp::synchronize("cuda", 0);
+  device::synchronize("cuda", 0);
   state_->collector.stop();
   auto activity = state_->collector.take();
   activity.rank = rank;
@@ -49,7 +49,7 @@ RankActivity InProcessProfiler::finish(int rank, int world_size) {
   // is never the case here: ask the runtime for the name instead.
   if (activity.device_name.empty()) {
     const int device = activity.kernels.empty() ? 0 : static_cast<int>(activity.kernels.front().device);
-    activity.device_name = ddp::cuda::device_name(device);
+    activity.device_name = device::cuda::device_name(device);
   }
   return activity;
 }
@@ -62,7 +62,7 @@ InProcessProfiler::InProcessProfiler() {
   throw RunError("--profile: this ddpbench was built without a CUDA toolkit, so it has no CUPTI collector");
 }
 InProcessProfiler::~InProcessProfiler() = default;
-Phases::Sink InProcessProfiler::sink() { return {}; }
+device::Phases::Sink InProcessProfiler::sink() { return {}; }
 RankActivity InProcessProfiler::finish(int, int) { return {}; }
 
 #endif

@@ -4,7 +4,7 @@
 #include <memory>
 
 #include "profile/activity.h"
-#include "profile/phases.h"
+#include "device/phases.h"
 
 namespace ddpbench::profile {
 
@@ -16,7 +16,7 @@ class InProcessProfiler {
   InProcessProfiler& operator=(const InProcessProfiler&) = delete;
 
   // Records the trainer's phases as ranges on the collector's clock.
-  Phases::Sink sink();
+  device::Phases::Sink sink();
   // Flushes and stops; the activity of this rank since construction.
   RankActivity finish(int rank, int world_size);
 

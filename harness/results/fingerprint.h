@@ -8,6 +8,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "device/device.h"
+
 namespace ddpbench::results {
 
 struct GpuInfo {
@@ -19,15 +21,8 @@ struct GpuInfo {
   int nvlinks_active = 0;  // active NVLink links of this GPU
 };
 
-// Filled by the LibTorch side (ddp/device.h), which is the only part that can ask the runtime.
-struct RuntimeInfo {
-  std::string libtorch;       // "2.11.0"
-  std::string cuda_runtime;   // "13.0", empty without CUDA
-  std::string nccl;           // "2.28.9", empty without NCCL
-  std::string cudnn;
-  int cuda_device_count = 0;
-  bool cuda_available = false;
-};
+// Filled by the LibTorch side (device/device.h), which is the only part that can ask the runtime.
+using RuntimeInfo = device::RuntimeInfo;
 
 struct Fingerprint {
   std::string hostname;

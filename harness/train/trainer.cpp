@@ -13,10 +13,10 @@
 #include "common/error.h"
 #include "common/strings.h"
 #include "ddp/ddp.h"
-#include "ddp/device.h"
+#include "device/device.h"
 #include "profile/activity.h"
 #include "profile/in_process.h"
-#include "profile/phases.h"
+#include "device/phases.h"
 #include "train/adamw.h"
 #include "train/batches.h"
 #include "train/data.h"
@@ -156,7 +156,7 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
     const bool cuda = cfg.device == "cuda";
     const at::Device device = cuda ? at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank)) : at::Device(at::kCPU);
     report.device = device.str();
-    if (cuda) ddp::set_cuda_device(env.local_rank);
+    if (cuda) device::set_cuda_device(env.local_rank);
     const auto options = at::TensorOptions().device(device).dtype(cuda ? at::kBFloat16 : at::kFloat);
 
     LlamaModel model(cfg, options);
@@ -188,25 +188,25 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
     const auto shards = cfg.shard_optimizer ? reducer.param_shards() : std::vector<at::Tensor>{};
     std::unique_ptr<profile::InProcessProfiler> profiler;
     if (cfg.profile) profiler = std::make_unique<profile::InProcessProfiler>();
-    const profile::Phases phases(profiler ? profiler->sink() : profile::Phases::Sink{});
+    const device::Phases phases(profiler ? profiler->sink() : device::Phases::Sink{});
     reducer.set_phases(&phases);
     report.buckets = reducer.bucket_count();
     for (int b = 0; b < reducer.bucket_count(); ++b) report.bucket_bytes += reducer.bucket_bytes(b);
     AdamW optimizer(cfg.shard_optimizer ? shards : trainable, cfg.weight_decay, cfg.optim_state);
     report.optimizer_state_bytes = optimizer.state_bytes();
-    ddp::synchronize(cfg.device, env.local_rank);
+    device::synchronize(cfg.device, env.local_rank);
     report.setup_s = std::chrono::duration<double>(Clock::now() - t_setup).count();
     // The MFU denominator, measured on this GPU before the first step (DESIGN.md).
-    report.matmul_bf16_flops = ddp::measure_bf16_matmul_flops(cfg.device, env.local_rank);
+    report.matmul_bf16_flops = device::measure_bf16_matmul_flops(cfg.device, env.local_rank);
 
     const int W = env.world_size, G = cfg.grad_accum;
     for (int step = 0; step < cfg.total_steps(); ++step) {
       set_phase("step " + std::to_string(step));
-      ddp::reset_memory_peaks(cfg.device, env.local_rank);
+      device::reset_memory_peaks(cfg.device, env.local_rank);
       const auto t0 = Clock::now();
-      std::optional<profile::Phases::Scope> step_scope;
+      std::optional<device::Phases::Scope> step_scope;
       step_scope.emplace(phases, profile::kStepRange);
-      std::optional<profile::Phases::Scope> data_scope;
+      std::optional<device::Phases::Scope> data_scope;
       data_scope.emplace(phases, profile::kDataRange);
       std::vector<TokenBatch> micro;
       std::int64_t n_rank = 0, real_rank = 0;
@@ -279,12 +279,12 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
       comm->allreduce_sum(loss_acc);
       sample.loss = loss_acc.item<double>();
       sample.grad_norm = grad_norm.item<double>();
-      ddp::synchronize(cfg.device, env.local_rank);
+      device::synchronize(cfg.device, env.local_rank);
       step_scope.reset();
       sample.step_time_s = std::chrono::duration<double>(Clock::now() - t0).count();
       sample.predicted_tokens = n_rank;
       sample.global_predicted = n_global;
-      const auto mem = ddp::memory_peaks(cfg.device, env.local_rank);
+      const auto mem = device::memory_peaks(cfg.device, env.local_rank);
       sample.mem_allocated_peak = mem.allocated;
       sample.mem_reserved_peak = mem.reserved;
       report.steps.push_back(sample);

@@ -1,14 +1,12 @@
-#include "cli/cell_runner.h"
+#include "orchestrate/orchestrate.h"
 
 #include <unistd.h>
 
 #include <filesystem>
-#include <random>
 
-#include "cli/profile_report.h"
 #include "common/error.h"
 #include "common/strings.h"
-#include "ddp/device.h"
+#include "device/device.h"
 
 #ifndef DDPBENCH_SOURCE_DIR
 #define DDPBENCH_SOURCE_DIR "."
@@ -20,31 +18,7 @@
 #include "train/checkpoint.h"
 #include "train/hf_config.h"
 
-namespace ddpbench::cli {
-
-std::string new_run_id() {
-  std::random_device rd;
-  char suffix[8];
-  std::snprintf(suffix, sizeof suffix, "%04x", rd() & 0xffff);
-  std::string ts = utc_timestamp();  // 2026-11-28T01:35:02Z
-  std::string compact;
-  for (char c : ts)
-    if (std::isdigit(static_cast<unsigned char>(c))) compact += c;
-  return compact.substr(0, 8) + "-" + compact.substr(8, 6) + "-" + suffix;
-}
-
-void make_dirs(const std::string& path) {
-  std::error_code ec;
-  std::filesystem::create_directories(path, ec);
-  if (ec) throw RunError("cannot create folder " + path + ": " + ec.message());
-}
-
-std::string self_executable() {
-  std::error_code ec;
-  auto p = std::filesystem::read_symlink("/proc/self/exe", ec);
-  if (ec) throw RunError("cannot find this executable through /proc/self/exe: " + ec.message());
-  return p.string();
-}
+namespace ddpbench::orchestrate {
 
 EqualWorkInputs prepare_equal_work_inputs(const train::Config& cfg, const std::string& dir, int world_size) {
   make_dirs(dir);
@@ -127,7 +101,7 @@ results::RunContext context_of(const CellRequest& req, const train::Config& conf
 CellResult run_cell(const CellRequest& req) {
   check_inputs(req.config);
   make_dirs(req.dir);
-  const auto fp = req.fingerprint ? *req.fingerprint : results::collect_fingerprint(ddp::runtime_info());
+  const auto fp = req.fingerprint ? *req.fingerprint : results::collect_fingerprint(device::runtime_info());
   if (auto missing = missing_trainer_packages(req.config.trainer)) {
     // A trainer whose packages are not importable is a skipped cell, not a failed one.
     auto ctx = context_of(req, req.config, fp);
@@ -209,4 +183,4 @@ CellResult run_cell(const CellRequest& req) {
   return result;
 }
 
-}  // namespace ddpbench::cli
+}  // namespace ddpbench::orchestrate

@@ -1,4 +1,4 @@
-#include "ddp/cuda_device.h"
+#include "device/cuda_device.h"
 
 #include <dlfcn.h>
 
@@ -9,7 +9,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
 
-namespace ddpbench::ddp::cuda {
+namespace ddpbench::device::cuda {
 
 namespace {
 const c10::CachingDeviceAllocator::Stat& aggregate(const c10::CachingDeviceAllocator::StatArray& a) {
@@ -88,4 +88,4 @@ std::string device_name(int index) {
   return prop.name;
 }
 
-}  // namespace ddpbench::ddp::cuda
+}  // namespace ddpbench::device::cuda

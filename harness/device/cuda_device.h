@@ -3,7 +3,7 @@
 #include <cstdint>
 #include <string>
 
-namespace ddpbench::ddp::cuda {
+namespace ddpbench::device::cuda {
 
 void synchronize(int index);
 void set_device(int index);
@@ -30,4 +30,4 @@ std::string nccl_version();  // "2.28.9" of the NCCL LibTorch loaded; empty if n
 std::string runtime_version();
 std::string device_name(int index);  // "NVIDIA H100 80GB HBM3"; empty if the runtime cannot say
 
-}  // namespace ddpbench::ddp::cuda
+}  // namespace ddpbench::device::cuda

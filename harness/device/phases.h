@@ -10,7 +10,15 @@
 #define DDPBENCH_HAVE_NVTX 1
 #endif
 
-namespace ddpbench::profile {
+namespace ddpbench::device {
+
+// Stable names: reports and tests key on them.
+inline constexpr const char* kStepRange = "step";
+inline constexpr const char* kDataRange = "data";
+inline constexpr const char* kForwardRange = "forward";
+inline constexpr const char* kBackwardRange = "backward";
+inline constexpr const char* kAllreduceRange = "allreduce";
+inline constexpr const char* kOptimizerRange = "optimizer";
 
 class Phases {
  public:
@@ -49,4 +57,4 @@ class Phases {
   Sink sink_;
 };
 
-}  // namespace ddpbench::profile
+}  // namespace ddpbench::device

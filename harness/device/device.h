@@ -6,11 +6,19 @@
 #include <memory>
 #include <string>
 
-#include "results/fingerprint.h"
+namespace ddpbench::device {
 
-namespace ddpbench::ddp {
+// What the runtime LibTorch loaded offers; the fingerprint (results/fingerprint.h) records it.
+struct RuntimeInfo {
+  std::string libtorch;       // "2.11.0"
+  std::string cuda_runtime;   // "13.0", empty without CUDA
+  std::string nccl;           // "2.28.9", empty without NCCL
+  std::string cudnn;
+  int cuda_device_count = 0;
+  bool cuda_available = false;
+};
 
-results::RuntimeInfo runtime_info();
+RuntimeInfo runtime_info();
 
 // Blocks until all work queued on the device is done ("cpu": returns at once).
 void synchronize(const std::string& device, int index);
@@ -46,4 +54,4 @@ class IntervalTimer {
 // so that they do not count in the run's reserved memory. 0 on the CPU.
 double measure_bf16_matmul_flops(const std::string& device, int index);
 
-}  // namespace ddpbench::ddp
+}  // namespace ddpbench::device

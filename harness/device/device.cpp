@@ -1,4 +1,4 @@
-#include "ddp/device.h"
+#include "device/device.h"
 
 #include <sys/resource.h>
 
@@ -11,10 +11,10 @@
 
 #include "common/error.h"
 #ifdef DDPBENCH_WITH_CUDA
-#include "ddp/cuda_device.h"
+#include "device/cuda_device.h"
 #endif
 
-namespace ddpbench::ddp {
+namespace ddpbench::device {
 
 namespace {
 
@@ -28,8 +28,8 @@ std::int64_t peak_rss_bytes() {
 
 }  // namespace
 
-results::RuntimeInfo runtime_info() {
-  results::RuntimeInfo info;
+RuntimeInfo runtime_info() {
+  RuntimeInfo info;
   info.libtorch = TORCH_VERSION;
   info.cuda_available = at::hasCUDA();
   if (info.cuda_available) {
@@ -143,4 +143,4 @@ double measure_bf16_matmul_flops(const std::string& device, int index) {
 #endif
 }
 
-}  // namespace ddpbench::ddp
+}  // namespace ddpbench::device

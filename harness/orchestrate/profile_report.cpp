@@ -1,16 +1,15 @@
-#include "cli/profile_report.h"
+#include "orchestrate/orchestrate.h"
 
 #include <algorithm>
 #include <filesystem>
 #include <optional>
 #include <utility>
 
-#include "cli/cell_runner.h"
 #include "common/error.h"
 #include "common/strings.h"
 #include "profile/chrome_trace.h"
 
-namespace ddpbench::cli {
+namespace ddpbench::orchestrate {
 
 ProfileReport analyze_activity(const std::string& dir, const std::vector<int>& ranks, const profile::AnalysisOptions& options,
                                const std::string& trace_dir) {
@@ -53,4 +52,4 @@ ProfileReport analyze_activity(const std::string& dir, const std::vector<int>& r
   return report;
 }
 
-}  // namespace ddpbench::cli
+}  // namespace ddpbench::orchestrate
