@@ -4,6 +4,7 @@
 // a suite stopped and resumed), and nothing left running.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -232,6 +233,100 @@ TEST_F(Faults, AnInterruptedRunKeepsEveryCompletedStep) {
   EXPECT_GE(doc["steps"].size(), 3u);
   EXPECT_EQ(doc["status"]["completed_steps"], doc["steps"].size());
   EXPECT_GT(doc["steps"][0]["loss"].get<double>(), 0);
+}
+
+// --- a suite: every cell checked up front, a failing cell recorded, Ctrl-C stops it all -----------
+
+TEST_F(Faults, EveryCellsInputsAreCheckedBeforeTheFirstCellRuns) {
+  const std::string defaults = "[defaults]\npreset = \"tiny\"\ndevice = \"cpu\"\nnproc = 1\nmicro_batch = 1\nseq_len = 16\n"
+                               "warmup = 0\nsteps = 1\n";
+  std::ofstream(path("late.toml")) << "name = \"late\"\n" << defaults << "[[workload]]\nname = \"good\"\n"
+                                   << "[[workload]]\nname = \"missing-data\"\ndata_file = \"no/such/tokens.bin\"\n";
+  for (const std::string dry : {"", " --dry-run"})
+    expect_refused("run late.toml" + dry, "cell missing-data/builtin/n1/b1/g1/s16: --data-file: no/such/tokens.bin does not exist");
+  const std::string long_name(300, 'w');
+  std::ofstream(path("long.toml")) << "name = \"long\"\n" << defaults << "[[workload]]\nname = \"good\"\n"
+                                   << "[[workload]]\nname = \"" << long_name << "\"\n";
+  for (const std::string dry : {"", " --dry-run"})
+    expect_refused("run long.toml" + dry, "more than the 255 a file name may have");
+  EXPECT_FALSE(fs::exists(dir_ / "runs"));  // nothing ran, not even the good cells
+}
+
+TEST_F(Faults, ACellThatFailsAtRunTimeIsRecordedAndTheSuiteGoesOn) {
+  ASSERT_EQ(run("prepare --seq-len 16 --micro-batch 1 --warmup 0 --steps 2 --out in", dir_).status, 0);
+  corrupt_token(path("in/tokens.bin"), 1, 2, 60000);  // step 1's only document: past every check before the run
+  std::ofstream(path("s.toml")) << "name = \"mixed\"\n[defaults]\npreset = \"tiny\"\ndevice = \"cpu\"\nnproc = 1\n"
+                                   "micro_batch = 1\nseq_len = 16\nwarmup = 0\nsteps = 2\n"
+                                << "[[workload]]\nname = \"bad-token\"\ndata_file = \"" << path("in/tokens.bin") << "\"\n"
+                                << "[[workload]]\nname = \"good\"\n";
+  const auto r = run("run s.toml", dir_);
+  EXPECT_EQ(r.status, 1) << r.output;
+  const auto index = nlohmann::json::parse(ddpbench::read_file((run_dir() / "run.json").string()));
+  EXPECT_EQ(index["state"], "done");
+  ASSERT_EQ(index["cells"].size(), 2u) << index.dump(1);
+  const std::string bad = index["cells"][0]["status"].get<std::string>();
+  EXPECT_TRUE(contains(bad, "failed: rank 0 failed in step 1: ") && contains(bad, "has id 60000")) << bad;
+  EXPECT_EQ(index["cells"][1]["status"], "ok");
+  const auto doc = nlohmann::json::parse(ddpbench::read_file((run_dir() / index["cells"][0]["file"].get<std::string>()).string()));
+  EXPECT_EQ(doc["status"]["completed_steps"], 1);  // step 0 was measured before step 1's bad token
+  EXPECT_EQ(index["summary"].size(), 2u);
+}
+
+// Live processes whose command line mentions `text`.
+std::size_t processes_mentioning(const std::string& text) {
+  std::size_t n = 0;
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    const std::string name = e.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    try {
+      std::string cmdline = ddpbench::read_file("/proc/" + name + "/cmdline");
+      std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
+      n += contains(cmdline, text);
+    } catch (const std::exception&) {
+      // ended meanwhile
+    }
+  }
+  return n;
+}
+
+TEST_F(Faults, ASignalledSuiteStopsAndResumeRunsOnlyWhatIsMissing) {
+  // The CPU smoke suite's LoRA cells (1 and 2 ranks): SIGTERM (Slurm's scancel) once the first is done.
+  const pid_t pid = cli_helpers::spawn(dir_, {"run", "--filter", "lora-tiny"});
+  ASSERT_GT(pid, 0);
+  const bool first_done = cli_helpers::wait_for_file_text(dir_, "run.json", "\"status\": \"ok\"");
+  ::kill(pid, SIGTERM);
+  int st = 0;
+  ASSERT_EQ(::waitpid(pid, &st, 0), pid);
+  ASSERT_TRUE(first_done);
+  ASSERT_TRUE(WIFEXITED(st)) << "ended by signal " << (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+  EXPECT_EQ(WEXITSTATUS(st), 128 + SIGTERM);
+  const fs::path run = run_dir();
+  EXPECT_EQ(processes_mentioning(run.string()), 0u);  // no rank left behind
+  auto index = nlohmann::json::parse(ddpbench::read_file((run / "run.json").string()));
+  EXPECT_EQ(index["state"], "interrupted") << index.dump(1);
+  EXPECT_EQ(index["interrupted_by"], SIGTERM);
+  // The first cell intact; the second (if it had started) ended and marked, never a third.
+  ASSERT_GE(index["cells"].size(), 1u);
+  ASSERT_LE(index["cells"].size(), 2u);
+  EXPECT_EQ(index["cells"][0]["status"], "ok");
+  const std::string first_file = index["cells"][0]["file"].get<std::string>();
+  const auto first_doc = ddpbench::read_file((run / first_file).string());
+  if (index["cells"].size() == 2) EXPECT_EQ(index["cells"][1]["status"].get<std::string>().rfind("interrupted: ", 0), 0u);
+
+  const auto resumed = cli_helpers::run("run --resume " + run.string(), dir_);
+  ASSERT_EQ(resumed.status, 0) << resumed.output;
+  EXPECT_TRUE(contains(resumed.output, "resuming: 1 cell repeat(s) already done are kept")) << resumed.output;
+  EXPECT_EQ(resumed.output.find("== lora-tiny/builtin/n1/"), std::string::npos) << resumed.output;  // not run again
+  EXPECT_NE(resumed.output.find("== lora-tiny/builtin/n2/"), std::string::npos) << resumed.output;
+  index = nlohmann::json::parse(ddpbench::read_file((run / "run.json").string()));
+  EXPECT_EQ(index["state"], "done");
+  ASSERT_EQ(index["cells"].size(), 2u);
+  for (const auto& c : index["cells"]) EXPECT_EQ(c["status"], "ok") << c.dump();
+  EXPECT_EQ(ddpbench::read_file((run / first_file).string()), first_doc);  // the kept document untouched
+  ASSERT_EQ(index["summary"].size(), 2u);
+  EXPECT_EQ(index["scaling"].size(), 2u);
+  expect_refused("run --resume " + run.string() + " --filter x", "--resume: the run's own suite");
+  expect_refused("run --resume nowhere", "--resume: nowhere/run.json does not exist");
 }
 
 }  // namespace

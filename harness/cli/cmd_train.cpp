@@ -51,6 +51,7 @@ int train_main(const TrainArgs& a) {
   req.cell = "train";
   req.dir = a.runs_dir + "/" + req.run_id;
   req.config = cfg;
+  req.memory_check = a.flags->memory_check();
   req.topology = topology;
   std::printf("ddpbench train: %s %s, %d rank(s) on %s, micro-batch %d x grad-accum %d x seq %d (%s), %d+%d steps -> %s\n",
               cfg.preset.c_str(), train::to_string(cfg.mode).c_str(), cfg.nproc * topology.nnodes, cfg.device.c_str(),
