@@ -233,6 +233,13 @@ TEST_F(Cli, RunDryRunListsTheMatrix) {
   EXPECT_NE(rounds.output.find("2 cell(s) x 3 round(s)"), std::string::npos) << rounds.output;
   EXPECT_NE(rounds.output.find("w/builtin/n2/b2/g1/s32#"), std::string::npos) << rounds.output;  // cell ids
   EXPECT_EQ(rounds.output.find("/n1/"), std::string::npos) << rounds.output;
+
+  // Several filters: a cell runs when its name contains any of them.
+  const auto either = run("run s.toml --dry-run --filter n1/b2/g1/s32 --filter n2/b2/g1/s64", dir_);
+  ASSERT_EQ(either.status, 0) << either.output;
+  EXPECT_NE(either.output.find("2 cell(s)"), std::string::npos) << either.output;
+  EXPECT_NE(either.output.find("w/builtin/n1/b2/g1/s32#"), std::string::npos) << either.output;
+  EXPECT_NE(either.output.find("w/builtin/n2/b2/g1/s64#"), std::string::npos) << either.output;
   EXPECT_FALSE(fs::exists(dir_ / "runs"));
 }
 

@@ -23,6 +23,7 @@ TEST(CollectivesTable, BusFactorsAreNcclTests) {
   EXPECT_DOUBLE_EQ(find("reduce_scatter").bus_factor(8), 7.0 / 8);
   EXPECT_DOUBLE_EQ(find("all_gather").bus_factor(4), 3.0 / 4);
   EXPECT_DOUBLE_EQ(find("broadcast").bus_factor(8), 1.0);
+  EXPECT_DOUBLE_EQ(find("broadcast").bus_factor(1), 0.0);  // nothing moves on one rank
   EXPECT_DOUBLE_EQ(find("all_reduce").bus_factor(1), 0.0);
   const auto bw = bandwidth(find("all_reduce"), 1e9, 0.01, 4);
   EXPECT_DOUBLE_EQ(bw.algbw, 1e11);

@@ -746,6 +746,21 @@ TEST(CellId, ReadablePartThenTheHashOfTheWork) {
   EXPECT_EQ(results::scaling_group("lora-1b", train::to_json(c)), "lora-1b/hf/b3/g2/s128");
 }
 
+TEST(CellId, TheBuiltInTrainersImplementationIsPartOfItsName) {
+  EXPECT_EQ(results::trainer_label("builtin", "baseline"), "builtin");
+  EXPECT_EQ(results::trainer_label("builtin", "fused"), "builtin-fused");
+  EXPECT_EQ(results::trainer_label("hf", "fused"), "hf");  // only the built-in trainer has implementations
+  Config c;
+  c.impl = "fused";
+  EXPECT_TRUE(starts_with(results::cell_id("w", train::to_json(c)), "w/builtin-fused/n")) << results::cell_id("w", train::to_json(c));
+  EXPECT_TRUE(starts_with(results::scaling_group("w", train::to_json(c)), "w/builtin-fused/b"));
+  // The suites' trainer name for it sets both fields.
+  Config from_suite;
+  train::apply_settings(from_suite, {{"trainer", "builtin-fused"}});
+  EXPECT_EQ(from_suite.trainer, "builtin");
+  EXPECT_EQ(from_suite.impl, "fused");
+}
+
 TEST(CellId, FieldsThatDoNotChangeTheWorkDoNotChangeTheId) {
   const Config base;
   const std::string id = results::cell_id("w", train::to_json(base));

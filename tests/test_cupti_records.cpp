@@ -301,6 +301,19 @@ TEST(CuptiRecords, RuntimeAndDriverLaunchCalls) {
   EXPECT_FALSE(api_call_record(api_activity(CUPTI_ACTIVITY_KIND_RUNTIME, CUPTI_RUNTIME_TRACE_CBID_cudaLaunchKernel_v7000, 9, 3, 1)));
 }
 
+TEST(CuptiParser, KeepsOnlyTracedApiCallsWhenTheWholeRuntimeKindIsOn) {
+  // The fallback where CUPTI refuses the per-API switches: every runtime call arrives.
+  ActivityParser parser;
+  parser.add(as_activity(api_activity(CUPTI_ACTIVITY_KIND_RUNTIME, CUPTI_RUNTIME_TRACE_CBID_cudaGetDevice_v3020, 1, 2, 1)));
+  parser.add(as_activity(api_activity(CUPTI_ACTIVITY_KIND_RUNTIME, CUPTI_RUNTIME_TRACE_CBID_cudaLaunchKernel_v7000, 3, 4, 2)));
+  parser.add(as_activity(api_activity(CUPTI_ACTIVITY_KIND_DRIVER, CUPTI_DRIVER_TRACE_CBID_cuCtxGetDevice, 5, 6, 3)));
+  EXPECT_EQ(parser.api_call_count(), 1u);
+  const auto activity = parser.take();
+  ASSERT_EQ(activity.api_calls.size(), 1u);
+  EXPECT_EQ(activity.api_calls[0].name, "cudaLaunchKernel");
+  EXPECT_EQ(activity.untimed_records, 0u) << "untraced calls are left out, not counted as untimed";
+}
+
 TEST(CuptiRecords, TracedApiListsCoverLaunchesCopiesAndWaitsOnly) {
   std::set<std::string> runtime, driver;
   std::set<CUpti_CallbackId> ids;

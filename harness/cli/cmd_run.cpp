@@ -11,7 +11,8 @@ void add_run_command(CLI::App& app, Action& action) {
   auto* sub = app.add_subcommand("run", "Run a suite: workloads x GPU counts x batch settings (no SUITE: the built-in smoke suite)");
   sub->add_option("suite", args->suite_path, "suite file (TOML); without one: smoke-gpu where GPUs are visible, else smoke-cpu");
   sub->add_option("--runs-dir", args->runs_dir, "folder for run folders [runs]");
-  sub->add_option("--filter", args->filter, "run only cells whose name contains this");
+  sub->add_option("--filter", args->filters, "run only cells whose name contains this (repeat: any of them)")
+      ->allow_extra_args(false);
   sub->add_option("--repeats", args->repeats,
                   "rounds: each runs every cell once, in the same order, so drift hits all cells alike [1]");
   sub->add_flag("--dry-run", args->dry_run, "check every cell's inputs, list the cell ids and the number of rounds, and stop");

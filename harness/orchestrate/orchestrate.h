@@ -68,14 +68,14 @@ std::optional<std::string> missing_trainer_packages(const std::string& trainer);
 // The argv one rank runs for cfg.trainer, after the launcher's environment is set.
 std::vector<std::string> rank_command(const train::Config& cfg, const std::string& config_path, const std::string& ranks_dir);
 
-// A suite run (`ddpbench run`): every cell of the suite (those whose name contains filter), in
+// A suite run (`ddpbench run`): every cell of the suite (those whose name contains one of filters), in
 // `repeats` interleaved rounds, under runs_dir/<run id>/ with run.json, results.csv and one document per
 // cell and repeat; progress and the summary table go to standard output. No suite_path: the built-in
 // smoke suite (smoke-gpu where GPUs are visible, else smoke-cpu). dry_run: only list the cells.
 struct SuiteRunOptions {
   std::string suite_path;
   std::string runs_dir = "runs";
-  std::string filter;
+  std::vector<std::string> filters;  // a cell runs when its name contains any of them
   int repeats = 1;
   bool dry_run = false;
   // A run folder to finish (an interrupted run): its saved suite, filter and repeats are used, and

@@ -205,15 +205,16 @@ SuiteRunOutcome run_suite(const SuiteRunOptions& a) {
   const auto runtime = device::runtime_info();
   const int gpus = runtime.cuda_available ? runtime.cuda_device_count : 0;
   std::optional<Resumed> resumed;
-  std::string suite_text, suite_source, filter = a.filter;
+  std::string suite_text, suite_source;
+  std::vector<std::string> filters = a.filters;
   int repeats = a.repeats;
   if (!a.resume.empty()) {
-    if (!a.suite_path.empty() || !a.filter.empty() || a.repeats != 1)
+    if (!a.suite_path.empty() || !a.filters.empty() || a.repeats != 1)
       throw UsageError("--resume: the run's own suite, --filter and --repeats are used; give none of them");
     resumed = read_run_folder(a.resume);
     suite_text = resumed->suite_text;
     suite_source = a.resume + "/suite.toml";
-    filter = resumed->index.value("filter", std::string());
+    filters = resumed->index.value("filters", std::vector<std::string>{});
     repeats = resumed->index["repeats"].get<int>();
   } else if (a.suite_path.empty()) {
     suite_text = gpus > 0 ? kSmokeGpuSuite : kSmokeCpuSuite;
@@ -229,14 +230,20 @@ SuiteRunOutcome run_suite(const SuiteRunOptions& a) {
   const suite::Suite suite = suite::parse_suite(suite_text, suite_source);
   std::vector<PlannedCell> cells;
   for (const auto& c : suite.cells) {
-    if (!filter.empty() && c.name.find(filter) == std::string::npos) continue;
+    if (!filters.empty() && std::none_of(filters.begin(), filters.end(),
+                                         [&](const std::string& f) { return c.name.find(f) != std::string::npos; }))
+      continue;
     const auto config = train::to_json(c.config);
     PlannedCell p{&c, c.config, results::cell_id(c.workload, config), results::scaling_group(c.workload, config), "", {}, {}};
     if (c.config.device == "cuda" && c.config.nproc > gpus)
       p.gpu_skip = "skipped: needs " + std::to_string(c.config.nproc) + " GPU(s), " + std::to_string(gpus) + " visible";
     cells.push_back(std::move(p));
   }
-  if (cells.empty()) throw UsageError("--filter: no cell of suite '" + suite.name + "' matches '" + filter + "'");
+  if (cells.empty()) {
+    std::string wanted;
+    for (const auto& f : filters) wanted += (wanted.empty() ? "'" : ", '") + f + "'";
+    throw UsageError("--filter: no cell of suite '" + suite.name + "' matches " + wanted);
+  }
 
   // Every cell's inputs, memory and file name are checked before the first cell runs (and by
   // --dry-run): a bad later cell is one line naming it, not a suite that stops half-way.
@@ -272,7 +279,7 @@ SuiteRunOutcome run_suite(const SuiteRunOptions& a) {
   share_equal_work_inputs(cells, run_dir + "/inputs");
   std::string csv = results::long_csv_header();
   nlohmann::json index = {{"suite", suite.name},     {"run_id", run_id},     {"created", utc_timestamp()},
-                          {"repeats", repeats},      {"filter", filter},     {"suite_file", "suite.toml"},
+                          {"repeats", repeats},      {"filters", filters},     {"suite_file", "suite.toml"},
                           {"state", "running"},      {"cells", nlohmann::json::array()}};
   if (resumed) {
     index["created"] = resumed->index.value("created", utc_timestamp());

@@ -1,6 +1,7 @@
 #include "profile/cupti_collector.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cxxabi.h>
 #include <new>
@@ -374,12 +375,18 @@ void ActivityParser::add(const CUpti_Activity& record) {
       if (auto r = memory_record(reinterpret_cast<const MemoryActivity&>(record))) activity_.memory.push_back(*r);
       break;
     case CUPTI_ACTIVITY_KIND_RUNTIME:
-    case CUPTI_ACTIVITY_KIND_DRIVER:
-      if (auto r = api_call_record(reinterpret_cast<const ApiActivity&>(record)))
+    case CUPTI_ACTIVITY_KIND_DRIVER: {
+      // Where the whole runtime kind stands in for the per-API switches (start()), every runtime
+      // call arrives: only the traced ones belong in the trace.
+      const auto& api = reinterpret_cast<const ApiActivity&>(record);
+      const bool driver = record.kind == CUPTI_ACTIVITY_KIND_DRIVER;
+      if (!traced_name(driver ? traced_driver_apis() : traced_runtime_apis(), api.cbid)) break;
+      if (auto r = api_call_record(api))
         activity_.api_calls.push_back(std::move(*r));
       else
         ++activity_.untimed_records;
       break;
+    }
     case CUPTI_ACTIVITY_KIND_MARKER:
       markers_.add(reinterpret_cast<const MarkerActivity&>(record));
       break;
@@ -506,8 +513,22 @@ void CuptiCollector::start(const CollectorOptions& options) {
     if (cuptiActivityEnable(kind) == CUPTI_SUCCESS) enabled_.push_back(kind);
   // Each API that CUPTI accepts (a call this CUPTI no longer knows is refused alone); without kernel
   // launches, none: a trace with copies linked but no kernels would mislead more than one without.
-  api_calls_enabled_.store(options.api_calls && enable_api_calls(1));
-  if (options.api_calls && !api_calls_recorded()) enable_api_calls(0);
+  api_calls_enabled_.store(false);
+  api_calls_mode_ = options.api_calls ? "refused by CUPTI" : "off";
+  if (options.api_calls) {
+    if (enable_api_calls(1)) {
+      api_calls_enabled_.store(true);
+      api_calls_mode_ = "per-API";
+    } else {
+      // This CUPTI refused the per-API switches for the launches: the whole runtime kind instead
+      // (more records, filtered when parsed), so that kernels keep their launches.
+      enable_api_calls(0);
+      if (cuptiActivityEnable(CUPTI_ACTIVITY_KIND_RUNTIME) == CUPTI_SUCCESS) {
+        enabled_.push_back(CUPTI_ACTIVITY_KIND_RUNTIME);
+        api_calls_mode_ = "whole runtime kind";
+      }
+    }
+  }
   {
     std::lock_guard parse_lock(parse_mutex_);
     callback_error_.clear();
@@ -561,6 +582,11 @@ void CuptiCollector::stop() {
     std::lock_guard parse_lock(parse_mutex_);
     if (error.empty()) error = callback_error_;
     callback_error_.clear();
+    // Kernels without a single launch call make traces that Holistic Trace Analysis reads as
+    // launch-less (no launch statistics, no ProfilerStep, no critical path): say so, and how.
+    if (api_calls_mode_ != "off" && parser_.kernel_count() > 0 && parser_.api_call_count() == 0)
+      std::fprintf(stderr, "ddpbench profile: CUPTI recorded %zu kernels but no launch calls (API records: %s)\n",
+                   parser_.kernel_count(), api_calls_mode_.c_str());
   }
   if (!error.empty()) throw RunError(error);
 }

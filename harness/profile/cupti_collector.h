@@ -122,6 +122,8 @@ class ActivityParser {
   // record must be the full record of its kind (as cuptiActivityGetNextRecord hands it out).
   void add(const CUpti_Activity& record);
   void add_dropped(std::uint64_t n) { activity_.dropped_records += n; }
+  std::size_t kernel_count() const { return activity_.kernels.size(); }
+  std::size_t api_call_count() const { return activity_.api_calls.size(); }
   // Everything parsed so far, sorted by time; device_name from the device the kernels ran on.
   // Ranges still open (a START without its END yet) are left for a later take.
   RankActivity take();
@@ -171,7 +173,7 @@ class CuptiCollector {
   // and its result on failure (nothing left enabled), or when already running. API calls that CUPTI
   // refuses to record are left out (api_calls_recorded() says so) rather than failing the run.
   void start(const CollectorOptions& options = {});
-  bool api_calls_recorded() const { return api_calls_enabled_.load(std::memory_order_relaxed); }
+  bool api_calls_recorded() const { return api_calls_mode_ == "per-API" || api_calls_mode_ == "whole runtime kind"; }
   // Forces out every buffered record (synchronize the device first, or records of unfinished work
   // come without timestamps) and disables the kinds. Records parsed so far stay available to
   // take() even when stop() throws (a CUPTI call failed, or a buffer could not be read).
@@ -206,7 +208,8 @@ class CuptiCollector {
 
   std::mutex control_mutex_;  // start / stop
   std::vector<CUpti_ActivityKind> enabled_;
-  std::atomic<bool> api_calls_enabled_{false};
+  std::atomic<bool> api_calls_enabled_{false};  // the per-API switches are on (to be switched off)
+  std::string api_calls_mode_ = "off";           // per-API, whole runtime kind, refused by CUPTI, off
   std::atomic<bool> running_{false};
   std::atomic<pid_t> pid_{0};
 

@@ -37,10 +37,20 @@ std::string field(const nlohmann::json& config, const char* name) {
   return v.is_string() ? v.get<std::string>() : v.dump();
 }
 
+// The trainer label of a configuration document (older documents have no impl: baseline).
+std::string trainer_field(const nlohmann::json& config) {
+  const std::string impl = config.contains("impl") && config["impl"].is_string() ? config["impl"].get<std::string>() : "baseline";
+  return trainer_label(field(config, "trainer"), impl);
+}
+
 }  // namespace
 
+std::string trainer_label(const std::string& trainer, const std::string& impl) {
+  return trainer == "builtin" && impl != "baseline" ? trainer + "-" + impl : trainer;
+}
+
 std::string cell_id(const std::string& workload, const nlohmann::json& config) {
-  return workload + "/" + field(config, "trainer") + "/n" + field(config, "nproc") + "/b" + field(config, "micro_batch") +
+  return workload + "/" + trainer_field(config) + "/n" + field(config, "nproc") + "/b" + field(config, "micro_batch") +
          "/g" + field(config, "grad_accum") + "/s" + field(config, "seq_len") + "#" +
          short_hash(workload + "\n" + work_config(config).dump());
 }
@@ -48,7 +58,7 @@ std::string cell_id(const std::string& workload, const nlohmann::json& config) {
 std::string scaling_group(const std::string& workload, const nlohmann::json& config) {
   // Strong scaling holds the global batch, so grad_accum changes with the rank count.
   const bool strong = config.contains("global_batch") && config["global_batch"].is_number() && config["global_batch"].get<int>() > 0;
-  return workload + "/" + field(config, "trainer") + "/b" + field(config, "micro_batch") +
+  return workload + "/" + trainer_field(config) + "/b" + field(config, "micro_batch") +
          (strong ? "/G" + field(config, "global_batch") : "/g" + field(config, "grad_accum")) + "/s" +
          field(config, "seq_len");
 }

@@ -22,13 +22,17 @@ std::string short_hash(std::string_view text);
 // Keys stay sorted, as nlohmann's objects keep them, so dump() is canonical.
 nlohmann::json work_config(const nlohmann::json& config);
 
-// "<workload>/<trainer>/n<N>/b<B>/g<G>/s<S>#<8 hex>": the readable part from the trainer
+// The trainer as cells, reports and suites name it: the built-in trainer's implementation is part of
+// its name where it is not the baseline ("builtin-fused"), so that both can share one suite.
+std::string trainer_label(const std::string& trainer, const std::string& impl);
+
+// "<workload>/<trainer label>/n<N>/b<B>/g<G>/s<S>#<8 hex>": the readable part from the trainer
 // configuration, the hash of the workload name and work_config(config). The workload name is
 // hashed too, so that the file names of workloads "x/y" and "x_y" (which map to the same
 // characters) still differ. Fields missing from config read "?".
 std::string cell_id(const std::string& workload, const nlohmann::json& config);
 
-// Cells that differ only in their rank count: "<workload>/<trainer>/b<B>/g<G>/s<S>", or with
+// Cells that differ only in their rank count: "<workload>/<trainer label>/b<B>/g<G>/s<S>", or with
 // "/G<global batch>" in place of "/g<G>" under strong scaling (grad_accum follows the rank count).
 std::string scaling_group(const std::string& workload, const nlohmann::json& config);
 

@@ -11,6 +11,7 @@
 
 #include "common/error.h"
 #include "common/strings.h"
+#include "results/cells.h"
 
 namespace ddpbench::suite {
 
@@ -70,7 +71,7 @@ Values read_settings(const toml::table& table, const std::string& source, const 
 }
 
 std::string cell_name(const std::string& workload, const train::Config& c) {
-  return workload + "/" + c.trainer + "/n" + std::to_string(c.nproc) + "/b" + std::to_string(c.micro_batch) + "/g" +
+  return workload + "/" + results::trainer_label(c.trainer, c.impl) + "/n" + std::to_string(c.nproc) + "/b" + std::to_string(c.micro_batch) + "/g" +
          std::to_string(c.grad_accum) + "/s" + std::to_string(c.seq_len);
 }
 

@@ -299,7 +299,16 @@ bool parse_bool(const std::string& key, const std::string& v) {
 const std::vector<Setting>& settings() {
   static const std::vector<Setting> table{
       {"trainer", "builtin (the C++ trainer), hf (transformers.Trainer + PEFT), liger (the same with Liger-Kernel), "
-                  "unsloth (Unsloth's FastLanguageModel and trainer), hf-loop (a hand-written Transformers loop, a diagnostic)", [](Config& c, const std::string& v) { c.trainer = v; }},
+                  "unsloth (Unsloth's FastLanguageModel and trainer), hf-loop (a hand-written Transformers loop, a diagnostic); "
+                  "builtin-fused: builtin with impl fused, so that a suite's trainer list can hold both",
+       [](Config& c, const std::string& v) {
+         if (v == "builtin-fused") {
+           c.trainer = "builtin";
+           c.impl = "fused";
+         } else {
+           c.trainer = v;
+         }
+       }},
       {"preset", "model shape: tiny, 350m, 1b, 8b", [](Config& c, const std::string& v) { preset_shape(v); c.preset = v; }},
       {"mode", "lora or full fine-tuning", [](Config& c, const std::string& v) { c.mode = parse_mode(v); }},
       {"impl", "baseline (stock ATen ops)", [](Config& c, const std::string& v) { c.impl = v; }},
