@@ -312,6 +312,8 @@ TEST_F(Faults, ASignalledSuiteStopsAndResumeRunsOnlyWhatIsMissing) {
   const std::string first_file = index["cells"][0]["file"].get<std::string>();
   const auto first_doc = ddpbench::read_file((run / first_file).string());
   if (index["cells"].size() == 2) EXPECT_EQ(index["cells"][1]["status"].get<std::string>().rfind("interrupted: ", 0), 0u);
+  ASSERT_EQ(index["summary"].size(), 2u);
+  EXPECT_NE(index["summary"][1]["status"], "ok") << index["summary"].dump();  // interrupted, or not run
 
   const auto resumed = cli_helpers::run("run --resume " + run.string(), dir_);
   ASSERT_EQ(resumed.status, 0) << resumed.output;

@@ -55,7 +55,8 @@ std::int64_t max_of(const std::vector<nlohmann::json>& summaries, const char* fi
 nlohmann::json summary_row(const PlannedCell& p, int repeats, const std::optional<results::ScalingPoint>& scaling) {
   nlohmann::json row = {{"name", p.cell->name}, {"cell_id", p.id}, {"nproc", p.cell->config.nproc},
                         {"repeats", repeats}, {"ok_repeats", p.ok_summaries.size()}};
-  std::string status = "ok";
+  // A suite interrupted before a cell's turn: "not run" (run --resume runs it).
+  std::string status = p.statuses.empty() ? "not run" : "ok";
   for (const auto& s : p.statuses)
     if (s != "ok") {
       status = s;
@@ -385,7 +386,9 @@ SuiteRunOutcome run_suite(const SuiteRunOptions& a) {
   std::printf("\nresults: %s/run.json, %s/results.csv, cells in %s/cells\n", run_dir.c_str(), run_dir.c_str(), run_dir.c_str());
   if (interrupted_by != 0)
     std::fprintf(stderr, "ddpbench run: interrupted by signal %d; %zu of %zu cell repeat(s) done; run the rest with: ddpbench run --resume %s\n",
-                 interrupted_by, std::count_if(index["cells"].begin(), index["cells"].end(), [](const nlohmann::json& e) { return e["status"] == "ok"; }),
+                 interrupted_by,
+                 static_cast<std::size_t>(std::count_if(index["cells"].begin(), index["cells"].end(),
+                                                        [](const nlohmann::json& e) { return e["status"] == "ok"; })),
                  cells.size() * static_cast<std::size_t>(repeats), run_dir.c_str());
   return {run_dir, failures, interrupted_by};
 }
