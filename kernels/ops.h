@@ -60,6 +60,10 @@ struct OpSpec {
 const std::vector<OpSpec>& registry();
 const OpSpec& find_op(const std::string& name);  // UsageError naming the ops on an unknown name
 
+// A generator for make_inputs on `device` (its own, seeded; the global one is left alone), so
+// that inputs are drawn where they live.
+at::Generator make_generator(at::Device device, std::uint64_t seed);
+
 // Whether this binary has the fused kernels (built with a CUDA toolkit).
 bool fused_kernels_built();
 

@@ -6,7 +6,12 @@
 namespace ddpbench::kernels {
 
 // Each op's folder defines its spec; one line per op below.
-// OpSpec rms_norm_op();  (kernels/rms_norm/op.cpp), ...
+OpSpec rms_norm_op();      // kernels/rms_norm/op.cpp
+OpSpec add_rms_norm_op();  // kernels/rms_norm/op.cpp
+OpSpec rope_qk_op();       // kernels/rope/op.cpp
+OpSpec swiglu_op();        // kernels/swiglu/op.cpp
+OpSpec linear_cross_entropy_op();  // kernels/linear_ce/op.cpp
+OpSpec lora_linear_op();           // kernels/lora/op.cpp
 
 OpShape preset_op_shape(const std::string& preset, std::int64_t tokens, std::int64_t seq_len) {
   const auto s = train::preset_shape(preset);
@@ -26,7 +31,12 @@ OpShape preset_op_shape(const std::string& preset, std::int64_t tokens, std::int
 const std::vector<OpSpec>& registry() {
   static const std::vector<OpSpec> ops = [] {
     std::vector<OpSpec> all;
-    // all.push_back(rms_norm_op());
+    all.push_back(rms_norm_op());
+    all.push_back(add_rms_norm_op());
+    all.push_back(rope_qk_op());
+    all.push_back(swiglu_op());
+    all.push_back(linear_cross_entropy_op());
+    all.push_back(lora_linear_op());
     return all;
   }();
   return ops;
@@ -39,6 +49,12 @@ const OpSpec& find_op(const std::string& name) {
     names += (names.empty() ? "" : ", ") + op.name;
   }
   throw UsageError("unknown kernel op '" + name + "' (choose " + names + ")");
+}
+
+at::Generator make_generator(at::Device device, std::uint64_t seed) {
+  auto gen = at::globalContext().defaultGenerator(device).clone();
+  gen.set_current_seed(seed);
+  return gen;
 }
 
 bool fused_kernels_built() {

@@ -525,6 +525,41 @@ TEST_F(Cli, BenchCollectivesOnOneRankAddsTheCopyBaseline) {
   }
 }
 
+TEST_F(Cli, BenchKernelsConvertsGivenOutputIntoTheRunFormat) {
+  // bench_kernels' and liger_ops.py's output as they write it (hand-made: no GPU here), merged and
+  // converted with --from: one cell per op/preset/pass, kernels.json for the report.
+  auto entry = [](const std::string& name, double us, double bps, double check = -1) {
+    nlohmann::json e = {{"name", name + "/iterations:5/manual_time"}, {"run_name", name + "/iterations:5/manual_time"},
+                        {"run_type", "iteration"}, {"real_time", us}, {"time_unit", "us"}, {"bytes_per_second", bps},
+                        {"model_bytes", bps * us * 1e-6}, {"peak_extra_bytes", 1024.0}};
+    if (check >= 0) e["check_rel_error"] = check;
+    return e;
+  };
+  const nlohmann::json ours = {{"benchmarks", nlohmann::json::array({entry("copy/67108864", 35, 3.8e12),
+                                                                      entry("swiglu/1b/bwd/baseline", 400, 1.2e12),
+                                                                      entry("swiglu/1b/bwd/fused", 150, 3.3e12, 4e-3)})}};
+  const nlohmann::json liger = {{"benchmarks", nlohmann::json::array({entry("swiglu/1b/bwd/liger", 250, 2.0e12)})}};
+  ddpbench::write_file_atomic((dir_ / "g.json").string(), ours.dump());
+  ddpbench::write_file_atomic((dir_ / "l.json").string(), liger.dump());
+  const auto r = run("bench kernels --presets 1b --from g.json,l.json --out kern", dir_);
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto index = nlohmann::json::parse(ddpbench::read_file((dir_ / "kern" / "run.json").string()));
+  EXPECT_EQ(index["kind"], "kernels");
+  ASSERT_EQ(index["cells"].size(), 1u);
+  const auto doc = nlohmann::json::parse(ddpbench::read_file((dir_ / "kern" / index["cells"][0]["file"].get<std::string>()).string()));
+  EXPECT_EQ(doc["cell"], "kernels/swiglu/1b/bwd");
+  EXPECT_EQ(doc["status"]["state"], "ok");
+  EXPECT_EQ(doc["rows"].size(), 3u);
+  EXPECT_NEAR(doc["summary"]["speedup_vs_liger"].get<double>(), 250.0 / 150.0, 1e-9);
+  EXPECT_TRUE(fs::exists(dir_ / "kern" / "kernels.json"));
+  EXPECT_TRUE(fs::exists(dir_ / "kern" / "results.csv"));
+  // A fused row whose check failed fails its cell and the command.
+  const nlohmann::json bad = {{"benchmarks", nlohmann::json::array({entry("swiglu/1b/bwd/fused", 150, 3.3e12, 0.5)})}};
+  ddpbench::write_file_atomic((dir_ / "bad.json").string(), bad.dump());
+  EXPECT_EQ(run("bench kernels --from bad.json --out kern-bad", dir_).status, 1);
+  EXPECT_EQ(run("bench kernels --from missing.json --out kern-missing", dir_).status, 2);
+}
+
 TEST_F(Cli, PredictFitsABenchCollectivesRunAndPredictsAHandMadeRun) {
   // Sizes up to 16 MiB, so that the bandwidth term stands well out of loopback Gloo's latency and of
   // the milliseconds of noise a loaded 2-core machine adds.

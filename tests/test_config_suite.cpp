@@ -178,6 +178,28 @@ TEST(Settings, ApplyEveryKind) {
   EXPECT_NO_THROW(train::validate(c));
 }
 
+TEST(Settings, ImplFusedNeedsCudaTheBuiltinTrainerAndTheKernels) {
+  Config c;
+  c.impl = "fused";
+  c.device = "cpu";
+  auto msg = message_of<UsageError>([&] { train::validate(c); });
+  EXPECT_TRUE(starts_with(msg, "--impl fused: the fused kernels run on CUDA only")) << msg;
+  c.device = "cuda";
+  c.trainer = "hf";
+  msg = message_of<UsageError>([&] { train::validate(c); });
+  EXPECT_TRUE(starts_with(msg, "--impl fused: only the built-in trainer")) << msg;
+  c.trainer = "builtin";
+#ifdef DDPBENCH_WITH_KERNELS
+  EXPECT_NO_THROW(train::validate(c));
+#else
+  msg = message_of<UsageError>([&] { train::validate(c); });
+  EXPECT_TRUE(contains(msg, "built without the fused kernels")) << msg;
+#endif
+  c.impl = "triton";
+  msg = message_of<UsageError>([&] { train::validate(c); });
+  EXPECT_TRUE(contains(msg, "choose baseline or fused")) << msg;
+}
+
 TEST(Settings, BadNumbersNameTheFlagAndValue) {
   Config c;
   auto msg = message_of<UsageError>([&] { train::apply_settings(c, {{"nproc", "x"}}); });

@@ -14,6 +14,7 @@
 #include <CLI/CLI.hpp>
 
 #include "collectives/collectives.h"
+#include "bench/bench_main.h"
 #include "common/error.h"
 #include "common/strings.h"
 #include "ddp/collective_bench.h"
@@ -140,13 +141,5 @@ int bench_main(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return bench_main(argc, argv);
-  } catch (const ddpbench::UsageError& e) {
-    std::fprintf(stderr, "bench_collectives: %s\n", e.what());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "bench_collectives: error: %s\n", e.what());
-    return 1;
-  }
+  return ddpbench::bench::guarded_main("bench_collectives", [&] { return bench_main(argc, argv); });
 }

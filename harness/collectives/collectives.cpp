@@ -9,7 +9,7 @@
 
 #include "common/error.h"
 #include "common/strings.h"
-#include "results/cells.h"
+#include "results/results.h"
 #include "results/stats.h"
 
 namespace ddpbench::collectives {
@@ -139,15 +139,11 @@ std::string benchmark_name(std::string_view collective, std::string_view dtype, 
   return std::string(collective) + "/" + std::string(dtype) + "/" + std::string(mode) + "/" + std::to_string(bytes);
 }
 
-namespace {
-
-double seconds_of(const nlohmann::json& entry) {
+double gbench_seconds(const nlohmann::json& entry) {
   const std::string unit = entry.value("time_unit", "ns");
   const double scale = unit == "s" ? 1.0 : unit == "ms" ? 1e-3 : unit == "us" ? 1e-6 : 1e-9;
   return entry.at("real_time").get<double>() * scale;
 }
-
-}  // namespace
 
 nlohmann::json parse_gbench_json(const std::string& text, const std::string& where) {
   // Only values are rewritten: a bare word after ':' outside any string.
@@ -175,7 +171,7 @@ std::vector<Series> series_from_gbench(const nlohmann::json& gbench, int world) 
     const auto bytes = parse_int(parts[3]);
     if (!bytes) continue;
     auto& s = grouped[{parts[0], parts[1], parts[2]}][*bytes];
-    s.times.push_back(seconds_of(e));
+    s.times.push_back(gbench_seconds(e));
     s.wrong = std::max(s.wrong, static_cast<std::int64_t>(std::llround(e.value("wrong", 0.0))));
     s.count = static_cast<std::int64_t>(std::llround(e.value("count", 0.0)));
   }
@@ -211,17 +207,7 @@ nlohmann::json series_document(const Series& s, const RunInfo& info) {
                            {"backend", info.backend},     {"max_bytes", info.max_bytes}, {"repetitions", info.repetitions},
                            {"batch", info.batch}};
   const std::string cell = "collectives/" + s.collective + "/" + s.dtype + "/" + s.mode + "/n" + std::to_string(world);
-  nlohmann::json doc;
-  doc["schema_version"] = 1;
-  doc["kind"] = "collectives";
-  doc["run_id"] = info.run_id;
-  doc["cell"] = cell;
-  doc["cell_id"] = cell + "#" + results::short_hash(config.dump());
-  doc["repeat"] = 1;
-  doc["created"] = utc_timestamp();
-  doc["config"] = config;
-  doc["fingerprint"] = info.fingerprint;
-  doc["hardware_key"] = info.hardware_key;
+  auto doc = results::benchmark_document_head("collectives", cell, config, info.run_id, info.fingerprint, info.hardware_key);
 
   nlohmann::json rows = nlohmann::json::array();
   std::int64_t wrong = 0;

@@ -102,6 +102,9 @@ struct Series {
 // read as null. RunError naming `where` when it is not JSON otherwise.
 nlohmann::json parse_gbench_json(const std::string& text, const std::string& where);
 
+// An entry's real_time in seconds, whatever its time_unit (the kernel benchmarks read it too).
+double gbench_seconds(const nlohmann::json& entry);
+
 // Google Benchmark's JSON output (rank 0's) grouped into one series per collective/dtype/mode.
 // Uses the iteration entries (aggregates are recomputed here, so one repetition works too).
 std::vector<Series> series_from_gbench(const nlohmann::json& gbench, int world);

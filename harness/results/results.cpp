@@ -11,6 +11,7 @@
 
 #include "common/error.h"
 #include "common/strings.h"
+#include "results/cells.h"
 #include "results/stats.h"
 
 namespace ddpbench::results {
@@ -334,6 +335,23 @@ double measured_peak_flops(const std::vector<RankReport>& ranks) {
   for (const auto& r : ranks)
     if (r.matmul_bf16_flops > 0) rates.push_back(r.matmul_bf16_flops);
   return rates.empty() ? 0 : median(rates);
+}
+
+nlohmann::json benchmark_document_head(const std::string& kind, const std::string& cell, const nlohmann::json& config,
+                                       const std::string& run_id, const nlohmann::json& fingerprint,
+                                       const std::string& hardware_key) {
+  nlohmann::json doc;
+  doc["schema_version"] = 1;
+  doc["kind"] = kind;
+  doc["run_id"] = run_id;
+  doc["cell"] = cell;
+  doc["cell_id"] = cell + "#" + short_hash(config.dump());
+  doc["repeat"] = 1;
+  doc["created"] = utc_timestamp();
+  doc["config"] = config;
+  doc["fingerprint"] = fingerprint;
+  doc["hardware_key"] = hardware_key;
+  return doc;
 }
 
 std::string long_csv_header() { return "hardware,ddpbench_commit,libtorch,cell,trainer,preset,mode,impl,nproc,micro_batch,grad_accum,seq_len,metric,value\n"; }

@@ -118,6 +118,13 @@ Summary summarize(const std::vector<RankReport>& ranks, double flops_per_token, 
 nlohmann::json to_json(const Summary& s);
 
 // Long format: one metric a row, keyed by hardware, version and configuration (CSV, with header).
+// The head of a benchmark program's result document (bench collectives, bench kernels): schema
+// version, kind, run id, cell, cell_id (cell#hash of config), repeat 1, created, config,
+// fingerprint and hardware key; the caller adds rows, status, steps, ranks and summary.
+nlohmann::json benchmark_document_head(const std::string& kind, const std::string& cell, const nlohmann::json& config,
+                                       const std::string& run_id, const nlohmann::json& fingerprint,
+                                       const std::string& hardware_key);
+
 std::string long_csv_header();
 std::string long_csv_rows(const nlohmann::json& run_document);
 

@@ -115,8 +115,16 @@ void validate(const Config& c) {
     require(std::find(names.begin(), names.end(), c.trainer) != names.end(),
             "--trainer: unknown trainer '" + c.trainer + "' (choose " + list + ")");
   }
-  require(c.impl == "baseline", "--impl: unknown implementation '" + c.impl + "' (choose baseline)");
+  require(c.impl == "baseline" || c.impl == "fused", "--impl: unknown implementation '" + c.impl + "' (choose baseline or fused)");
   require(c.device == "cpu" || c.device == "cuda", "--device: unknown device '" + c.device + "' (choose cpu or cuda)");
+  if (c.impl == "fused") {
+    require(c.trainer == "builtin", "--impl fused: only the built-in trainer has it (trainer is " + c.trainer + ")");
+    require(c.device == "cuda", "--impl fused: the fused kernels run on CUDA only; use --device cuda or --impl baseline");
+#ifndef DDPBENCH_WITH_KERNELS
+    require(false, "--impl fused: this binary was built without the fused kernels (no nvcc at configure time); "
+                   "rebuild with a CUDA toolkit or use --impl baseline");
+#endif
+  }
   require(c.nproc >= 1, "--nproc: must be at least 1, got " + std::to_string(c.nproc));
   require(c.nproc <= kMaxRanksPerNode, "--nproc: " + std::to_string(c.nproc) + " ranks on one node, more than the " +
                                            std::to_string(kMaxRanksPerNode) + " a node can start (one process and log each)");
@@ -311,7 +319,7 @@ const std::vector<Setting>& settings() {
        }},
       {"preset", "model shape: tiny, 350m, 1b, 8b", [](Config& c, const std::string& v) { preset_shape(v); c.preset = v; }},
       {"mode", "lora or full fine-tuning", [](Config& c, const std::string& v) { c.mode = parse_mode(v); }},
-      {"impl", "baseline (stock ATen ops)", [](Config& c, const std::string& v) { c.impl = v; }},
+      {"impl", "baseline (stock ATen ops) or fused (kernels/, CUDA only)", [](Config& c, const std::string& v) { c.impl = v; }},
       {"device", "cpu or cuda", [](Config& c, const std::string& v) { c.device = v; }},
       DDPBENCH_NUMBER("nproc", nproc, "ranks (processes) per node"),
       DDPBENCH_NUMBER("micro_batch", micro_batch, "sequences per micro-batch per rank"),

@@ -14,6 +14,8 @@
 
 #include "common/error.h"
 #include "common/strings.h"
+#include "kernels/fused.h"
+#include "kernels/lora/lora.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
 #include "train/hf_config.h"
@@ -89,17 +91,8 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
 
 }  // namespace
 
-at::Tensor LlamaModel::Linear::operator()(const at::Tensor& x) const {
-  auto y = at::linear(x, weight);
-  if (!lora_a.defined()) return y;
-  // As PEFT does for a bf16 base model: adapters are kept and computed in fp32, the input cast to
-  // their dtype and the update cast back.
-  const auto update = at::linear(at::linear(x.to(lora_a.scalar_type()), lora_a), lora_b) * lora_scale;
-  return y + update.to(y.scalar_type());
-}
-
 LlamaModel::LlamaModel(const Config& cfg, at::TensorOptions options)
-    : cfg_(cfg), shape_(preset_shape(cfg.preset)), gen_(at::detail::createCPUGenerator(cfg.seed)) {
+    : cfg_(cfg), fused_(cfg.impl == "fused"), shape_(preset_shape(cfg.preset)), gen_(at::detail::createCPUGenerator(cfg.seed)) {
   const bool full = cfg.mode == Mode::full;
   const auto& s = shape_;
   const std::int64_t d = s.hidden, kv = static_cast<std::int64_t>(s.kv_heads) * s.head_dim();
@@ -151,10 +144,48 @@ LlamaModel::Linear LlamaModel::make_linear(const std::string& prefix, std::int64
 }
 
 at::Tensor LlamaModel::rms_norm(const at::Tensor& x, const at::Tensor& weight) const {
+  if (fused_) return kernels::rms_norm(x, weight, shape_.norm_eps);
   // As Hugging Face's LlamaRMSNorm: normalise in fp32, scale in the input dtype.
   const auto xf = x.to(at::kFloat);
   const auto normed = xf * at::rsqrt(xf.pow(2).mean({-1}, true) + shape_.norm_eps);
   return weight * normed.to(x.scalar_type());
+}
+
+std::pair<at::Tensor, at::Tensor> LlamaModel::add_rms_norm(const at::Tensor& x, const at::Tensor& residual,
+                                                           const at::Tensor& weight) const {
+  if (fused_) return kernels::add_rms_norm(x, residual, weight, shape_.norm_eps);
+  auto h = x + residual;
+  auto normed = rms_norm(h, weight);
+  return {std::move(h), std::move(normed)};
+}
+
+// q [B, T, Hq, D], k [B, T, Hk, D]; cos, sin [T, D].
+std::pair<at::Tensor, at::Tensor> LlamaModel::rope(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cos,
+                                                   const at::Tensor& sin) const {
+  if (fused_) return kernels::rope_qk(q, k, cos, sin);
+  const auto c = cos.unsqueeze(1), s = sin.unsqueeze(1);  // broadcast over heads
+  return {q * c + rotate_half(q) * s, k * c + rotate_half(k) * s};
+}
+
+at::Tensor LlamaModel::swiglu(const at::Tensor& gate, const at::Tensor& up) const {
+  return fused_ ? kernels::swiglu(gate, up) : at::silu(gate) * up;
+}
+
+at::Tensor LlamaModel::adapter_input(const at::Tensor& x, std::initializer_list<const Linear*> readers) const {
+  // As PEFT does for a bf16 base model: adapters are kept and computed in fp32, the input cast to
+  // their dtype. Once per input, not once per adapted linear: three (q, k, v) or two (gate, up)
+  // fp32 copies of one activation, each saved by its GEMM, were 3 GiB of the 1b preset's LoRA peak.
+  if (fused_) return {};
+  for (const auto* lin : readers)
+    if (lin->lora_a.defined()) return x.to(lin->lora_a.scalar_type());
+  return {};
+}
+
+at::Tensor LlamaModel::linear(const Linear& lin, const at::Tensor& x, const at::Tensor& x_adapter) const {
+  if (!lin.lora_a.defined()) return at::linear(x, lin.weight);
+  if (fused_) return kernels::lora_linear(x, lin.weight, lin.lora_a, lin.lora_b, lin.lora_scale);
+  return kernels::lora_linear_reference(x, x_adapter.defined() ? x_adapter : x.to(lin.lora_a.scalar_type()), lin.weight,
+                                        lin.lora_a, lin.lora_b, lin.lora_scale);
 }
 
 std::pair<at::Tensor, at::Tensor> LlamaModel::rope_tables(std::int64_t seq_len, at::TensorOptions options) const {
@@ -170,22 +201,34 @@ std::pair<at::Tensor, at::Tensor> LlamaModel::rope_tables(std::int64_t seq_len, 
 at::Tensor LlamaModel::attention(const Layer& L, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const {
   const auto B = x.size(0), T = x.size(1);
   const std::int64_t hd = shape_.head_dim();
-  auto q = L.q(x).view({B, T, shape_.heads, hd}).transpose(1, 2);
-  auto k = L.k(x).view({B, T, shape_.kv_heads, hd}).transpose(1, 2);
-  auto v = L.v(x).view({B, T, shape_.kv_heads, hd}).transpose(1, 2);
-  q = q * cos + rotate_half(q) * sin;
-  k = k * cos + rotate_half(k) * sin;
+  const auto xa = adapter_input(x, {&L.q, &L.k, &L.v});
+  auto [q, k] = rope(linear(L.q, x, xa).view({B, T, shape_.heads, hd}), linear(L.k, x, xa).view({B, T, shape_.kv_heads, hd}),
+                     cos, sin);
+  auto v = linear(L.v, x, xa).view({B, T, shape_.kv_heads, hd});
   // Right padding needs no mask under causal attention: real tokens only see earlier real tokens,
   // and padded positions carry no label.
-  auto out = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, std::nullopt,
+  auto out = at::scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), {}, 0.0,
+                                              /*is_causal=*/true, std::nullopt,
                                               /*enable_gqa=*/shape_.kv_heads != shape_.heads);
-  return L.o(out.transpose(1, 2).reshape({B, T, shape_.hidden}));
+  const auto merged = out.transpose(1, 2).reshape({B, T, shape_.hidden});
+  return linear(L.o, merged, adapter_input(merged, {&L.o}));
 }
 
 at::Tensor LlamaModel::layer_forward(const Layer& L, const at::Tensor& h_in, const at::Tensor& cos, const at::Tensor& sin) const {
-  auto h = h_in + attention(L, rms_norm(h_in, L.input_norm), cos, sin);
-  const auto x = rms_norm(h, L.post_attention_norm);
-  return h + L.down(at::silu(L.gate(x)) * L.up(x));
+  const auto [h, x] = add_rms_norm(attention(L, rms_norm(h_in, L.input_norm), cos, sin), h_in, L.post_attention_norm);
+  const auto xa = adapter_input(x, {&L.gate, &L.up});
+  const auto act = swiglu(linear(L.gate, x, xa), linear(L.up, x, xa));
+  return h + linear(L.down, act, adapter_input(act, {&L.down}));
+}
+
+// The LM head and the summed loss of the shifted labels [B, T] (ignore index where none).
+at::Tensor LlamaModel::head_loss_sum(const at::Tensor& h, const at::Tensor& labels) const {
+  if (fused_)
+    return kernels::linear_cross_entropy_sum(h.reshape({-1, h.size(-1)}), lm_head_, labels.reshape({-1}), kIgnoreIndex);
+  // fp32 logits for the loss, as Transformers' ForCausalLMLoss upcasts them (logits.float()).
+  const auto logits = at::linear(h, lm_head_);
+  return at::cross_entropy_loss(logits.view({-1, logits.size(-1)}).to(at::kFloat), labels.reshape({-1}), {},
+                                at::Reduction::Sum, kIgnoreIndex);
 }
 
 at::Tensor LlamaModel::loss_sum(const at::Tensor& tokens, const at::Tensor& labels) const {
@@ -202,11 +245,9 @@ at::Tensor LlamaModel::loss_sum(const at::Tensor& tokens, const at::Tensor& labe
       h = layer_forward(L, h, cos, sin);
     }
   }
-  const auto logits = at::linear(rms_norm(h, final_norm_), lm_head_);
   // Shift the labels rather than the logits: no copy of the largest activation.
   const auto shifted = at::cat({labels.narrow(1, 1, T - 1), at::full({labels.size(0), 1}, kIgnoreIndex, labels.options())}, 1);
-  return at::cross_entropy_loss(logits.view({-1, logits.size(-1)}).to(at::kFloat), shifted.reshape({-1}), {},
-                                at::Reduction::Sum, kIgnoreIndex);
+  return head_loss_sum(rms_norm(h, final_norm_), shifted);
 }
 
 std::vector<at::Tensor> LlamaModel::trainable() const {

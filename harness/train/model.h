@@ -50,7 +50,6 @@ class LlamaModel {
     at::Tensor lora_a;  // [r, in], undefined without LoRA
     at::Tensor lora_b;  // [out, r]
     double lora_scale = 0;
-    at::Tensor operator()(const at::Tensor& x) const;
   };
   struct Layer {
     at::Tensor input_norm, post_attention_norm;
@@ -58,12 +57,26 @@ class LlamaModel {
   };
 
   Linear make_linear(const std::string& prefix, std::int64_t in, std::int64_t out, at::TensorOptions options);
+  // The ops that --impl fused replaces, one switch point each: the ATen composition under baseline,
+  // kernels/fused.h under fused.
   at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight) const;
+  std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& x, const at::Tensor& residual,
+                                                 const at::Tensor& weight) const;
+  std::pair<at::Tensor, at::Tensor> rope(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cos,
+                                         const at::Tensor& sin) const;
+  at::Tensor swiglu(const at::Tensor& gate, const at::Tensor& up) const;
+  // x_adapter: x in the adapters' dtype, made once by adapter_input for all the linears that read x
+  // (the baseline's autograd saves it; undefined under fused, whose LoRA linear recomputes it, and
+  // where none of the readers has an adapter).
+  at::Tensor linear(const Linear& lin, const at::Tensor& x, const at::Tensor& x_adapter) const;
+  at::Tensor adapter_input(const at::Tensor& x, std::initializer_list<const Linear*> readers) const;
+  at::Tensor head_loss_sum(const at::Tensor& h, const at::Tensor& labels) const;
   at::Tensor layer_forward(const Layer& layer, const at::Tensor& h, const at::Tensor& cos, const at::Tensor& sin) const;
   at::Tensor attention(const Layer& layer, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const;
   std::pair<at::Tensor, at::Tensor> rope_tables(std::int64_t seq_len, at::TensorOptions options) const;
 
   Config cfg_;
+  bool fused_ = false;  // --impl fused
   ModelShape shape_;
   at::Generator gen_;
   at::Tensor embed_, final_norm_, lm_head_;

@@ -3,7 +3,8 @@ fused kernel over its baseline, and achieved bandwidth as a share of the copy ba
 the same run.
 
 Convention read here (reports/README.md): a benchmark's name has a path segment `baseline` or
-`fused` (`BM_rmsnorm/fused/4096`, or `_fused`), the two otherwise equal; `bytes_per_second` is the
+`fused` (`BM_rmsnorm/fused/4096`, or `_fused`), the two otherwise equal, and optionally `liger`
+(Liger-Kernel's same op, bench/kernels/liger_ops.py); `bytes_per_second` is the
 bytes that must move over the time; the copy bandwidth is a benchmark whose name contains `copy`
 (its `bytes_per_second`), or a `copy_bytes_per_second` counter on the entry itself.
 """
@@ -12,7 +13,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-IMPL = re.compile(r"(?<=[/_])(baseline|fused)(?=$|[/_])")
+IMPL = re.compile(r"(?<=[/_])(baseline|fused|liger)(?=$|[/_])")
+# Google Benchmark's run settings in a name (bench_kernels': op/preset/pass/impl/iterations:10/manual_time).
+SETTINGS = re.compile(r"/(iterations|repeats|min_time|threads):[^/]*|/(manual_time|real_time|process_time)(?=$|/)")
 UNIT_S = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}
 
 
@@ -23,6 +26,11 @@ class KernelRow:
     fused_s: float
     fused_bytes_per_s: float | None
     copy_bytes_per_s: float | None
+    liger_s: float | None = None
+
+    @property
+    def liger_speedup(self) -> float | None:
+        return self.liger_s / self.fused_s if self.liger_s else None
 
     @property
     def speedup(self) -> float:
@@ -52,15 +60,17 @@ def kernel_rows(kernel_docs: list) -> list:
         copy_bw = max(copies) if copies else None
         by_name: dict = {}
         for b in entries:
-            m = IMPL.search(b["name"])
+            name = SETTINGS.sub("", b["name"])
+            m = IMPL.search(name)
             if not m:
                 continue
-            base = b["name"][: m.start()] + "*" + b["name"][m.end():]
+            base = name[: m.start()] + "*" + name[m.end():]
             seconds = float(b["real_time"]) * UNIT_S.get(b.get("time_unit", "ns"), 1e-9)
             by_name.setdefault(base, {})[m.group(1)] = (seconds, b)
         for name, impls in sorted(by_name.items()):
             if "baseline" in impls and "fused" in impls and impls["fused"][0] > 0:
                 fused = impls["fused"][1]
                 rows.append(KernelRow(name, impls["baseline"][0], impls["fused"][0], fused.get("bytes_per_second"),
-                                      fused.get("copy_bytes_per_second", copy_bw)))
+                                      fused.get("copy_bytes_per_second", copy_bw),
+                                      impls["liger"][0] if "liger" in impls else None))
     return rows

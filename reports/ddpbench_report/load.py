@@ -201,6 +201,8 @@ def load_path(path: str):
                 if not os.path.isfile(doc_path):
                     raise InputError(f"{index_path}: cell {entry.get('name')} names {file}, which does not exist")
                 j = read_json(doc_path)
+                if isinstance(j, dict) and j.get("kind") == "kernels":
+                    continue  # `ddpbench bench kernels` cells: the kernel table reads the run's kernels.json
                 if not is_cell_document(j):
                     raise InputError(f"{doc_path}: not a ddpbench result document")
                 docs.append(make_doc(j, doc_path, path))

@@ -146,10 +146,15 @@ def blocks_for(model, docs, figures, sources: str) -> list:
     krows = kernel_rows(model.kernels)
     if krows:
         out.append(("h2", "Kernels"))
-        out.append(("table", ["kernel", "baseline", "fused", "speed-up", "fused GB/s", "share of copy bandwidth"],
-                    [[k.name, fmt(k.baseline_s, "seconds"), fmt(k.fused_s, "seconds"), fmt(k.speedup, "ratio"),
-                      f"{k.fused_bytes_per_s / 1e9:.1f}" if k.fused_bytes_per_s else "-", fmt(k.copy_share, "percent")]
-                     for k in krows]))
+        head = ["kernel", "baseline", "fused", "speed-up", "fused GB/s", "share of copy bandwidth"]
+        body = [[k.name, fmt(k.baseline_s, "seconds"), fmt(k.fused_s, "seconds"), fmt(k.speedup, "ratio"),
+                 f"{k.fused_bytes_per_s / 1e9:.1f}" if k.fused_bytes_per_s else "-", fmt(k.copy_share, "percent")]
+                for k in krows]
+        if any(k.liger_s for k in krows):  # Liger-Kernel's same ops timed in the run
+            head += ["liger", "fused vs liger"]
+            for row, k in zip(body, krows):
+                row += [fmt(k.liger_s, "seconds"), fmt(k.liger_speedup, "ratio")]
+        out.append(("table", head, body))
     return out
 
 

@@ -249,6 +249,29 @@ def test_kernel_documents(tmp_path):
                      "speed-up": "3.000x", "fused GB/s": "3000.0", "share of copy bandwidth": "75.0%"}]
 
 
+def test_kernel_run_folder_with_liger(tmp_path):
+    """A `ddpbench bench kernels` run folder: its kernel cells are left to kernels.json, whose Liger rows
+    add two columns; Google Benchmark's run settings leave the kernel names."""
+    run = tmp_path / "kernels-run"
+    (run / "cells").mkdir(parents=True)
+    cell = {"schema_version": 1, "kind": "kernels", "cell": "kernels/rms_norm/1b/fwd", "config": {"op": "rms_norm"},
+            "status": {"state": "ok"}, "summary": {"fused_time_s": 1e-5}, "steps": []}
+    (run / "cells" / "rms_norm-1b-fwd.json").write_text(json.dumps(cell))
+    (run / "run.json").write_text(json.dumps({"kind": "kernels", "cells": [
+        {"name": "kernels/rms_norm/1b/fwd", "status": "ok", "file": "cells/rms_norm-1b-fwd.json"}]}))
+    def entry(impl, us, **counters):
+        name = f"rms_norm/1b/fwd/{impl}/iterations:10/manual_time"
+        return {"name": name, "run_name": name, "run_type": "iteration", "real_time": us, "time_unit": "us", **counters}
+    bench = {"benchmarks": [entry("baseline", 60.0), entry("fused", 20.0, bytes_per_second=3.3e12, copy_bytes_per_second=4e12),
+                            entry("liger", 50.0)]}
+    (run / "kernels.json").write_text(json.dumps(bench))
+    assert tables_only(run, "--no-tensorboard") == 0
+    rows = tables((run / "report" / "report.md").read_text())["Kernels"]
+    assert rows == [{"kernel": "rms_norm/1b/fwd/*", "baseline": "60.0 us", "fused": "20.0 us", "speed-up": "3.000x",
+                     "fused GB/s": "3300.0", "share of copy bandwidth": "82.5%", "liger": "50.0 us",
+                     "fused vs liger": "2.500x"}]
+
+
 def test_fused_impl_is_the_default_candidate(tmp_path):
     run = write_run(tmp_path / "run", [
         cell_doc("w", "builtin", 1, 1200, impl="fused", cell_id="w/builtin/n1/b4/g1/s64#f0f0f0f0"),

@@ -1,0 +1,23 @@
+// Small helpers the ops' registry entries share (LibTorch units only).
+#pragma once
+#include <string>
+
+#include <ATen/ATen.h>
+
+#include "common/error.h"
+
+namespace ddpbench::kernels {
+
+// Standard normal values of `dtype` on `device`, drawn in fp32 from `gen` on its own device
+// (make_generator), then moved and cast.
+inline at::Tensor random_tensor(at::IntArrayRef sizes, at::ScalarType dtype, at::Device device, at::Generator& gen) {
+  return at::randn(sizes, gen, at::TensorOptions().dtype(at::kFloat).device(gen.device())).to(device, dtype);
+}
+
+inline double elem_bytes(at::ScalarType t) { return static_cast<double>(c10::elementSize(t)); }
+
+[[noreturn]] inline void throw_not_built(const std::string& op) {
+  throw RunError("kernels::" + op + ": this binary was built without the fused kernels (no CUDA compiler at build time)");
+}
+
+}  // namespace ddpbench::kernels

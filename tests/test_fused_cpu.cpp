@@ -1,0 +1,146 @@
+// The fused ops' logic on the CPU: the chunked linear + cross-entropy (its CPU row step standing in
+// for softmax_ce.cu) and the LoRA linear against their ATen references, gradients included; and the
+// baseline model's casts for the adapters, one per input rather than one per adapted linear.
+#include <gtest/gtest.h>
+
+#include <map>
+#include <unordered_map>
+#include <unordered_set>
+
+#include <torch/csrc/autograd/function.h>
+
+#include "kernels/fused.h"
+#include "kernels/linear_ce/linear_ce.h"
+#include "kernels/lora/lora.h"
+#include "train/model.h"
+
+namespace ddpbench {
+namespace {
+
+double rel_err(const at::Tensor& a, const at::Tensor& ref) {
+  const auto r = ref.to(at::kDouble);
+  return (a.to(at::kDouble) - r).norm().item<double>() / std::max(r.norm().item<double>(), 1e-30);
+}
+
+struct LinearCeCase {
+  at::Tensor hidden, weight, labels;
+};
+
+LinearCeCase linear_ce_case(std::int64_t tokens, std::int64_t hidden, std::int64_t vocab, std::uint64_t seed) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  LinearCeCase c;
+  c.hidden = at::empty({tokens, hidden}, at::kDouble).normal_(0, 1, gen);
+  c.weight = at::empty({vocab, hidden}, at::kDouble).normal_(0, 0.3, gen);
+  c.labels = at::empty({tokens}, at::kLong).random_(0, vocab, gen);
+  c.labels.masked_fill_(at::empty({tokens}, at::kDouble).uniform_(0, 1, gen) < 0.25, -100);
+  return c;
+}
+
+// Loss and gradients of hidden and weight, with the loss's gradient `grad_loss` fed to backward.
+std::vector<at::Tensor> loss_and_grads(const LinearCeCase& c, double grad_loss, bool fused, std::int64_t chunk) {
+  auto h = c.hidden.clone().requires_grad_(true), w = c.weight.clone().requires_grad_(true);
+  const auto loss = fused ? kernels::linear_cross_entropy_sum_chunked(h, w, c.labels, -100, chunk)
+                          : at::cross_entropy_loss(at::linear(h, w), c.labels, {}, at::Reduction::Sum, -100);
+  (loss * grad_loss).backward();
+  return {loss.detach(), h.grad(), w.grad()};
+}
+
+TEST(FusedLinearCrossEntropy, ChunkedMatchesReferenceWithIgnoredLabels) {
+  // 37 tokens: chunks of 8 leave a last chunk of 5; a chunk wider than the tokens is one chunk.
+  const auto c = linear_ce_case(37, 16, 50, 7);
+  const auto ref = loss_and_grads(c, 0.7, false, 0);
+  for (std::int64_t chunk : {1, 8, 37, 64}) {
+    const auto got = loss_and_grads(c, 0.7, true, chunk);
+    for (std::size_t i = 0; i < ref.size(); ++i)
+      EXPECT_LT(rel_err(got[i], ref[i]), 1e-12) << "chunk " << chunk << ", output " << i;
+  }
+}
+
+TEST(FusedLinearCrossEntropy, FrozenWeightGetsNoGradientAndIgnoredRowsNone) {
+  auto c = linear_ce_case(20, 8, 30, 11);
+  c.labels.narrow(0, 0, 5).fill_(-100);
+  auto h = c.hidden.clone().requires_grad_(true);
+  const auto loss = kernels::linear_cross_entropy_sum_chunked(h, c.weight, c.labels, -100, 6);
+  loss.backward();
+  EXPECT_FALSE(c.weight.grad().defined());
+  EXPECT_EQ(h.grad().narrow(0, 0, 5).abs().max().item<double>(), 0.0);
+  EXPECT_GT(h.grad().narrow(0, 5, 15).abs().max().item<double>(), 0.0);
+  // Every label ignored: the sum is zero, and so is every gradient.
+  auto h2 = c.hidden.clone().requires_grad_(true);
+  const auto none = kernels::linear_cross_entropy_sum_chunked(h2, c.weight, at::full({20}, -100, at::kLong), -100, 6);
+  none.backward();
+  EXPECT_EQ(none.item<double>(), 0.0);
+  EXPECT_EQ(h2.grad().abs().max().item<double>(), 0.0);
+}
+
+TEST(FusedLinearCrossEntropy, ChunkRowsFollowTheBudget) {
+  // 1b/8b vocabulary in bf16 with 512 MiB: 2093 rows fit, rounded down to 2048 (4 chunks of 8192).
+  EXPECT_EQ(kernels::linear_ce_chunk_rows(8192, 128256, 2), 2048);
+  EXPECT_EQ(kernels::linear_ce_chunk_rows(8192, 128256, 4), 1024);
+  EXPECT_EQ(kernels::linear_ce_chunk_rows(100, 128256, 2), 100);      // fewer tokens than a chunk
+  EXPECT_EQ(kernels::linear_ce_chunk_rows(5000, 1 << 22, 4), 128);    // at least one tile
+  EXPECT_EQ(kernels::linear_ce_chunk_rows(8192, 32000, 2, 1 << 20), 128);
+}
+
+TEST(FusedLoraLinear, MatchesReferenceIncludingGradients) {
+  auto gen = at::detail::createCPUGenerator(5);
+  const auto x0 = at::empty({2, 7, 12}, at::kDouble).normal_(0, 1, gen);
+  const auto w = at::empty({20, 12}, at::kDouble).normal_(0, 0.1, gen);
+  const auto a0 = at::empty({4, 12}, at::kDouble).normal_(0, 0.3, gen);
+  const auto b0 = at::empty({20, 4}, at::kDouble).normal_(0, 0.3, gen);
+  const auto gy = at::empty({2, 7, 20}, at::kDouble).normal_(0, 1, gen);
+  std::vector<std::vector<at::Tensor>> results;
+  for (bool fused : {false, true}) {
+    auto x = x0.clone().requires_grad_(true), a = a0.clone().requires_grad_(true), b = b0.clone().requires_grad_(true);
+    const auto y = fused ? kernels::lora_linear(x, w, a, b, 2.0) : kernels::lora_linear_reference(x, x, w, a, b, 2.0);
+    y.backward(gy);
+    results.push_back({y.detach(), x.grad(), a.grad(), b.grad()});
+  }
+  for (std::size_t i = 0; i < results[0].size(); ++i) EXPECT_LT(rel_err(results[1][i], results[0][i]), 1e-12) << "output " << i;
+}
+
+TEST(FusedLoraLinear, RefusesATrainableBaseWeight) {
+  const auto x = at::ones({3, 4}), a = at::ones({2, 4}), b = at::ones({5, 2});
+  const auto w = at::ones({5, 4}).requires_grad_(true);
+  EXPECT_THROW(kernels::lora_linear(x, w, a, b, 1.0), std::exception);
+}
+
+// The baseline's bf16 LoRA model casts each adapted input to the adapters' fp32 once, for all the
+// linears reading it: q/k/v share one cast and gate/up another, rather than an fp32 copy each (which
+// their GEMMs saved: 3 GiB on lora-1b). Read off the autograd graph as the casts (ToCopyBackward0)
+// with 3 and with 2 consumers. 3: q/k/v's, in every layer but the first, whose attention reads the
+// frozen embedding and needs no gradient. 2: gate/up's in every layer, and each RMSNorm's fp32 copy
+// of its input (read by the square and the product): 2 per layer and the final norm, less the first
+// layer's input norm (the embedding again). Before the shared casts: 0 with 3, and 2 L with 2.
+TEST(BaselineMemory, OneAdapterCastPerInput) {
+  train::Config cfg;
+  cfg.preset = "tiny";
+  cfg.mode = train::Mode::lora;
+  cfg.lora_targets = train::lora_module_names();
+  const train::LlamaModel model(cfg, at::TensorOptions().dtype(at::kBFloat16));
+  const auto tokens = at::randint(1, 200, {2, 16}, at::kLong);
+  const auto loss = model.loss_sum(tokens, tokens);
+  // Every node of the graph, with how many nodes consume its output.
+  std::unordered_map<torch::autograd::Node*, int> consumers;
+  std::vector<torch::autograd::Node*> todo{loss.grad_fn().get()};
+  std::unordered_set<torch::autograd::Node*> seen;
+  while (!todo.empty()) {
+    auto* node = todo.back();
+    todo.pop_back();
+    if (!node || !seen.insert(node).second) continue;
+    for (const auto& edge : node->next_edges()) {
+      if (!edge.function) continue;
+      ++consumers[edge.function.get()];
+      todo.push_back(edge.function.get());
+    }
+  }
+  std::map<int, int> casts;  // consumers -> casts with that many
+  for (auto* node : seen)
+    if (node->name() == "ToCopyBackward0") ++casts[consumers[node]];
+  const int layers = train::preset_shape("tiny").layers;
+  EXPECT_EQ(casts[3], layers - 1);
+  EXPECT_EQ(casts[2], layers + (2 * layers + 1 - 1));
+}
+
+}  // namespace
+}  // namespace ddpbench
