@@ -2,7 +2,7 @@
 # those of folders below it, never one above it, so that no part reaches one that reaches it back.
 # Run by ctest (layers_one_way): cmake -DSRC=<source root> -P cmake/check_layers.cmake
 # Includes that name no folder of harness/ (<ATen/...>, "kernels/...", generated headers) are not checked.
-set(LAYERS common device results launch profile collectives ddp train suite predict gate orchestrate cli)
+set(LAYERS common device results launch profile collectives ddp train suite predict preflight gate orchestrate cli)
 
 if(NOT SRC)
   message(FATAL_ERROR "check_layers: pass -DSRC=<source root>")

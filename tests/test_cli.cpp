@@ -19,6 +19,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cli_helpers.h"
 #include "common/strings.h"
 #include "launch/launch.h"
 #include "results/cells.h"
@@ -27,31 +28,11 @@
 namespace {
 
 namespace fs = std::filesystem;
-
-struct Result {
-  int status = -1;
-  std::string output;  // stdout and stderr together
-  std::string err;     // stderr alone
-};
-
-Result run(const std::string& args, const fs::path& cwd) {
-  const fs::path err_file = cwd / "stderr.txt";
-  const std::string cmd = "cd '" + cwd.string() + "' && '" DDPBENCH_BINARY "' " + args + " 2>'" + err_file.string() + "'";
-  Result r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return r;
-  std::array<char, 4096> buf{};
-  std::size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
-  const int st = pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  std::ifstream in(err_file);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  r.err = ss.str();
-  r.output += r.err;
-  return r;
-}
+using cli_helpers::lines;
+using cli_helpers::rank_process;
+using cli_helpers::Result;
+using cli_helpers::run;
+using cli_helpers::start_long_train;
 
 class Cli : public ::testing::Test {
  protected:
@@ -68,12 +49,6 @@ class Cli : public ::testing::Test {
   nlohmann::json load_run_index() { return nlohmann::json::parse(ddpbench::read_file((only_run() / "run.json").string())); }
   fs::path dir_;
 };
-
-std::size_t lines(const std::string& s) {
-  std::size_t n = 0;
-  for (char c : s) n += c == '\n';
-  return n;
-}
 
 TEST_F(Cli, BadFlagValuesGiveOneClearLineAndExitTwo) {
   const std::vector<std::pair<std::string, std::string>> cases{
@@ -213,52 +188,6 @@ TEST_F(Cli, UnwritableOutputsAreRefusedBeforeTheRun) {
   // Refused up front: no run folder was started, nothing written beside the bad paths.
   EXPECT_FALSE(fs::exists(dir_ / "runs"));
   EXPECT_TRUE(fs::is_empty(dir_ / "a_folder"));
-}
-
-// Starts a long 2-rank `ddpbench train` (a 300 ms delay per step) in dir and returns its pid once
-// rank 0 has logged its first step (-1 if it did not within 60 s).
-pid_t start_long_train(const fs::path& dir) {
-  const pid_t pid = ::fork();
-  if (pid < 0) return -1;
-  if (pid == 0) {
-    if (::chdir(dir.c_str()) != 0) ::_exit(126);
-    const int null = ::open("/dev/null", O_WRONLY);
-    ::dup2(null, 1);
-    ::dup2(null, 2);
-    ::execl(DDPBENCH_BINARY, DDPBENCH_BINARY, "train", "--nproc", "2", "--seq-len", "16", "--warmup", "0", "--steps",
-            "200", "--debug-step-delay-ms", "300", "--out", "out.json", static_cast<char*>(nullptr));
-    ::_exit(127);
-  }
-  for (int i = 0; i < 600; ++i) {  // up to 60 s on a loaded machine
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    if (!fs::exists(dir / "runs")) continue;
-    for (const auto& e : fs::recursive_directory_iterator(dir / "runs"))
-      if (e.path().filename() == "rank0.log" && ddpbench::read_file(e.path().string()).find("step ") != std::string::npos)
-        return pid;
-  }
-  ::kill(pid, SIGKILL);
-  ::waitpid(pid, nullptr, 0);
-  return -1;
-}
-
-// The child of `parent` whose environment holds RANK=<rank>; -1 if none.
-pid_t rank_process(pid_t parent, int rank) {
-  for (const auto& e : fs::directory_iterator("/proc")) {
-    const std::string name = e.path().filename().string();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::string stat, environ;
-    try {
-      stat = ddpbench::read_file("/proc/" + name + "/stat");
-      environ = ddpbench::read_file("/proc/" + name + "/environ");
-    } catch (const std::exception&) {
-      continue;  // ended meanwhile
-    }
-    const auto paren = stat.rfind(')');
-    if (paren == std::string::npos || std::stol(stat.substr(paren + 4)) != parent) continue;
-    if (("\0" + environ).find(std::string("\0RANK=", 6) + std::to_string(rank) + '\0') != std::string::npos)
-      return static_cast<pid_t>(std::stol(name));
-  }
-  return -1;
 }
 
 TEST_F(Cli, HangupEndsTheRanksAndStillWritesTheResult) {

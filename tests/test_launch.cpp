@@ -484,6 +484,7 @@ static void expect_signal_tears_down(int sig) {
   EXPECT_FALSE(left_pending);  // run() consumed it
   EXPECT_FALSE(o.ok);
   EXPECT_NE(o.reason.find("interrupted by signal " + std::to_string(sig)), std::string::npos) << o.reason;
+  EXPECT_EQ(o.interrupted_by, sig);  // so that a suite stops too
   EXPECT_TRUE(o.ranks[0].killed_by_launcher);
   EXPECT_TRUE(o.ranks[1].killed_by_launcher);
   EXPECT_LT(took, 4s);

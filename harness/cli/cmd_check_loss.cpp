@@ -27,7 +27,7 @@ int check_loss_main(const CheckLossArgs& a) {
   train::validate(cfg);
   check_runs_dir("--runs-dir", a.runs_dir);
   if (!a.out.empty()) check_output_file("--out", a.out);
-  return orchestrate::check_loss({cfg, a.tolerance, a.runs_dir, a.out}) ? 0 : 1;
+  return orchestrate::check_loss({cfg, a.tolerance, a.runs_dir, a.out, a.flags->memory_check()}) ? 0 : 1;
 }
 
 }  // namespace

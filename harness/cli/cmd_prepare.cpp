@@ -4,6 +4,7 @@
 #include "cli/train_flags.h"
 #include "common/error.h"
 #include "orchestrate/orchestrate.h"
+#include "preflight/preflight.h"
 #include "train/batches.h"
 #include "train/checkpoint.h"
 
@@ -20,6 +21,8 @@ struct PrepareArgs {
 int prepare_main(const PrepareArgs& a) {
   auto cfg = a.flags->config();
   if (a.out.empty()) throw UsageError("--out: name the folder to write the checkpoint and token file into");
+  // The weights are built on this host: an 8b model in fp32 is 32 GB before anything is written.
+  if (a.flags->memory_check()) preflight::check_prepare_memory(cfg, cfg.nproc * a.nnodes, preflight::capacity_here({}));
   const auto files = orchestrate::prepare_equal_work_inputs(cfg, a.out, cfg.nproc * a.nnodes);
   std::printf("checkpoint: %s\ntoken file: %s\n", files.checkpoint.c_str(), files.data_file.c_str());
   std::printf("train on them with: --checkpoint %s --data-file %s\n", files.checkpoint.c_str(), files.data_file.c_str());

@@ -1,6 +1,8 @@
 // `ddpbench run`: its flags; the suite run itself is orchestrate::run_suite.
 #include "cli/commands.h"
+#include "common/strings.h"
 #include "orchestrate/orchestrate.h"
+#include "preflight/preflight.h"
 
 namespace ddpbench::cli {
 
@@ -13,8 +15,21 @@ void add_run_command(CLI::App& app, Action& action) {
       ->allow_extra_args(false);
   sub->add_option("--repeats", args->repeats,
                   "rounds: each runs every cell once, in the same order, so drift hits all cells alike [1]");
-  sub->add_flag("--dry-run", args->dry_run, "list the cell ids and the number of rounds, and stop");
-  sub->callback([args, &action] { action = [args] { return orchestrate::run_suite(*args).failures == 0 ? 0 : 1; }; });
+  sub->add_flag("--dry-run", args->dry_run, "check every cell's inputs, list the cell ids and the number of rounds, and stop");
+  sub->add_option("--resume", args->resume,
+                  "finish an interrupted run folder: run only its cell repeats that are not ok (no SUITE, --filter or --repeats)");
+  sub->add_flag_callback(
+      preflight::kNoMemoryCheckFlag, [args] { args->memory_check = false; },
+      "run cells whose memory estimate exceeds the GPU's or the host's memory");
+  sub->callback([args, &action] {
+    action = [args] {
+      check_runs_dir("--runs-dir", args->runs_dir);
+      const auto outcome = orchestrate::run_suite(*args);
+      // Interrupted: the shell's status for a process ended by that signal (130 after Ctrl-C).
+      if (outcome.interrupted_by != 0) return 128 + outcome.interrupted_by;
+      return outcome.failures == 0 ? 0 : 1;
+    };
+  });
 }
 
 }  // namespace ddpbench::cli

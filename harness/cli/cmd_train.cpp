@@ -52,6 +52,7 @@ int train_main(const TrainArgs& a) {
   req.cell = "train";
   req.dir = a.runs_dir + "/" + req.run_id;
   req.config = cfg;
+  req.memory_check = a.flags->memory_check();
   req.topology = topology;
   std::printf("ddpbench train: %s %s, %d rank(s) on %s, micro-batch %d x grad-accum %d x seq %d (%s), %d+%d steps -> %s\n",
               cfg.preset.c_str(), train::to_string(cfg.mode).c_str(), cfg.nproc * topology.nnodes, cfg.device.c_str(),
@@ -107,6 +108,10 @@ int worker_main(const WorkerArgs& a) {
   probe.on_activity = [&](profile::RankActivity&& activity) {
     write_file_atomic(a.out + "/rank" + std::to_string(env.rank) + ".activity.json", profile::to_json(activity).dump() + "\n");
   };
+  // Each sample on disk as soon as it is measured: a rank killed later keeps its completed steps.
+  const std::string stream = results::step_stream_path(a.out, env.rank);
+  std::filesystem::remove(stream);
+  probe.on_step = [&](const results::StepSample& s) { results::append_step_sample(stream, s); };
   const auto report = train::run_rank(cfg, env, probe);
   const std::string text = results::to_json(report).dump(1) + "\n";
   write_file_atomic(a.out + "/rank" + std::to_string(env.rank) + ".json", text);

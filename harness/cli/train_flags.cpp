@@ -1,5 +1,7 @@
 #include "cli/train_flags.h"
 
+#include "preflight/preflight.h"
+
 namespace ddpbench::cli {
 
 TrainFlags::TrainFlags(CLI::App& sub) {
@@ -17,10 +19,13 @@ TrainFlags::TrainFlags(CLI::App& sub) {
       }
       help += " [" + shown + "]";
     }
-    if (s.is_switch) sub.add_flag(train::flag_of(s.key) + "{true}", *value, s.help);
-    else sub.add_option(train::flag_of(s.key), *value, help);
-    values_.emplace_back(s.key, value);
+    auto* option = s.is_switch ? sub.add_flag(train::flag_of(s.key) + "{true}", *value, s.help)
+                               : sub.add_option(train::flag_of(s.key), *value, help);
+    values_.push_back({s.key, value, option});
   }
+  sub.add_flag(preflight::kNoMemoryCheckFlag, no_memory_check_,
+               "run even where the memory estimate (weights, gradients, optimizer state, activations) exceeds the "
+               "GPU's or the host's memory");
 }
 
 train::Config TrainFlags::config() const { return config({}); }
@@ -29,8 +34,8 @@ train::Config TrainFlags::config(const std::vector<std::pair<std::string, std::s
   std::vector<std::pair<std::string, std::string>> values;
   for (const auto& d : defaults)
     if (!given(d.first)) values.push_back(d);
-  for (const auto& [key, value] : values_)
-    if (!value->empty()) values.emplace_back(key, *value);
+  for (const auto& v : values_)
+    if (v.option->count() > 0) values.emplace_back(v.key, *v.text);
   train::Config cfg;
   train::apply_settings(cfg, values);
   train::validate(cfg);
@@ -38,8 +43,8 @@ train::Config TrainFlags::config(const std::vector<std::pair<std::string, std::s
 }
 
 bool TrainFlags::given(const std::string& key) const {
-  for (const auto& [k, value] : values_)
-    if (k == key) return !value->empty();
+  for (const auto& v : values_)
+    if (v.key == key) return v.option->count() > 0;
   return false;
 }
 

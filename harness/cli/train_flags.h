@@ -19,9 +19,17 @@ class TrainFlags {
   // The same, with `defaults` applied before the flags given (a subcommand's own defaults).
   train::Config config(const std::vector<std::pair<std::string, std::string>>& defaults) const;
   bool given(const std::string& key) const;  // whether the user gave this setting's flag
+  // False with --no-memory-check: the memory estimate (preflight.h) is not held against the machine.
+  bool memory_check() const { return !no_memory_check_; }
 
  private:
-  std::vector<std::pair<std::string, std::shared_ptr<std::string>>> values_;
+  struct Value {
+    std::string key;
+    std::shared_ptr<std::string> text;
+    CLI::Option* option;  // given by its count, not by its text: `--lora-targets ""` is given, and empty
+  };
+  std::vector<Value> values_;
+  bool no_memory_check_ = false;
 };
 
 }  // namespace ddpbench::cli

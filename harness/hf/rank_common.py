@@ -341,6 +341,7 @@ def new_report(env):
         "status": "ok",
         "phase": "setup",
         "error": "",
+        "failed_at": 0.0,
         "setup_s": 0.0,
         "buckets": 0,
         "bucket_bytes": 0,
@@ -383,6 +384,25 @@ def write_report(out_dir, report):
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
+
+
+class StreamedSteps(list):
+    """The report's steps, each also appended as one JSON line to <out>/rank<k>.steps.jsonl and
+    flushed as it is measured (as the built-in trainer's worker does), so that a rank killed at step
+    k still leaves its k completed steps for the launcher's side to read."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        if os.path.exists(path):
+            os.remove(path)
+
+    def append(self, sample):
+        super().append(sample)
+        line = json.dumps({k: json_number(v) for k, v in sample.items()}) + "\n"
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line)
 
 
 def error_text(e):
@@ -517,9 +537,12 @@ def rank_main(description, run, argv=None):
     try:
         env = RankEnv()
         report.update(rank=env.rank, local_rank=env.local_rank, world_size=env.world_size)
+        report["steps"] = StreamedSteps(os.path.join(args.out, f"rank{env.rank}.steps.jsonl"))
         cfg = load_config(args.config)
         run(cfg, env, report)
     except BaseException as e:  # KeyboardInterrupt/SystemExit too: the report must say why
+        # When, so that of several failed ranks the first in time is named (results.h failed_at).
+        report["failed_at"] = time.time()
         report["status"] = "failed"
         report["error"] = error_text(e) or type(e).__name__
         if os.environ.get("DDPBENCH_HF_TRACEBACK"):

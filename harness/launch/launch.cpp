@@ -383,6 +383,7 @@ class Supervisor {
   bool sent_kill_ = false;
   std::optional<int> failed_;  // index into ranks_
   std::string reason_;
+  int interrupted_by_ = 0;
 };
 
 void Supervisor::open_logs() {
@@ -499,6 +500,7 @@ void Supervisor::read_signals() {
       continue;
     }
     reason_ = "interrupted by " + signal_text(sig) + "; ranks still running: " + running_list();
+    interrupted_by_ = sig;
     begin_teardown(Clock::now());
   }
 }
@@ -696,6 +698,7 @@ Outcome Supervisor::outcome() const {
   Outcome o;
   o.timed_out = timed_out_;
   o.reason = reason_;
+  o.interrupted_by = interrupted_by_;
   bool all_zero = true;
   for (const auto& r : ranks_) {
     RankExit e;

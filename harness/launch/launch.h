@@ -71,6 +71,9 @@ struct RankExit {
 struct Outcome {
   bool ok = false;
   bool timed_out = false;
+  // The signal (SIGINT, SIGTERM, SIGHUP) that stopped the run, 0 if none: the caller stops too (a
+  // suite does not go on to its next cell after Ctrl-C or Slurm's scancel).
+  int interrupted_by = 0;
   std::optional<int> failed_rank;  // the first rank to fail, by time
   std::string reason;              // one line: "rank 1 (node 0, local 1) exited with status 3"
   std::string failed_log_tail;     // the last lines of that rank's log

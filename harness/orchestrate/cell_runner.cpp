@@ -11,6 +11,7 @@
 #include "common/strings.h"
 #include "ddp/store.h"
 #include "device/device.h"
+#include "preflight/preflight.h"
 
 #ifndef DDPBENCH_SOURCE_DIR
 #define DDPBENCH_SOURCE_DIR "."
@@ -23,7 +24,6 @@
 #include "results/results.h"
 #include "train/batches.h"
 #include "train/checkpoint.h"
-#include "train/hf_config.h"
 
 namespace ddpbench::orchestrate {
 
@@ -71,30 +71,6 @@ std::optional<std::string> missing_trainer_packages(const std::string& trainer) 
 }
 
 namespace {
-
-// Checked before any rank starts, so that a wrong folder is one line and exit 2, not N failed ranks.
-void check_inputs(const train::Config& cfg) {
-  if (cfg.shard_optimizer && cfg.trainer != "builtin")
-    throw UsageError("--shard-optimizer: only the built-in trainer shards its optimizer state (trainer '" + cfg.trainer + "')");
-  if (!cfg.checkpoint.empty()) {
-    const std::string path = cfg.checkpoint + "/config.json";
-    if (!std::filesystem::exists(path)) throw UsageError("--checkpoint: " + path + " does not exist");
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(read_file(path));
-    } catch (const std::exception& e) {
-      throw UsageError("--checkpoint: " + path + ": " + e.what());
-    }
-    const auto have = train::shape_from_hf_config(j, path);
-    const auto want = train::preset_shape(cfg.preset);
-    if (!train::same_weights_shape(have, want))
-      throw UsageError("--checkpoint: " + path + " holds a model of hidden " + std::to_string(have.hidden) + ", " +
-                       std::to_string(have.layers) + " layers, vocab " + std::to_string(have.vocab) +
-                       ", not the shape of preset " + cfg.preset);
-  }
-  if (!cfg.data_file.empty() && !std::filesystem::exists(cfg.data_file))
-    throw UsageError("--data-file: " + cfg.data_file + " does not exist");
-}
 
 // Node 0 of a run over several nodes: the other nodes' ranks' reports from the store, added to
 // `reports` (and written beside the local ones). Returns why the document holds fewer than every
@@ -153,10 +129,17 @@ results::RunContext context_of(const CellRequest& req, const train::Config& conf
 
 }  // namespace
 
+void check_cell(const train::Config& cfg, const results::Fingerprint& fp, bool memory_check) {
+  if (cfg.shard_optimizer && cfg.trainer != "builtin")
+    throw UsageError("--shard-optimizer: only the built-in trainer shards its optimizer state (trainer '" + cfg.trainer + "')");
+  preflight::check_inputs(cfg);
+  if (memory_check) preflight::check_memory(cfg, preflight::capacity_here(fp.gpus));
+}
+
 CellResult run_cell(const CellRequest& req) {
-  check_inputs(req.config);
-  make_dirs(req.dir);
   const auto fp = req.fingerprint ? *req.fingerprint : results::collect_fingerprint(device::runtime_info());
+  check_cell(req.config, fp, req.memory_check);
+  make_dirs(req.dir);
   if (auto missing = missing_trainer_packages(req.config.trainer)) {
     // A trainer whose packages are not importable is a skipped cell, not a failed one.
     auto ctx = context_of(req, req.config, fp);
@@ -211,9 +194,24 @@ CellResult run_cell(const CellRequest& req) {
   const auto outcome = launch::run(spec);
 
   std::vector<results::RankReport> reports;
+  bool failed_rank_silent = false;
   for (const auto& r : outcome.ranks) {
     const std::string path = ranks_dir + "/rank" + std::to_string(r.global_rank) + ".json";
-    if (!std::filesystem::exists(path)) continue;  // a rank that died before writing anything
+    if (!std::filesystem::exists(path)) {
+      // Ended without its report (killed, crashed, stalled, torn down): the steps it streamed as
+      // it measured them are still its measurements.
+      results::RankReport partial;
+      partial.rank = r.global_rank;
+      partial.local_rank = r.local_rank;
+      partial.world_size = spec.topology.world_size();
+      partial.status = "failed";
+      partial.phase = r.global_rank == outcome.failed_rank ? outcome.failed_phase : "unknown";
+      partial.error = "ended without a report (see " + r.log_path + ")";
+      partial.steps = results::read_step_stream(results::step_stream_path(ranks_dir, r.global_rank));
+      failed_rank_silent |= r.global_rank == outcome.failed_rank;
+      reports.push_back(std::move(partial));
+      continue;
+    }
     try {
       reports.push_back(results::rank_report_from_json(nlohmann::json::parse(read_file(path))));
     } catch (const std::exception& e) {
@@ -231,9 +229,11 @@ CellResult run_cell(const CellRequest& req) {
     ctx.launcher_status = "failed";
     ctx.launcher_reason = outcome.reason;
     ctx.failed_rank = outcome.failed_rank.value_or(-1);
+    ctx.failed_rank_silent = failed_rank_silent;
     if (!outcome.failed_phase.empty()) ctx.failed_phase = outcome.failed_phase;
   }
   CellResult result;
+  result.interrupted_by = outcome.interrupted_by;
   result.document = results::make_run_document(ctx, reports);
   if (config.profile) {
     std::vector<int> ranks;

@@ -77,6 +77,7 @@ bool check_loss(const CheckLossOptions& a) {
     req.cell = std::string("check-loss/") + name;
     req.dir = dir + "/" + name;
     req.config = config;
+    req.memory_check = a.memory_check;
     req.echo_rank0 = false;
     const auto result = run_cell(req);
     if (!result.ok) {

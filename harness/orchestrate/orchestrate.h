@@ -29,6 +29,8 @@ struct CellRequest {
   // The environment the cell ran in; collected by run_cell when absent. A suite run collects it
   // once for all of its cells (NVML, driver and git queries are the same for each).
   std::optional<results::Fingerprint> fingerprint;
+  // Hold preflight's memory estimate against the machine (off: --no-memory-check).
+  bool memory_check = true;
 };
 
 struct CellResult {
@@ -37,7 +39,14 @@ struct CellResult {
   std::string reason;  // one line when not ok
   nlohmann::json document;
   std::vector<std::string> profile_screens;  // with --profile: one breakdown screen per rank, then the straggler view
+  int interrupted_by = 0;  // the signal that stopped the launcher (launch::Outcome), 0 if none
 };
+
+// Every check made before a cell's ranks start (UsageError naming the flag): settings the trainer
+// cannot honour, the checkpoint and token file it names (preflight::check_inputs) and, with
+// memory_check, its memory estimate against the machine that fp describes. run_cell makes them;
+// a suite run makes them for all of its cells before the first runs.
+void check_cell(const train::Config& cfg, const results::Fingerprint& fp, bool memory_check);
 
 // A trainer other than the built-in one starts from a checkpoint and a token file; where the
 // configuration names none, run_cell makes them here first (prepare_equal_work_inputs).
@@ -73,10 +82,17 @@ struct SuiteRunOptions {
   std::vector<std::string> filters;  // a cell runs when its name contains any of them
   int repeats = 1;
   bool dry_run = false;
+  // A run folder to finish (an interrupted run): its saved suite, filter and repeats are used, and
+  // only the cell repeats that are not ok run; the documents of those that are stay as they are.
+  std::string resume;
+  bool memory_check = true;  // CellRequest::memory_check, for every cell
 };
+// Ctrl-C, SIGTERM and SIGHUP stop the whole suite: the cell running then is ended and recorded as
+// interrupted, no later cell starts, and run.json says state "interrupted" (else "done").
 struct SuiteRunOutcome {
   std::string run_dir;
-  int failures = 0;  // cell repeats that failed (skipped ones are not failures)
+  int failures = 0;        // cell repeats that failed (skipped ones are not failures)
+  int interrupted_by = 0;  // the signal that stopped the suite, 0 if none
 };
 SuiteRunOutcome run_suite(const SuiteRunOptions& options);
 
@@ -90,6 +106,7 @@ struct CheckLossOptions {
   double tolerance = -1;
   std::string runs_dir = "runs";
   std::string out;
+  bool memory_check = true;  // CellRequest::memory_check
 };
 bool check_loss(const CheckLossOptions& options);
 

@@ -27,6 +27,9 @@ ProfileReport analyze_activity(const std::string& dir, const std::vector<int>& r
     }
     try {
       activities.emplace_back(k, profile::activity_from_json(nlohmann::json::parse(read_file(path))));
+    } catch (const nlohmann::json::exception& e) {
+      // A file that is not the JSON it should be (truncated, edited) is bad input: exit status 2.
+      throw UsageError("reading " + path + ": " + e.what());
     } catch (...) {
       rethrow_with_context("reading " + path);
     }

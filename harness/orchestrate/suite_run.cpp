@@ -1,7 +1,11 @@
 // `ddpbench run`: a suite's cells in interleaved rounds, their documents, run.json and the summary.
+#include <signal.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <ctime>
+#include <filesystem>
 #include <map>
 #include <optional>
 
@@ -51,7 +55,8 @@ std::int64_t max_of(const std::vector<nlohmann::json>& summaries, const char* fi
 nlohmann::json summary_row(const PlannedCell& p, int repeats, const std::optional<results::ScalingPoint>& scaling) {
   nlohmann::json row = {{"name", p.cell->name}, {"cell_id", p.id}, {"nproc", p.cell->config.nproc},
                         {"repeats", repeats}, {"ok_repeats", p.ok_summaries.size()}};
-  std::string status = "ok";
+  // A suite interrupted before a cell's turn: "not run" (run --resume runs it).
+  std::string status = p.statuses.empty() ? "not run" : "ok";
   for (const auto& s : p.statuses)
     if (s != "ok") {
       status = s;
@@ -132,23 +137,102 @@ void share_equal_work_inputs(std::vector<PlannedCell>& cells, const std::string&
   }
 }
 
+// Ctrl-C, SIGTERM (Slurm's scancel) and SIGHUP stop the whole suite, not only the cell that is
+// running: they are held blocked for the run and looked at between cells, and while a cell runs the
+// launcher takes them (launch::Outcome::interrupted_by). Only this thread's mask changes.
+class HeldSignals {
+ public:
+  HeldSignals() {
+    sigemptyset(&set_);
+    for (int s : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&set_, s);
+    ::pthread_sigmask(SIG_BLOCK, &set_, &old_);
+  }
+  // One that came after the last look is dropped: the suite is done by then, and unblocking it
+  // would end the process before it returns its status.
+  ~HeldSignals() {
+    while (pending() != 0) {
+    }
+    ::pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+  }
+  HeldSignals(const HeldSignals&) = delete;
+  HeldSignals& operator=(const HeldSignals&) = delete;
+  // The signal that has come (and is taken now), 0 if none.
+  int pending() {
+    timespec zero{};
+    const int s = ::sigtimedwait(&set_, nullptr, &zero);
+    return s > 0 ? s : 0;
+  }
+
+ private:
+  sigset_t set_;
+  sigset_t old_;
+};
+
+// The longest file name Linux file systems take (NAME_MAX): a cell's result file is named after its id.
+constexpr std::size_t kMaxFileName = 255;
+
+// What a run folder says about itself, for --resume: the suite text saved beside run.json, and the
+// cell repeats already done (ok), whose documents stay as they are.
+struct Resumed {
+  nlohmann::json index;
+  std::string suite_text;
+  std::map<std::pair<std::string, int>, nlohmann::json> done;  // (cell_id, repeat) -> its run.json entry
+};
+
+Resumed read_run_folder(const std::string& dir) {
+  const std::string index_path = dir + "/run.json";
+  if (!std::filesystem::is_regular_file(index_path)) throw UsageError("--resume: " + index_path + " does not exist (not a run folder)");
+  Resumed r;
+  try {
+    r.index = nlohmann::json::parse(read_file(index_path));
+    for (const auto& e : r.index.at("cells"))
+      if (e.at("status") == "ok") r.done[{e.at("cell_id").get<std::string>(), e.at("repeat").get<int>()}] = e;
+    r.index.at("repeats").get<int>();
+  } catch (const nlohmann::json::exception& e) {
+    throw UsageError("--resume: " + index_path + ": " + e.what());
+  }
+  const std::string suite_path = dir + "/" + r.index.value("suite_file", std::string("suite.toml"));
+  if (!std::filesystem::is_regular_file(suite_path))
+    throw UsageError("--resume: " + suite_path + " does not exist (a run started before --resume existed cannot be resumed)");
+  r.suite_text = read_file(suite_path);
+  return r;
+}
+
 }  // namespace
 
 SuiteRunOutcome run_suite(const SuiteRunOptions& a) {
   if (a.repeats < 1) throw UsageError("--repeats: must be at least 1 (got " + std::to_string(a.repeats) + ")");
+  HeldSignals signals;
   const auto runtime = device::runtime_info();
   const int gpus = runtime.cuda_available ? runtime.cuda_device_count : 0;
-  suite::Suite suite;
-  if (a.suite_path.empty()) {
-    suite = gpus > 0 ? suite::parse_suite(kSmokeGpuSuite, "<built-in smoke-gpu>")
-                     : suite::parse_suite(kSmokeCpuSuite, "<built-in smoke-cpu>");
+  std::optional<Resumed> resumed;
+  std::string suite_text, suite_source;
+  std::vector<std::string> filters = a.filters;
+  int repeats = a.repeats;
+  if (!a.resume.empty()) {
+    if (!a.suite_path.empty() || !a.filters.empty() || a.repeats != 1)
+      throw UsageError("--resume: the run's own suite, --filter and --repeats are used; give none of them");
+    resumed = read_run_folder(a.resume);
+    suite_text = resumed->suite_text;
+    suite_source = a.resume + "/suite.toml";
+    filters = resumed->index.value("filters", std::vector<std::string>{});
+    repeats = resumed->index["repeats"].get<int>();
+  } else if (a.suite_path.empty()) {
+    suite_text = gpus > 0 ? kSmokeGpuSuite : kSmokeCpuSuite;
+    suite_source = gpus > 0 ? "<built-in smoke-gpu>" : "<built-in smoke-cpu>";
   } else {
-    suite = suite::load_suite(a.suite_path);
+    try {
+      suite_text = read_file(a.suite_path);
+    } catch (const RunError& e) {
+      throw UsageError(e.what());
+    }
+    suite_source = a.suite_path;
   }
+  const suite::Suite suite = suite::parse_suite(suite_text, suite_source);
   std::vector<PlannedCell> cells;
   for (const auto& c : suite.cells) {
-    if (!a.filters.empty() && std::none_of(a.filters.begin(), a.filters.end(),
-                                           [&](const std::string& f) { return c.name.find(f) != std::string::npos; }))
+    if (!filters.empty() && std::none_of(filters.begin(), filters.end(),
+                                         [&](const std::string& f) { return c.name.find(f) != std::string::npos; }))
       continue;
     const auto config = train::to_json(c.config);
     PlannedCell p{&c, c.config, results::cell_id(c.workload, config), results::scaling_group(c.workload, config), "", {}, {}};
@@ -158,40 +242,72 @@ SuiteRunOutcome run_suite(const SuiteRunOptions& a) {
   }
   if (cells.empty()) {
     std::string wanted;
-    for (const auto& f : a.filters) wanted += (wanted.empty() ? "'" : ", '") + f + "'";
+    for (const auto& f : filters) wanted += (wanted.empty() ? "'" : ", '") + f + "'";
     throw UsageError("--filter: no cell of suite '" + suite.name + "' matches " + wanted);
   }
 
-  const std::string run_id = new_run_id();
-  const std::string run_dir = a.runs_dir + "/" + run_id;
+  // Every cell's inputs, memory and file name are checked before the first cell runs (and by
+  // --dry-run): a bad later cell is one line naming it, not a suite that stops half-way.
+  const auto fingerprint = results::collect_fingerprint(runtime);
+  for (const auto& p : cells) {
+    if (!p.gpu_skip.empty()) continue;
+    try {
+      check_cell(p.config, fingerprint, a.memory_check);
+      const auto file = results::cell_file_name(p.id, repeats);
+      if (file.size() > kMaxFileName)
+        throw UsageError("its result file name " + file.substr(0, 40) + "... is " + std::to_string(file.size()) +
+                         " characters, more than the " + std::to_string(kMaxFileName) + " a file name may have: shorten the workload name");
+    } catch (const UsageError& e) {
+      throw UsageError("cell " + p.cell->name + ": " + e.what());
+    }
+  }
+
+  const std::string run_id = resumed ? resumed->index.value("run_id", std::string()) : new_run_id();
+  const std::string run_dir = resumed ? a.resume : a.runs_dir + "/" + run_id;
   std::printf("ddpbench run: suite %s, %zu cell(s) x %d round(s), %d GPU(s) visible -> %s\n", suite.name.c_str(),
-              cells.size(), a.repeats, gpus, run_dir.c_str());
+              cells.size(), repeats, gpus, run_dir.c_str());
+  if (resumed) std::printf("resuming: %zu cell repeat(s) already done are kept\n", resumed->done.size());
   if (a.dry_run) {
     // Every round runs the cells in this order, so drift over the run hits every cell alike.
-    std::printf("each of the %d round(s) runs, in this order:\n", a.repeats);
+    std::printf("each of the %d round(s) runs, in this order:\n", repeats);
     for (const auto& c : cells) std::printf("  %s%s\n", c.id.c_str(), c.gpu_skip.empty() ? "" : ("  (" + c.gpu_skip + ")").c_str());
-    return {run_dir, 0};
+    return {run_dir, 0, 0};
   }
   make_dirs(run_dir + "/cells");
+  // The suite as it was run, so that --resume runs the same cells whatever became of the file.
+  if (!resumed) write_file_atomic(run_dir + "/suite.toml", suite_text);
 
   share_equal_work_inputs(cells, run_dir + "/inputs");
-  const auto fingerprint = results::collect_fingerprint(runtime);
   std::string csv = results::long_csv_header();
-  nlohmann::json index = {{"suite", suite.name},   {"run_id", run_id},
-                          {"created", utc_timestamp()}, {"repeats", a.repeats},
-                          {"cells", nlohmann::json::array()}};
-  int failures = 0;
-  for (int repeat = 1; repeat <= a.repeats; ++repeat) {
+  nlohmann::json index = {{"suite", suite.name},     {"run_id", run_id},     {"created", utc_timestamp()},
+                          {"repeats", repeats},      {"filters", filters},     {"suite_file", "suite.toml"},
+                          {"state", "running"},      {"cells", nlohmann::json::array()}};
+  if (resumed) {
+    index["created"] = resumed->index.value("created", utc_timestamp());
+    index["resumed"] = utc_timestamp();
+  }
+  int failures = 0, interrupted_by = 0;
+  for (int repeat = 1; repeat <= repeats && interrupted_by == 0; ++repeat) {
     for (auto& p : cells) {
       const std::string file_name = results::cell_file_name(p.id, repeat);
       const std::string file = "cells/" + file_name;
+      if (resumed && resumed->done.count({p.id, repeat})) {
+        // Done before the run was interrupted: its document stays, and counts as it did.
+        const auto doc = results::load_run_document(run_dir + "/" + file);
+        p.statuses.push_back("ok");
+        p.ok_summaries.push_back(doc["summary"]);
+        csv += results::long_csv_rows(doc);
+        index["cells"].push_back(resumed->done.at({p.id, repeat}));
+        continue;
+      }
+      if ((interrupted_by = signals.pending()) != 0) break;
       std::string status = "ok";
       bool wrote = false;
       if (!p.gpu_skip.empty()) {
         status = p.gpu_skip;
-        std::printf("\n== %s: %s\n", with_repeat(p.id, repeat, a.repeats).c_str(), status.c_str());
+        std::printf("\n== %s: %s\n", with_repeat(p.id, repeat, repeats).c_str(), status.c_str());
       } else {
-        std::printf("\n== %s\n", with_repeat(p.id, repeat, a.repeats).c_str());
+        std::printf("\n== %s\n", with_repeat(p.id, repeat, repeats).c_str());
         std::fflush(stdout);
         CellRequest req;
         req.run_id = run_id;
@@ -201,19 +317,35 @@ SuiteRunOutcome run_suite(const SuiteRunOptions& a) {
         req.dir = run_dir + "/work/" + file_name.substr(0, file_name.rfind(".json"));
         req.config = p.config;
         req.fingerprint = fingerprint;
-        const auto result = run_cell(req);
-        write_file_atomic(run_dir + "/" + file, result.document.dump(2) + "\n");
-        wrote = true;
-        csv += results::long_csv_rows(result.document);
-        if (result.skipped) {
-          status = "skipped: " + result.reason;
-          std::printf("   %s\n", status.c_str());
-        } else if (!result.ok) {
-          status = "failed: " + result.reason;
+        req.memory_check = a.memory_check;
+        std::optional<CellResult> result;
+        try {
+          result = run_cell(req);
+        } catch (const std::exception& e) {
+          // A cell that fails where no check before the run could see it is that cell's failure:
+          // recorded, and the suite goes on.
+          status = "failed: " + std::string(e.what());
           ++failures;
           std::printf("   %s\n", status.c_str());
-        } else {
-          p.ok_summaries.push_back(result.document["summary"]);
+        }
+        if (result) {
+          write_file_atomic(run_dir + "/" + file, result->document.dump(2) + "\n");
+          wrote = true;
+          csv += results::long_csv_rows(result->document);
+          if (result->interrupted_by != 0) {
+            interrupted_by = result->interrupted_by;
+            status = "interrupted: " + result->reason;
+            std::printf("   %s\n", status.c_str());
+          } else if (result->skipped) {
+            status = "skipped: " + result->reason;
+            std::printf("   %s\n", status.c_str());
+          } else if (!result->ok) {
+            status = "failed: " + result->reason;
+            ++failures;
+            std::printf("   %s\n", status.c_str());
+          } else {
+            p.ok_summaries.push_back(result->document["summary"]);
+          }
         }
       }
       p.statuses.push_back(status);
@@ -222,8 +354,12 @@ SuiteRunOutcome run_suite(const SuiteRunOptions& a) {
       // Kept current after every cell, so an interrupted suite still leaves a readable run.
       write_file_atomic(run_dir + "/run.json", index.dump(2) + "\n");
       write_file_atomic(run_dir + "/results.csv", csv);
+      if (interrupted_by != 0) break;
     }
   }
+  index["state"] = interrupted_by != 0 ? "interrupted" : "done";
+  if (interrupted_by != 0) index["interrupted_by"] = interrupted_by;
+  write_file_atomic(run_dir + "/results.csv", csv);
 
   std::vector<results::CellFigures> figures;
   for (const auto& p : cells) {
@@ -237,7 +373,7 @@ SuiteRunOutcome run_suite(const SuiteRunOptions& a) {
     std::optional<results::ScalingPoint> point;
     for (const auto& s : scaling)
       if (s.cell_id == p.id) point = s;
-    rows.push_back(summary_row(p, a.repeats, point));
+    rows.push_back(summary_row(p, repeats, point));
   }
   index["summary"] = rows;
   index["scaling"] = nlohmann::json::array();
@@ -245,10 +381,16 @@ SuiteRunOutcome run_suite(const SuiteRunOptions& a) {
   write_file_atomic(run_dir + "/run.json", index.dump(2) + "\n");
 
   std::printf("\nsuite %s, run %s (scaling efficiency at fixed per-rank batch%s)\n", suite.name.c_str(), run_id.c_str(),
-              a.repeats > 1 ? ", from medians over repeats" : "");
-  print_summary(rows, a.repeats);
+              repeats > 1 ? ", from medians over repeats" : "");
+  print_summary(rows, repeats);
   std::printf("\nresults: %s/run.json, %s/results.csv, cells in %s/cells\n", run_dir.c_str(), run_dir.c_str(), run_dir.c_str());
-  return {run_dir, failures};
+  if (interrupted_by != 0)
+    std::fprintf(stderr, "ddpbench run: interrupted by signal %d; %zu of %zu cell repeat(s) done; run the rest with: ddpbench run --resume %s\n",
+                 interrupted_by,
+                 static_cast<std::size_t>(std::count_if(index["cells"].begin(), index["cells"].end(),
+                                                        [](const nlohmann::json& e) { return e["status"] == "ok"; })),
+                 cells.size() * static_cast<std::size_t>(repeats), run_dir.c_str());
+  return {run_dir, failures, interrupted_by};
 }
 
 }  // namespace ddpbench::orchestrate

@@ -1,6 +1,9 @@
 #include "results/results.h"
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
 #include <limits>
 #include <map>
 #include <numeric>
@@ -46,6 +49,7 @@ nlohmann::json to_json(const RankReport& r) {
           {"status", r.status},
           {"phase", r.phase},
           {"error", r.error},
+          {"failed_at", r.failed_at},
           {"setup_s", r.setup_s},
           {"buckets", r.buckets},
           {"bucket_bytes", r.bucket_bytes},
@@ -68,6 +72,7 @@ RankReport rank_report_from_json(const nlohmann::json& j) {
     r.status = j.at("status").get<std::string>();
     r.phase = j.at("phase").get<std::string>();
     r.error = j.at("error").get<std::string>();
+    r.failed_at = j.value("failed_at", 0.0);
     r.setup_s = j.at("setup_s").get<double>();
     r.buckets = j.at("buckets").get<int>();
     r.bucket_bytes = j.at("bucket_bytes").get<std::int64_t>();
@@ -76,25 +81,60 @@ RankReport rank_report_from_json(const nlohmann::json& j) {
     r.optimizer_state_bytes = j.value("optimizer_state_bytes", std::int64_t{0});
     r.matmul_bf16_flops = j.value("matmul_bf16_flops", 0.0);
     if (j.contains("packages")) r.packages = j.at("packages").get<std::map<std::string, std::string>>();
-    for (const auto& s : j.at("steps")) {
-      StepSample x;
-      x.step = s.at("step").get<int>();
-      x.warmup = s.at("warmup").get<bool>();
-      x.loss = number_or_nan(s.at("loss"));
-      x.tokens = s.at("tokens").get<std::int64_t>();
-      x.padded_tokens = s.at("padded_tokens").get<std::int64_t>();
-      x.predicted_tokens = s.at("predicted_tokens").get<std::int64_t>();
-      x.global_predicted = s.at("global_predicted_tokens").get<std::int64_t>();
-      x.step_time_s = s.at("step_time_s").get<double>();
-      x.grad_norm = number_or_nan(s.at("grad_norm"));
-      x.mem_allocated_peak = s.at("mem_allocated_peak").get<std::int64_t>();
-      x.mem_reserved_peak = s.at("mem_reserved_peak").get<std::int64_t>();
-      r.steps.push_back(x);
-    }
+    for (const auto& s : j.at("steps")) r.steps.push_back(step_sample_from_json(s));
     return r;
   } catch (const nlohmann::json::exception& e) {
     throw RunError(std::string("rank report: ") + e.what());
   }
+}
+
+StepSample step_sample_from_json(const nlohmann::json& s) {
+  StepSample x;
+  x.step = s.at("step").get<int>();
+  x.warmup = s.at("warmup").get<bool>();
+  x.loss = number_or_nan(s.at("loss"));
+  x.tokens = s.at("tokens").get<std::int64_t>();
+  x.padded_tokens = s.at("padded_tokens").get<std::int64_t>();
+  x.predicted_tokens = s.at("predicted_tokens").get<std::int64_t>();
+  x.global_predicted = s.at("global_predicted_tokens").get<std::int64_t>();
+  x.step_time_s = s.at("step_time_s").get<double>();
+  x.grad_norm = number_or_nan(s.at("grad_norm"));
+  x.mem_allocated_peak = s.at("mem_allocated_peak").get<std::int64_t>();
+  x.mem_reserved_peak = s.at("mem_reserved_peak").get<std::int64_t>();
+  return x;
+}
+
+std::string step_stream_path(const std::string& ranks_dir, int rank) {
+  return ranks_dir + "/rank" + std::to_string(rank) + ".steps.jsonl";
+}
+
+void append_step_sample(const std::string& path, const StepSample& sample) {
+  // One write of a whole line with O_APPEND: a reader never sees two lines interleaved, and a
+  // process killed after it returns has its line in the file (the page cache survives the process).
+  const std::string line = to_json(sample).dump() + "\n";
+  FILE* f = std::fopen(path.c_str(), "a");
+  if (!f) throw RunError("cannot append to " + path + ": " + std::strerror(errno));
+  const bool ok = std::fwrite(line.data(), 1, line.size(), f) == line.size();
+  if (std::fclose(f) != 0 || !ok) throw RunError("cannot append to " + path + ": " + std::strerror(errno));
+}
+
+std::vector<StepSample> read_step_stream(const std::string& path) {
+  std::vector<StepSample> out;
+  std::string text;
+  try {
+    text = read_file(path);
+  } catch (const RunError&) {
+    return out;  // the rank died before its first step
+  }
+  for (const auto& line : split(text, '\n')) {
+    if (line.empty()) continue;
+    try {
+      out.push_back(step_sample_from_json(nlohmann::json::parse(line)));
+    } catch (const nlohmann::json::exception&) {
+      break;  // torn: the rank died in the middle of writing this line
+    }
+  }
+  return out;
 }
 
 namespace {
@@ -204,21 +244,29 @@ nlohmann::json make_run_document(const RunContext& ctx, const std::vector<RankRe
     }
   doc["hardware_key"] = ctx.hardware_key;
 
-  // Status: the first failed rank's own account wins; else the launcher's verdict.
+  // Status: the cause that came first in time. A rank the launcher saw end without an account
+  // (killed, crashed, stalled) or the run ended as a whole (timeout, interrupt): the launcher's
+  // verdict. Else the failed rank that failed first by its own clock (ranks of one node share it;
+  // failed_at 0, unknown, counts as last), ties to the lowest rank; else the launcher's verdict.
+  const auto merged = merge_steps(ranks);
   nlohmann::json status = {{"state", "ok"}};
+  const RankReport* first = nullptr;
   for (const auto& r : ranks) {
-    if (r.status != "ok") {
-      status = {{"state", "failed"}, {"rank", r.rank}, {"phase", r.phase}, {"reason", r.error}};
-      break;
-    }
+    if (r.status == "ok") continue;
+    const auto later = [](double t) { return t > 0 ? t : std::numeric_limits<double>::infinity(); };
+    if (!first || later(r.failed_at) < later(first->failed_at)) first = &r;
   }
-  if (status["state"] == "ok" && ctx.launcher_status != "ok")
+  const bool launcher_failed = ctx.launcher_status != "ok";
+  if (launcher_failed && (ctx.failed_rank_silent || ctx.failed_rank < 0 || !first))
     status = {{"state", "failed"}, {"rank", ctx.failed_rank}, {"phase", ctx.failed_phase}, {"reason", ctx.launcher_reason}};
+  else if (first)
+    status = {{"state", "failed"}, {"rank", first->rank}, {"phase", first->phase}, {"reason", first->error}};
+  if (status["state"] == "failed") status["completed_steps"] = merged.size();
   if (!ctx.skipped_reason.empty()) status = {{"state", "skipped"}, {"reason", ctx.skipped_reason}};
   doc["status"] = status;
 
   nlohmann::json steps = nlohmann::json::array();
-  for (const auto& m : merge_steps(ranks)) {
+  for (const auto& m : merged) {
     steps.push_back({{"step", m.step},
                      {"warmup", m.warmup},
                      {"loss", m.loss},

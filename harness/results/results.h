@@ -36,6 +36,9 @@ struct RankReport {
   std::string status = "ok";      // ok | failed
   std::string phase;              // where it failed: setup, rendezvous, step N, shutdown
   std::string error;
+  // When it failed, seconds since the Unix epoch (0: unknown). Of several failed ranks the first
+  // in time is the cause: the others are peers that saw it ("Connection closed by peer").
+  double failed_at = 0;
   double setup_s = 0;             // model build + rendezvous + first broadcast
   int buckets = 0;
   std::int64_t bucket_bytes = 0;
@@ -50,8 +53,18 @@ struct RankReport {
 };
 
 nlohmann::json to_json(const StepSample& s);
+StepSample step_sample_from_json(const nlohmann::json& j);  // nlohmann's exception on a bad field
 nlohmann::json to_json(const RankReport& r);
 RankReport rank_report_from_json(const nlohmann::json& j);
+
+// Every rank streams its samples as it measures them, one JSON line per optimizer step appended and
+// flushed to ranks/rank<k>.steps.jsonl, so that a rank killed at step k (a signal, a timeout, the
+// OOM killer) still leaves its k completed steps. The file of rank k under ranks_dir:
+std::string step_stream_path(const std::string& ranks_dir, int rank);
+// Appends one sample as a line and flushes it to the file (RunError naming the path).
+void append_step_sample(const std::string& path, const StepSample& sample);
+// The samples of a stream; a torn last line (the rank died while writing it) is left out.
+std::vector<StepSample> read_step_stream(const std::string& path);
 
 // Inputs that the run's merge needs beside the rank reports.
 struct RunContext {
@@ -68,11 +81,14 @@ struct RunContext {
   std::string skipped_reason;       // non-empty: the cell did not run (e.g. its trainer is not installed)
   std::string launcher_status = "ok";  // the launcher's verdict when it is not ok
   std::string launcher_reason;
-  int failed_rank = -1;
+  int failed_rank = -1;                  // the launcher's first rank to fail by time (-1: none, or the run as a whole)
   std::string failed_phase = "unknown";  // the failed rank's last phase, where the launcher knows it
   // Why the document holds fewer reports than the world has ranks (written as "partial"), e.g. a
   // node of a multi-node run that holds only its own ranks.
   std::string partial_reason;
+  // The launcher's failed rank ended without an account of its own (killed by a signal, crashed,
+  // stalled, torn down): the launcher's verdict is then the cause, whatever peers reported after.
+  bool failed_rank_silent = false;
 };
 
 struct Summary {
@@ -98,6 +114,8 @@ double measured_peak_flops(const std::vector<RankReport>& ranks);
 
 // Merges per-rank reports: the step time of a step is the slowest rank's; tokens are summed over
 // ranks. Summary figures cover measured steps only (warm-up steps are kept but not counted).
+// Status: the first cause in time (see failed_rank_silent and RankReport::failed_at); a failed
+// run's status says how many steps every rank completed (completed_steps), which the document keeps.
 nlohmann::json make_run_document(const RunContext& ctx, const std::vector<RankReport>& ranks);
 Summary summarize(const std::vector<RankReport>& ranks, double flops_per_token, double peak_flops);
 nlohmann::json to_json(const Summary& s);

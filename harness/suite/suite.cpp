@@ -168,6 +168,21 @@ Suite parse_suite(const std::string& text, const std::string& source) {
   auto workloads = root["workload"].as_array();
   if (!workloads || workloads->empty()) throw UsageError(source + ": no [[workload]] entries");
 
+  // Counted before any cell is made: a few long lists multiply to more cells than memory holds.
+  double total_cells = 0;
+  for (const auto& wnode : *workloads) {
+    auto table = wnode.as_table();
+    if (!table) throw UsageError(where(source, wnode) + ": each workload must be a table");
+    Values values = defaults;
+    for (auto& [k, v] : read_settings(*table, source, {"name"})) values[k] = v;
+    double cells = aa ? 2 : 1;
+    for (const auto& [key, list] : values) cells *= static_cast<double>(list.size());
+    total_cells += cells;
+    if (total_cells > kMaxCells)
+      throw UsageError(where(source, wnode) + ": the suite expands to more than " + std::to_string(kMaxCells) +
+                       " cells (this workload alone to " + format_si(cells) + "): split it, or list fewer values");
+  }
+
   std::set<std::string> names;
   for (const auto& wnode : *workloads) {
     auto table = wnode.as_table();

@@ -28,7 +28,11 @@ struct Suite {
   std::vector<Cell> cells;
 };
 
-// UsageError "<source>:<line>: <what>" for anything the file gets wrong.
+// Cells one suite may expand to: beyond this a suite is a typo (every cell is a DDP run of
+// minutes), and expanding it would exhaust memory before anything ran.
+inline constexpr int kMaxCells = 10000;
+
+// UsageError "<source>:<line>: <what>" for anything the file gets wrong, or more than kMaxCells cells.
 Suite parse_suite(const std::string& toml_text, const std::string& source);
 Suite load_suite(const std::string& path);
 

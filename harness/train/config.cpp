@@ -126,6 +126,8 @@ void validate(const Config& c) {
 #endif
   }
   require(c.nproc >= 1, "--nproc: must be at least 1, got " + std::to_string(c.nproc));
+  require(c.nproc <= kMaxRanksPerNode, "--nproc: " + std::to_string(c.nproc) + " ranks on one node, more than the " +
+                                           std::to_string(kMaxRanksPerNode) + " a node can start (one process and log each)");
   require(c.micro_batch >= 1, "--micro-batch: must be at least 1, got " + std::to_string(c.micro_batch));
   require(c.grad_accum >= 1, "--grad-accum: must be at least 1, got " + std::to_string(c.grad_accum));
   require(c.seq_len >= 2, "--seq-len: must be at least 2, got " + std::to_string(c.seq_len));
@@ -147,6 +149,14 @@ void validate(const Config& c) {
               "' needs --device cuda (CUPTI records GPU activity)");
   require(c.data == "markov" || c.data == "random", "--data: unknown generator '" + c.data + "' (choose markov or random)");
   require(c.markov_states >= 1, "--markov-states: must be at least 1, got " + std::to_string(c.markov_states));
+  {
+    // Token 0 is padding: the chain visits at most vocab - 1 tokens. More would be clamped, and the
+    // configuration would record states the data never had.
+    const int usable = preset_shape(c.preset).vocab - 1;
+    require(c.data != "markov" || c.markov_states <= usable,
+            "--markov-states: " + std::to_string(c.markov_states) + " is more than the " + std::to_string(usable) +
+                " tokens preset " + c.preset + "'s vocabulary offers (token 0 is padding)");
+  }
   require(c.global_batch >= 0, "--global-batch: must not be negative, got " + std::to_string(c.global_batch));
   require(c.lr_scaling == "none" || c.lr_scaling == "linear" || c.lr_scaling == "sqrt",
           "--lr-scaling: unknown rule '" + c.lr_scaling + "' (choose none, linear or sqrt)");
@@ -343,7 +353,10 @@ const std::vector<Setting>& settings() {
       DDPBENCH_NUMBER("lora_rank", lora_rank, "LoRA rank r"),
       DDPBENCH_NUMBER("lora_alpha", lora_alpha, "LoRA alpha (scale alpha / r)"),
       {"lora_targets", "comma-separated modules to adapt (q_proj,...,down_proj)",
-       [](Config& c, const std::string& v) { c.lora_targets = split(v, ','); }},
+       [](Config& c, const std::string& v) {
+         if (v.empty()) throw UsageError("--lora-targets: empty; name at least one module (q_proj,...,down_proj)");
+         c.lora_targets = split(v, ',');
+       }},
       {"loss_norm", "global-tokens (right), mean-of-micro-means or local-tokens (the wrong variants)",
        [](Config& c, const std::string& v) { c.loss_norm = parse_loss_norm(v); }},
       DDPBENCH_NUMBER("bucket_cap_mb", bucket_cap_mb, "gradient bucket size in MiB"),

@@ -61,6 +61,9 @@ enum class OptimState { fp32, param };
 // Tokens the learnable synthetic data's Markov chain visits by default (train/data.h): few enough
 // that the GPU presets learn them within 50 steps.
 inline constexpr int kMarkovStates = 64;
+// Ranks one node may start: each is a process with its own log, so a typo (--nproc 100000) would
+// fork until the machine gives out.
+inline constexpr int kMaxRanksPerNode = 1024;
 
 struct Config {
   std::string trainer = "builtin";

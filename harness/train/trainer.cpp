@@ -158,10 +158,17 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
     const auto options = at::TensorOptions().device(device).dtype(cuda ? at::kBFloat16 : at::kFloat);
 
     LlamaModel model(cfg, options);
-    if (!cfg.checkpoint.empty()) model.load_hf(cfg.checkpoint);
+    if (!cfg.checkpoint.empty()) {
+      set_phase("checkpoint");
+      model.load_hf(cfg.checkpoint);
+    }
     const auto trainable = model.trainable();
     report.parameters = model.parameter_count(false);
     report.trainable_parameters = model.parameter_count(true);
+    // Before the rendezvous, so that a bad token file is named as the data's fault, not the peers'.
+    set_phase("data");
+    const auto shape = preset_shape(cfg.preset);
+    const auto batches = BatchSource::make(cfg, shape.vocab, env.world_size);
 
     set_phase("rendezvous");
     ddp::Rendezvous rv{env.master_addr, env.master_port, env.rank, env.world_size, std::chrono::seconds(cfg.timeout_s),
@@ -186,8 +193,6 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
     for (int b = 0; b < reducer.bucket_count(); ++b) report.bucket_bytes += reducer.bucket_bytes(b);
     AdamW optimizer(cfg.shard_optimizer ? shards : trainable, cfg.weight_decay, cfg.optim_state);
     report.optimizer_state_bytes = optimizer.state_bytes();
-    const auto shape = preset_shape(cfg.preset);
-    const auto batches = BatchSource::make(cfg, shape.vocab, env.world_size);
     device::synchronize(cfg.device, env.local_rank);
     report.setup_s = std::chrono::duration<double>(Clock::now() - t_setup).count();
     // The MFU denominator, measured on this GPU before the first step (DESIGN.md).
@@ -283,6 +288,7 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
       sample.mem_allocated_peak = mem.allocated;
       sample.mem_reserved_peak = mem.reserved;
       report.steps.push_back(sample);
+      if (probe.on_step) probe.on_step(sample);
       if (probe.live_log && env.rank == 0) print_step_line(cfg, sample, real_global, W, report.matmul_bf16_flops);
       // A NaN or infinite loss poisons every later step: stop here, naming the step (the phase), so
       // that a diverged run is a failed run and not a row of NaN figures with state "ok". The loss
@@ -302,6 +308,8 @@ results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe&
     comm->shutdown();
     set_phase("done");
   } catch (const std::exception& e) {
+    // Taken before anything else (the shutdown below closes connections, and peers then fail too).
+    report.failed_at = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
     report.status = "failed";
     report.error = e.what();
     // Keep only the first line of c10 errors: their backtraces drown the reason.

@@ -40,11 +40,14 @@ struct Probe {
   // Called from the training thread whenever the phase changes (setup, rendezvous, step N,
   // shutdown, done): what the launcher's heartbeat reports for a rank that stalls.
   std::function<void(const std::string& phase)> on_phase;
+  // Called on every rank as soon as a step's sample is measured, before the next step starts: the
+  // worker streams it to disk, so that a rank killed later keeps its completed steps.
+  std::function<void(const results::StepSample&)> on_step;
 };
 
 // Runs warmup + steps optimizer steps and returns this rank's measurements. A failure does not
-// throw: the report says status "failed", the phase (setup, rendezvous, step N) and the error. The
-// process group is shut down on every path.
+// throw: the report says status "failed", the phase (setup, checkpoint, data, rendezvous, step N),
+// the error and when it happened. The process group is shut down on every path.
 results::RankReport run_rank(const Config& cfg, const RankEnv& env, const Probe& probe = {});
 
 }  // namespace ddpbench::train

@@ -30,7 +30,7 @@ SEQ_LEN = 32
 
 REPORT_KEYS = {
     "schema_version": int, "rank": int, "local_rank": int, "world_size": int, "host": str, "device": str,
-    "status": str, "phase": str, "error": str, "setup_s": float, "buckets": int, "bucket_bytes": int,
+    "status": str, "phase": str, "error": str, "failed_at": float, "setup_s": float, "buckets": int, "bucket_bytes": int,
     "parameters": int, "trainable_parameters": int, "optimizer_state_bytes": int, "matmul_bf16_flops": float,
     "packages": dict, "steps": list,
 }
@@ -202,6 +202,10 @@ def test_two_ranks_match_one_rank(workdir, mode, checkpoint):
         assert report["matmul_bf16_flops"] == 0.0  # measured on GPUs only: no MFU on the CPU
         assert len(report["steps"]) == 3
         assert [s["warmup"] for s in report["steps"]] == [True, False, False]
+    # Each step was also streamed as it was measured (what survives a rank killed mid-run).
+    for r in (0, 1):
+        streamed = (workdir / f"{mode}-2" / "ranks" / f"rank{r}.steps.jsonl").read_text().splitlines()
+        assert [json.loads(line) for line in streamed] == reports2[r]["steps"]
     assert [r["rank"] for r in reports2] == [0, 1] and reports2[0]["world_size"] == 2
     assert reports2[0]["parameters"] == reports1[0]["parameters"]
     assert reports2[0]["trainable_parameters"] == reports1[0]["trainable_parameters"]

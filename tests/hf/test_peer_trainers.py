@@ -93,6 +93,7 @@ def test_trainer_fails_the_run_at_the_first_non_finite_step(workdir):
     step = int(report["phase"].split()[1]) if report["phase"].startswith("step ") else None
     assert step is not None and f"at step {step} " in report["error"], (report["phase"], report["error"])
     assert len(report["steps"]) == step + 1  # every step up to the failing one is kept
+    assert report["failed_at"] > 0  # when, so that of several failed ranks the first is named
 
 
 def test_check_packages_names_what_is_missing(monkeypatch, capsys):
