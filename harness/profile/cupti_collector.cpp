@@ -515,7 +515,12 @@ void CuptiCollector::start(const CollectorOptions& options) {
   // launches, none: a trace with copies linked but no kernels would mislead more than one without.
   api_calls_enabled_.store(false);
   api_calls_mode_ = options.api_calls ? "refused by CUPTI" : "off";
-  if (options.api_calls) {
+  if (options.api_calls && options.whole_runtime_kind) {
+    if (cuptiActivityEnable(CUPTI_ACTIVITY_KIND_RUNTIME) == CUPTI_SUCCESS) {
+      enabled_.push_back(CUPTI_ACTIVITY_KIND_RUNTIME);
+      api_calls_mode_ = "whole runtime kind";
+    }
+  } else if (options.api_calls) {
     if (enable_api_calls(1)) {
       api_calls_enabled_.store(true);
       api_calls_mode_ = "per-API";

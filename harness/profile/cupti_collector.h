@@ -59,6 +59,10 @@ struct CollectorOptions {
   // what HTA's host-wait idle, launch statistics and critical path need). Their cost is a record per
   // launch.
   bool api_calls = true;
+  // The whole runtime kind rather than the per-API switches. In the trainer's own process (LibTorch
+  // loaded) CUPTI 13.0 accepts the per-API switches and then records nothing (H200, 2026-11-29:
+  // 42,344 kernels, 0 launch calls), while the same switches work in an injected process.
+  bool whole_runtime_kind = false;
   // DDPBENCH_PROFILE_LAUNCHES: "0" switches the API-call records off, "1" or unset leaves them on;
   // UsageError for anything else.
   static CollectorOptions from_env();

@@ -58,7 +58,9 @@ InProcessProfiler::InProcessProfiler(const std::string& device) : state_(std::ma
   }
 #ifdef DDPBENCH_WITH_CUDA
   state_->collector = &CuptiCollector::instance();
-  state_->collector->start(CollectorOptions::from_env());
+  auto options = CollectorOptions::from_env();
+  options.whole_runtime_kind = true;  // see CollectorOptions: the per-API switches record nothing here
+  state_->collector->start(options);
 #else
   throw RunError("--profile: this ddpbench was built without a CUDA toolkit, so it has no CUPTI collector");
 #endif
