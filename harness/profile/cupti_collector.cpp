@@ -511,23 +511,18 @@ void CuptiCollector::start(const CollectorOptions& options) {
   }
   for (CUpti_ActivityKind kind : kOptionalKinds)
     if (cuptiActivityEnable(kind) == CUPTI_SUCCESS) enabled_.push_back(kind);
-  // Each API that CUPTI accepts (a call this CUPTI no longer knows is refused alone); without kernel
-  // launches, none: a trace with copies linked but no kernels would mislead more than one without.
+  // Launch and wait records: the per-API switches where they are wanted and CUPTI takes the launch
+  // calls (each API it accepts; a call this CUPTI no longer knows is refused alone), otherwise the
+  // whole runtime kind, filtered to the traced calls when parsed, so that kernels keep their launches.
   api_calls_enabled_.store(false);
-  api_calls_mode_ = options.api_calls ? "refused by CUPTI" : "off";
-  if (options.api_calls && options.whole_runtime_kind) {
-    if (cuptiActivityEnable(CUPTI_ACTIVITY_KIND_RUNTIME) == CUPTI_SUCCESS) {
-      enabled_.push_back(CUPTI_ACTIVITY_KIND_RUNTIME);
-      api_calls_mode_ = "whole runtime kind";
-    }
-  } else if (options.api_calls) {
-    if (enable_api_calls(1)) {
+  api_calls_mode_ = "off";
+  if (options.api_calls) {
+    if (!options.whole_runtime_kind && enable_api_calls(1)) {
       api_calls_enabled_.store(true);
       api_calls_mode_ = "per-API";
     } else {
-      // This CUPTI refused the per-API switches for the launches: the whole runtime kind instead
-      // (more records, filtered when parsed), so that kernels keep their launches.
-      enable_api_calls(0);
+      if (!options.whole_runtime_kind) enable_api_calls(0);  // the switches this CUPTI did take
+      api_calls_mode_ = "refused by CUPTI";
       if (cuptiActivityEnable(CUPTI_ACTIVITY_KIND_RUNTIME) == CUPTI_SUCCESS) {
         enabled_.push_back(CUPTI_ACTIVITY_KIND_RUNTIME);
         api_calls_mode_ = "whole runtime kind";

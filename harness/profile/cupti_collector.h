@@ -175,9 +175,9 @@ class CuptiCollector {
 
   // Registers the buffer callbacks and enables the activity kinds; RunError naming the CUPTI call
   // and its result on failure (nothing left enabled), or when already running. API calls that CUPTI
-  // refuses to record are left out (api_calls_recorded() says so) rather than failing the run.
+  // refuses to record are left out (stop() warns when kernels come without launches) rather than
+  // failing the run.
   void start(const CollectorOptions& options = {});
-  bool api_calls_recorded() const { return api_calls_mode_ == "per-API" || api_calls_mode_ == "whole runtime kind"; }
   // Forces out every buffered record (synchronize the device first, or records of unfinished work
   // come without timestamps) and disables the kinds. Records parsed so far stay available to
   // take() even when stop() throws (a CUPTI call failed, or a buffer could not be read).
