@@ -16,6 +16,7 @@
 #include "common/strings.h"
 #include "kernels/fused.h"
 #include "kernels/lora/lora.h"
+#include "kernels/reference.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
 #include "train/hf_config.h"
@@ -51,11 +52,6 @@ at::Tensor init_normal(at::IntArrayRef shape, double std, at::TensorOptions opti
 }
 
 namespace {
-
-at::Tensor rotate_half(const at::Tensor& x) {
-  const auto half = x.size(-1) / 2;
-  return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
-}
 
 // Gradient checkpointing of one decoder layer: forward without keeping activations, then in backward
 // run the layer again with autograd on and back-propagate through it. The nested backward
@@ -145,10 +141,7 @@ LlamaModel::Linear LlamaModel::make_linear(const std::string& prefix, std::int64
 
 at::Tensor LlamaModel::rms_norm(const at::Tensor& x, const at::Tensor& weight) const {
   if (fused_) return kernels::rms_norm(x, weight, shape_.norm_eps);
-  // As Hugging Face's LlamaRMSNorm: normalise in fp32, scale in the input dtype.
-  const auto xf = x.to(at::kFloat);
-  const auto normed = xf * at::rsqrt(xf.pow(2).mean({-1}, true) + shape_.norm_eps);
-  return weight * normed.to(x.scalar_type());
+  return kernels::reference_rms_norm(x, weight, shape_.norm_eps);
 }
 
 std::pair<at::Tensor, at::Tensor> LlamaModel::add_rms_norm(const at::Tensor& x, const at::Tensor& residual,
@@ -163,8 +156,7 @@ std::pair<at::Tensor, at::Tensor> LlamaModel::add_rms_norm(const at::Tensor& x, 
 std::pair<at::Tensor, at::Tensor> LlamaModel::rope(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cos,
                                                    const at::Tensor& sin) const {
   if (fused_) return kernels::rope_qk(q, k, cos, sin);
-  const auto c = cos.unsqueeze(1), s = sin.unsqueeze(1);  // broadcast over heads
-  return {q * c + rotate_half(q) * s, k * c + rotate_half(k) * s};
+  return {kernels::reference_rope(q, cos, sin), kernels::reference_rope(k, cos, sin)};
 }
 
 at::Tensor LlamaModel::swiglu(const at::Tensor& gate, const at::Tensor& up) const {
@@ -186,16 +178,6 @@ at::Tensor LlamaModel::linear(const Linear& lin, const at::Tensor& x, const at::
   if (fused_) return kernels::lora_linear(x, lin.weight, lin.lora_a, lin.lora_b, lin.lora_scale);
   return kernels::lora_linear_reference(x, x_adapter.defined() ? x_adapter : x.to(lin.lora_a.scalar_type()), lin.weight,
                                         lin.lora_a, lin.lora_b, lin.lora_scale);
-}
-
-std::pair<at::Tensor, at::Tensor> LlamaModel::rope_tables(std::int64_t seq_len, at::TensorOptions options) const {
-  const std::int64_t hd = shape_.head_dim();
-  const auto f32 = at::TensorOptions().dtype(at::kFloat).device(options.device());
-  const auto exponents = at::arange(0, hd, 2, f32.dtype(at::kLong)).to(at::kFloat) / static_cast<double>(hd);
-  const auto inv_freq = at::pow(shape_.rope_theta, exponents).reciprocal();
-  const auto freqs = at::outer(at::arange(seq_len, f32), inv_freq);
-  const auto emb = at::cat({freqs, freqs}, -1);
-  return {emb.cos().to(options.dtype()), emb.sin().to(options.dtype())};
 }
 
 at::Tensor LlamaModel::attention(const Layer& L, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const {
@@ -234,7 +216,7 @@ at::Tensor LlamaModel::head_loss_sum(const at::Tensor& h, const at::Tensor& labe
 at::Tensor LlamaModel::loss_sum(const at::Tensor& tokens, const at::Tensor& labels) const {
   const auto options = embed_.options();
   const auto T = tokens.size(1);
-  const auto [cos, sin] = rope_tables(T, options);
+  const auto [cos, sin] = kernels::rope_tables(T, shape_.head_dim(), shape_.rope_theta, options);
   auto h = at::embedding(embed_, tokens);
   for (const auto& L : layers_) {
     if (cfg_.grad_ckpt && h.requires_grad()) {

@@ -73,7 +73,6 @@ class LlamaModel {
   at::Tensor head_loss_sum(const at::Tensor& h, const at::Tensor& labels) const;
   at::Tensor layer_forward(const Layer& layer, const at::Tensor& h, const at::Tensor& cos, const at::Tensor& sin) const;
   at::Tensor attention(const Layer& layer, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const;
-  std::pair<at::Tensor, at::Tensor> rope_tables(std::int64_t seq_len, at::TensorOptions options) const;
 
   Config cfg_;
   bool fused_ = false;  // --impl fused

@@ -5,6 +5,7 @@
 #include "kernels/fused.h"
 #include "kernels/op_helpers.h"
 #include "kernels/ops.h"
+#include "kernels/reference.h"
 
 #ifdef DDPBENCH_WITH_KERNELS
 #include <c10/cuda/CUDAGuard.h>
@@ -15,16 +16,15 @@
 
 namespace ddpbench::kernels {
 
-namespace {
-
-constexpr double kEps = 1e-5;
-
-// Normalise in fp32 (or wider, for the fp64 reference), scale in the input dtype, as HF does.
 at::Tensor reference_rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   const auto xf = x.to(at::promote_types(x.scalar_type(), at::kFloat));
   const auto normed = xf * at::rsqrt(xf.pow(2).mean({-1}, true) + eps);
   return weight * normed.to(x.scalar_type());
 }
+
+namespace {
+
+constexpr double kEps = 1e-5;
 
 #ifdef DDPBENCH_WITH_KERNELS
 using torch::autograd::AutogradContext;

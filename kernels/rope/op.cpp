@@ -5,6 +5,7 @@
 #include "kernels/fused.h"
 #include "kernels/op_helpers.h"
 #include "kernels/ops.h"
+#include "kernels/reference.h"
 
 #ifdef DDPBENCH_WITH_KERNELS
 #include <c10/cuda/CUDAGuard.h>
@@ -22,12 +23,25 @@ at::Tensor rotate_half(const at::Tensor& x) {
   return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
 }
 
-// a [B, T, H, D] with tables [T, D]: the model rotates [B, H, T, D]; the tables broadcast per head here.
+}  // namespace
+
 at::Tensor reference_rope(const at::Tensor& a, const at::Tensor& cos, const at::Tensor& sin) {
   const auto c = cos.narrow(0, 0, a.size(1)).unsqueeze(1);
   const auto s = sin.narrow(0, 0, a.size(1)).unsqueeze(1);
   return a * c + rotate_half(a) * s;
 }
+
+std::pair<at::Tensor, at::Tensor> rope_tables(std::int64_t seq_len, std::int64_t head_dim, double theta,
+                                              at::TensorOptions options) {
+  const auto f32 = at::TensorOptions().dtype(at::kFloat).device(options.device());
+  const auto exponents = at::arange(0, head_dim, 2, f32.dtype(at::kLong)).to(at::kFloat) / static_cast<double>(head_dim);
+  const auto inv_freq = at::pow(theta, exponents).reciprocal();
+  const auto freqs = at::outer(at::arange(seq_len, f32), inv_freq);
+  const auto emb = at::cat({freqs, freqs}, -1);
+  return {emb.cos().to(options.dtype()), emb.sin().to(options.dtype())};
+}
+
+namespace {
 
 #ifdef DDPBENCH_WITH_KERNELS
 using torch::autograd::AutogradContext;
@@ -115,15 +129,11 @@ OpSpec rope_qk_op() {
     // Sequences of seq_len where the tokens allow, else one sequence of all of them.
     const std::int64_t T = (s.seq_len > 0 && s.tokens % s.seq_len == 0) ? s.seq_len : s.tokens;
     const std::int64_t B = s.tokens / T;
-    // The model's tables (rope_theta 10000): angle t / theta^(2i / D), repeated over both halves.
-    const auto f32 = at::TensorOptions().dtype(at::kFloat);
-    const auto inv_freq = at::pow(10000.0, at::arange(0, s.head_dim, 2, f32) / static_cast<double>(s.head_dim)).reciprocal();
-    const auto freqs = at::outer(at::arange(T, f32), inv_freq);
-    const auto emb = at::cat({freqs, freqs}, -1);
+    // The model's tables (the presets' rope_theta, 10000).
+    const auto [cos, sin] = rope_tables(T, s.head_dim, 10000.0, at::TensorOptions().dtype(dtype).device(device));
     OpInputs in;
     in.inputs = {random_tensor({B, T, s.heads, s.head_dim}, dtype, device, gen),
-                 random_tensor({B, T, s.kv_heads, s.head_dim}, dtype, device, gen), emb.cos().to(device, dtype),
-                 emb.sin().to(device, dtype)};
+                 random_tensor({B, T, s.kv_heads, s.head_dim}, dtype, device, gen), cos, sin};
     in.differentiable = {true, true, false, false};
     in.grad_outputs = {random_tensor({B, T, s.heads, s.head_dim}, dtype, device, gen),
                        random_tensor({B, T, s.kv_heads, s.head_dim}, dtype, device, gen)};
