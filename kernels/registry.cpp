@@ -12,6 +12,8 @@ OpSpec rope_qk_op();       // kernels/rope/op.cpp
 OpSpec swiglu_op();        // kernels/swiglu/op.cpp
 OpSpec linear_cross_entropy_op();  // kernels/linear_ce/op.cpp
 OpSpec lora_linear_op();           // kernels/lora/op.cpp
+OpSpec swiglu_mlp_op();            // kernels/mlp/op.cpp
+OpSpec swiglu_mlp_lora_op();       // kernels/mlp/op.cpp
 
 OpShape preset_op_shape(const std::string& preset, std::int64_t tokens, std::int64_t seq_len) {
   const auto s = train::preset_shape(preset);
@@ -37,6 +39,8 @@ const std::vector<OpSpec>& registry() {
     all.push_back(swiglu_op());
     all.push_back(linear_cross_entropy_op());
     all.push_back(lora_linear_op());
+    all.push_back(swiglu_mlp_op());
+    all.push_back(swiglu_mlp_lora_op());
     return all;
   }();
   return ops;

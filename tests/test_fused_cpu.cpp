@@ -12,6 +12,8 @@
 #include "kernels/fused.h"
 #include "kernels/linear_ce/linear_ce.h"
 #include "kernels/lora/lora.h"
+#include "kernels/mlp/mlp.h"
+#include "kernels/ops.h"
 #include "train/model.h"
 
 namespace ddpbench {
@@ -103,6 +105,70 @@ TEST(FusedLoraLinear, RefusesATrainableBaseWeight) {
   const auto x = at::ones({3, 4}), a = at::ones({2, 4}), b = at::ones({5, 2});
   const auto w = at::ones({5, 4}).requires_grad_(true);
   EXPECT_THROW(kernels::lora_linear(x, w, a, b, 1.0), std::exception);
+}
+
+// The LoRA linear multiplies its fp32 adapters in the activations' bf16 (Unsloth's arithmetic, not
+// PEFT's fp32 one): within the fused ops' bf16 tolerance of PEFT's computation run in fp32, and its
+// adapter gradients come out fp32.
+TEST(FusedLoraLinear, Bf16ActivationsStayWithinToleranceOfTheFp32Reference) {
+  auto gen = at::detail::createCPUGenerator(8);
+  const auto x0 = at::empty({64, 48}, at::kFloat).normal_(0, 1, gen);
+  const auto w = at::empty({40, 48}, at::kFloat).normal_(0, 0.05, gen);
+  const auto a0 = at::empty({8, 48}, at::kFloat).normal_(0, 0.15, gen);
+  const auto b0 = at::empty({40, 8}, at::kFloat).normal_(0, 0.3, gen);
+  const auto gy = at::empty({64, 40}, at::kFloat).normal_(0, 1, gen);
+  std::vector<std::vector<at::Tensor>> results;
+  for (bool fused : {false, true}) {
+    const auto dtype = fused ? at::kBFloat16 : at::kFloat;
+    auto x = x0.to(dtype, /*non_blocking=*/false, /*copy=*/true).requires_grad_(true), a = a0.clone().requires_grad_(true), b = b0.clone().requires_grad_(true);
+    const auto y = fused ? kernels::lora_linear(x, w.to(dtype), a, b, 2.0)
+                         : kernels::lora_linear_reference(x, x, w, a, b, 2.0);
+    y.backward(gy.to(dtype));
+    results.push_back({y.detach(), x.grad(), a.grad(), b.grad()});
+  }
+  EXPECT_EQ(results[1][2].scalar_type(), at::kFloat);
+  EXPECT_EQ(results[1][3].scalar_type(), at::kFloat);
+  for (std::size_t i = 0; i < results[0].size(); ++i) EXPECT_LT(rel_err(results[1][i], results[0][i]), 1e-2) << "output " << i;
+}
+
+// The fused MLP (activation recomputed in backward, residual in the down GEMM's epilogue) against
+// the stock composition in fp64, full and LoRA, with and without a residual, every gradient.
+TEST(FusedSwigluMlp, MatchesReferenceIncludingGradients) {
+  for (const char* name : {"swiglu_mlp", "swiglu_mlp_lora"}) {
+    const auto& op = kernels::find_op(name);
+    kernels::OpShape shape{"test", /*tokens=*/13, /*hidden=*/12, /*intermediate=*/20};
+    shape.lora_rank = 4;
+    auto gen = kernels::make_generator(at::Device(at::kCPU), 11);
+    const auto in = op.make_inputs(shape, at::kDouble, at::Device(at::kCPU), gen);
+    for (bool with_residual : {true, false}) {
+      std::vector<std::vector<at::Tensor>> results;
+      for (bool fused : {false, true}) {
+        std::vector<at::Tensor> args;
+        for (std::size_t i = 0; i < in.inputs.size(); ++i)
+          args.push_back(in.inputs[i].to(at::kDouble).requires_grad_(in.differentiable[i]));
+        if (!with_residual) args[1] = at::Tensor();
+        auto y = (fused ? op.fused(args) : op.reference(args))[0];
+        y.backward(in.grad_outputs[0].to(at::kDouble));
+        std::vector<at::Tensor> r{y.detach()};
+        for (std::size_t i = 0; i < args.size(); ++i)
+          if (args[i].defined() && in.differentiable[i]) r.push_back(args[i].grad());
+        results.push_back(r);
+      }
+      ASSERT_EQ(results[0].size(), results[1].size());
+      for (std::size_t i = 0; i < results[0].size(); ++i)
+        EXPECT_LT(rel_err(results[1][i], results[0][i]), 1e-12) << name << (with_residual ? " residual" : "") << " tensor " << i;
+    }
+  }
+}
+
+TEST(FusedSwigluMlp, RefusesShapesThatDoNotChainAndTrainableWeightsUnderAdapters) {
+  const auto x = at::ones({3, 4});
+  const kernels::Projection gate{at::ones({6, 4})}, up{at::ones({6, 4})}, down{at::ones({4, 6})};
+  EXPECT_NO_THROW(kernels::swiglu_mlp(x, {}, gate, up, down));
+  EXPECT_THROW(kernels::swiglu_mlp(x, {}, gate, up, kernels::Projection{at::ones({4, 5})}), std::exception);
+  EXPECT_THROW(kernels::swiglu_mlp(x, at::ones({2, 4}), gate, up, down), std::exception);
+  const kernels::Projection trainable_lora{at::ones({6, 4}).requires_grad_(true), at::ones({2, 4}), at::ones({6, 2}), 1.0};
+  EXPECT_THROW(kernels::swiglu_mlp(x, {}, trainable_lora, up, down), std::exception);
 }
 
 // The baseline's bf16 LoRA model casts each adapted input to the adapters' fp32 once, for all the

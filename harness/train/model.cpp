@@ -15,6 +15,7 @@
 #include "common/error.h"
 #include "common/strings.h"
 #include "kernels/fused.h"
+#include "kernels/mlp/mlp.h"
 #include "kernels/lora/lora.h"
 #include "kernels/reference.h"
 #include "train/checkpoint.h"
@@ -198,6 +199,10 @@ at::Tensor LlamaModel::attention(const Layer& L, const at::Tensor& x, const at::
 
 at::Tensor LlamaModel::layer_forward(const Layer& L, const at::Tensor& h_in, const at::Tensor& cos, const at::Tensor& sin) const {
   const auto [h, x] = add_rms_norm(attention(L, rms_norm(h_in, L.input_norm), cos, sin), h_in, L.post_attention_norm);
+  if (fused_) {
+    const auto proj = [](const Linear& lin) { return kernels::Projection{lin.weight, lin.lora_a, lin.lora_b, lin.lora_scale}; };
+    return kernels::swiglu_mlp(x, h, proj(L.gate), proj(L.up), proj(L.down));
+  }
   const auto xa = adapter_input(x, {&L.gate, &L.up});
   const auto act = swiglu(linear(L.gate, x, xa), linear(L.up, x, xa));
   return h + linear(L.down, act, adapter_input(act, {&L.down}));

@@ -65,9 +65,7 @@ at::Tensor new_buffer(at::IntArrayRef sizes, const at::TensorOptions& options) {
 void accumulate_weight_grad(at::Tensor& acc, const at::Tensor& dlogits, const at::Tensor& hidden) {
   const bool mixed = at::isReducedFloatingType(dlogits.scalar_type());
   if (!acc.defined()) {
-    acc = !mixed ? at::mm(dlogits.t(), hidden)
-          : dlogits.is_cuda() ? at::mm(dlogits.t(), hidden, at::kFloat)
-                              : at::mm(dlogits.t().to(at::kFloat), hidden.to(at::kFloat));
+    acc = mm_fp32_out(dlogits.t(), hidden);
   } else if (!mixed) {
     acc.addmm_(dlogits.t(), hidden);
   } else if (dlogits.is_cuda()) {

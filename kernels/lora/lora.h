@@ -1,5 +1,6 @@
-// The LoRA linear's LibTorch face beyond kernels/fused.h: the stock composition it is checked
-// against (the built-in trainer's baseline) and its registry entry. Included by LibTorch units only.
+// The LoRA linear's LibTorch face beyond kernels/fused.h: the projection arithmetic that the fused
+// LoRA linear and the fused MLP (kernels/mlp) share, the stock composition the fused ops are checked
+// against (the built-in trainer's baseline), and the registry entry. Included by LibTorch units only.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -12,6 +13,36 @@ namespace ddpbench::kernels {
 // pass one x_adapter to all linears reading the same x (one fp32 copy saved instead of several).
 at::Tensor lora_linear_reference(const at::Tensor& x, const at::Tensor& x_adapter, const at::Tensor& weight,
                                  const at::Tensor& lora_a, const at::Tensor& lora_b, double scale);
+
+// One linear layer of the fused ops: y = x W^T, plus scale (x A^T) B^T where it has adapters. The
+// weight is frozen when there are adapters (LoRA) and may be trainable when there are none (full
+// fine-tuning). The adapters are kept in their own dtype (fp32 masters for the optimizer) but
+// multiplied in the activations' dtype, on the tensor cores, as Unsloth does: PEFT's fp32 path
+// runs them on CUDA cores and casts every adapted activation to fp32 and back, which on lora-1b
+// cost more time than the frozen GEMMs themselves (bench/results/2026-11-29-h200x1-fused-profile).
+struct Projection {
+  at::Tensor weight;          // [out, in]
+  at::Tensor lora_a, lora_b;  // [r, in], [out, r], or undefined
+  double scale = 0;
+  bool has_lora() const { return lora_a.defined(); }
+};
+
+// Forward of a projection on x [tokens, in]. `residual` [tokens, out], when given, is added in the
+// GEMM's epilogue (y = residual + x W^T ...). Returns y and x A^T [tokens, r] in x's dtype (undefined
+// without adapters): the one intermediate that backward keeps rather than recomputes (r columns).
+struct ProjectionOutput {
+  at::Tensor y, xa;
+};
+ProjectionOutput project(const Projection& p, const at::Tensor& x, const at::Tensor& residual = {});
+
+// Backward of `project` for grad_y [tokens, out]. grad_x is added into `grad_x` where it is defined
+// (the MLP's gate and up read one x), else formed when `want_grad_x`. The weight's gradient is formed
+// when the weight requires one; the adapters' in fp32 (their dtype), never rounded to bf16 on the way.
+struct ProjectionGrads {
+  at::Tensor weight, lora_a, lora_b;
+};
+ProjectionGrads project_backward(const Projection& p, const at::Tensor& x, const at::Tensor& xa, const at::Tensor& grad_y,
+                                 at::Tensor& grad_x, bool want_grad_x);
 
 OpSpec lora_linear_op();
 

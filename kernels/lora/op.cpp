@@ -1,8 +1,7 @@
-// LoRA linear with a frozen base weight as one autograd function: the same arithmetic as PEFT's
-// (adapters in their own dtype, fp32 for a bf16 model), but backward recomputes the rank-r
-// intermediate x A^T and the adapter-dtype copy of x from the saved x instead of keeping them:
-// stock autograd saves an fp32 copy of every adapted linear's input, twice the size of the input
-// itself in a bf16 model. GEMMs through ATen (cuBLAS); nothing here needs a kernel of its own.
+// LoRA linear with a frozen base weight as one autograd function. Forward keeps the input and the
+// rank-r x A^T (not the fp32 input copy that stock autograd saves for PEFT's computation); the
+// arithmetic (kernels/lora/lora.h's Projection) multiplies the adapters in the activations' dtype.
+// GEMMs through ATen (cuBLAS); nothing here needs a kernel of its own.
 #include "kernels/lora/lora.h"
 
 #include <cmath>
@@ -20,38 +19,60 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// The adapters in the dtype of the activations they multiply (a cast of r x (in + out) elements).
+at::Tensor in_dtype_of(const at::Tensor& adapter, const at::Tensor& x) { return adapter.to(x.scalar_type()); }
+
 struct LoraLinear : public torch::autograd::Function<LoraLinear> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& lora_a,
                             const at::Tensor& lora_b, double scale) {
-    ctx->save_for_backward({x, weight, lora_a, lora_b});
+    const auto x2 = x.reshape({-1, x.size(-1)});
+    auto out = project({weight, lora_a, lora_b, scale}, x2);
+    ctx->save_for_backward({x, weight, lora_a, lora_b, out.xa});
     ctx->saved_data["scale"] = scale;
-    return lora_linear_reference(x, x.to(lora_a.scalar_type()), weight, lora_a, lora_b, scale);
+    auto sizes = x.sizes().vec();
+    sizes.back() = weight.size(0);
+    return out.y.view(sizes);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    const auto &x = saved[0], &weight = saved[1], &lora_a = saved[2], &lora_b = saved[3];
-    const double scale = ctx->saved_data["scale"].toDouble();
-    const auto& grad_y = grads[0];
-    const auto adapter_dtype = lora_a.scalar_type();
-    // Flattened to [tokens, features]: the GEMMs below contract over tokens.
-    const auto x2 = x.reshape({-1, x.size(-1)});
-    const auto x_adapter = x2.to(adapter_dtype);
-    const auto gy_adapter = grad_y.reshape({-1, grad_y.size(-1)}).to(adapter_dtype);
-    const auto xa = at::mm(x_adapter, lora_a.t());                // recomputed [tokens, r]
-    const auto grad_xa = at::mm(gy_adapter, lora_b).mul_(scale);  // [tokens, r]
+    const auto& x = saved[0];
+    const Projection p{saved[1], saved[2], saved[3], ctx->saved_data["scale"].toDouble()};
+    const auto gy = grads[0].reshape({-1, grads[0].size(-1)});
     at::Tensor grad_x;
-    if (ctx->needs_input_grad(0)) {
-      grad_x = at::matmul(grad_y, weight);
-      grad_x.add_(at::mm(grad_xa, lora_a).view(grad_x.sizes()).to(grad_x.scalar_type()));
-    }
-    const auto grad_b = ctx->needs_input_grad(3) ? at::mm(gy_adapter.t(), xa).mul_(scale) : at::Tensor();
-    const auto grad_a = ctx->needs_input_grad(2) ? at::mm(grad_xa.t(), x_adapter) : at::Tensor();
-    return {grad_x, at::Tensor(), grad_a, grad_b, at::Tensor()};
+    const auto g = project_backward(p, x.reshape({-1, x.size(-1)}), saved[4], gy, grad_x, ctx->needs_input_grad(0));
+    return {grad_x.defined() ? grad_x.view(x.sizes()) : grad_x, at::Tensor(), ctx->needs_input_grad(2) ? g.lora_a : at::Tensor(),
+            ctx->needs_input_grad(3) ? g.lora_b : at::Tensor(), at::Tensor()};
   }
 };
 
 }  // namespace
+
+ProjectionOutput project(const Projection& p, const at::Tensor& x, const at::Tensor& residual) {
+  ProjectionOutput out;
+  out.y = residual.defined() ? at::addmm(residual, x, p.weight.t()) : at::mm(x, p.weight.t());
+  if (p.has_lora()) {
+    out.xa = at::mm(x, in_dtype_of(p.lora_a, x).t());
+    out.y.addmm_(out.xa, in_dtype_of(p.lora_b, x).t(), /*beta=*/1, /*alpha=*/p.scale);
+  }
+  return out;
+}
+
+ProjectionGrads project_backward(const Projection& p, const at::Tensor& x, const at::Tensor& xa, const at::Tensor& grad_y,
+                                 at::Tensor& grad_x, bool want_grad_x) {
+  ProjectionGrads g;
+  at::Tensor gy_b;  // grad_y B [tokens, r], unscaled
+  if (p.has_lora()) gy_b = at::mm(grad_y, in_dtype_of(p.lora_b, grad_y));
+  if (grad_x.defined()) grad_x.addmm_(grad_y, p.weight);
+  else if (want_grad_x) grad_x = at::mm(grad_y, p.weight);
+  if (grad_x.defined() && p.has_lora()) grad_x.addmm_(gy_b, in_dtype_of(p.lora_a, grad_y), /*beta=*/1, /*alpha=*/p.scale);
+  if (p.weight.requires_grad()) g.weight = at::mm(grad_y.t(), x);
+  if (p.has_lora()) {
+    g.lora_b = mm_fp32_out(grad_y.t(), xa).mul_(p.scale).to(p.lora_b.scalar_type());
+    g.lora_a = mm_fp32_out(gy_b.t(), x).mul_(p.scale).to(p.lora_a.scalar_type());
+  }
+  return g;
+}
 
 at::Tensor lora_linear_reference(const at::Tensor& x, const at::Tensor& x_adapter, const at::Tensor& weight,
                                  const at::Tensor& lora_a, const at::Tensor& lora_b, double scale) {
