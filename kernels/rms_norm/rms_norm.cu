@@ -151,6 +151,12 @@ __global__ void __launch_bounds__(max_threads_of<T, VEC, PPT>(), VEC == 1 ? 1 : 
     const T* __restrict__ dy, const T* __restrict__ dh, const T* __restrict__ h, const T* __restrict__ weight,
     const float* __restrict__ rstd, T* __restrict__ dx, float* __restrict__ dw_partials, std::int64_t rows, int hidden) {
   using P = RawPack<T, VEC>;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // Lets the partial sums' reduction launch now (programmatic dependent launch): its blocks take
+  // the places this grid's blocks leave and wait there for this grid's completion, so the second
+  // kernel's launch and ramp overlap this one's tail. Its reads still wait for everything below.
+  cudaTriggerProgrammaticLaunchCompletion();
+#endif
   __shared__ float scratch[64];
   // One pack of every thread of a block of several rows (the partial sums' reduction below).
   __shared__ float dw_rows[kBlockThreads * (VEC == 1 ? 1 : VEC)];
@@ -257,6 +263,9 @@ __global__ void __launch_bounds__(max_threads_of<T, VEC, PPT>(), VEC == 1 ? 1 : 
 template <typename T>
 __global__ void reduce_partials_kernel(const float* __restrict__ partials, T* __restrict__ out, int parts, int hidden) {
   __shared__ float sums[32][33];
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  cudaGridDependencySynchronize();  // the backward kernel has completed and its partials are visible
+#endif
   const int col = blockIdx.x * 32 + threadIdx.x;
   float s = 0;
   if (col < hidden) {
@@ -358,10 +367,19 @@ void rms_norm_backward(DType dtype, const void* dy, const void* dh, const void* 
       DDPBENCH_CUDA_CHECK(cudaMemsetAsync(dweight, 0, hidden * sizeof(T), stream));
       return;
     }
-    const dim3 block(32, 32);
-    reduce_partials_kernel<T><<<static_cast<unsigned>((hidden + 31) / 32), block, 0, stream>>>(
-        dw_partials, static_cast<T*>(dweight), static_cast<int>(parts), static_cast<int>(hidden));
-    DDPBENCH_LAUNCH_CHECK("rms_norm reduce_partials_kernel");
+    // Launched as a programmatic dependent of the backward kernel (sm_90; elsewhere the attribute
+    // is ignored and this is an ordinary launch in stream order).
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(static_cast<unsigned>((hidden + 31) / 32));
+    config.blockDim = dim3(32, 32);
+    config.stream = stream;
+    cudaLaunchAttribute attribute{};
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+    DDPBENCH_CUDA_CHECK(cudaLaunchKernelEx(&config, reduce_partials_kernel<T>, static_cast<const float*>(dw_partials),
+                                           static_cast<T*>(dweight), static_cast<int>(parts), static_cast<int>(hidden)));
   });
 }
 
