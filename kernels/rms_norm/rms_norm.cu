@@ -23,14 +23,18 @@ namespace ddpbench::kernels {
 
 namespace {
 
-// Threads of a block: rows narrower than this share a block (up to 8 row groups of a warp).
+// Threads of a block: rows narrower than this share a block (up to 8 row groups of a warp). A row
+// of 16-byte packs takes at most this many threads.
 constexpr int kBlockThreads = 256;
+// The backward pass's blocks, one per multiprocessor: each writes one row of fp32 partial sums of
+// the weight gradient, so fewer, larger blocks leave less for the second kernel to reduce.
+constexpr int kBackwardBlockThreads = 512;
 // A row of single elements (sizes not a multiple of the pack) may take up to this many threads.
 constexpr int kMaxScalarRowThreads = 1024;
 // Packs per thread the launchers prefer at most: forward keeps one (or, with the residual, two)
 // tensor's packs in registers; backward two or three plus fp32 weight-gradient sums for its columns,
-// so it takes fewer packs per thread and more threads per row, staying under 128 registers (two
-// blocks per multiprocessor).
+// so it takes fewer packs per thread and more threads per row, staying under 128 registers (512
+// threads per multiprocessor).
 constexpr int kForwardPacks = 16;
 constexpr int kForwardResidualPacks = 4;
 constexpr int kBackwardPacks = 4;
@@ -44,8 +48,8 @@ struct Layout {
 
 // The fewest threads per row (at least a warp) that hold the row with at most `preferred` packs
 // each; more packs per thread (up to 16) where the row would otherwise take more threads than a
-// block has.
-Layout layout_for(std::int64_t hidden, int vec, int preferred) {
+// block has. Rows narrower than `block_threads` share a block.
+Layout layout_for(std::int64_t hidden, int vec, int preferred, int block_threads) {
   if (hidden < 1) throw std::invalid_argument("rms_norm: hidden size must be positive");
   Layout l;
   l.vec = vec;
@@ -63,7 +67,7 @@ Layout layout_for(std::int64_t hidden, int vec, int preferred) {
     throw std::invalid_argument("rms_norm: hidden size " + std::to_string(hidden) + " is larger than the kernels support (" +
                                 std::to_string(16 * max_threads * vec) + ")");
   l.tpr = static_cast<int>(threads);
-  l.rows_per_block = std::max(1, kBlockThreads / l.tpr);
+  l.rows_per_block = std::max(1, block_threads / l.tpr);
   return l;
 }
 
@@ -147,7 +151,7 @@ __global__ void __launch_bounds__(max_threads_of<T, VEC, PPT>()) rms_norm_forwar
 }
 
 template <typename T, int VEC, int PPT, bool DH>
-__global__ void __launch_bounds__(max_threads_of<T, VEC, PPT>(), VEC == 1 ? 1 : 2) rms_norm_backward_kernel(
+__global__ void __launch_bounds__(VEC == 1 ? kMaxScalarRowThreads : kBackwardBlockThreads, 1) rms_norm_backward_kernel(
     const T* __restrict__ dy, const T* __restrict__ dh, const T* __restrict__ h, const T* __restrict__ weight,
     const float* __restrict__ rstd, T* __restrict__ dx, float* __restrict__ dw_partials, std::int64_t rows, int hidden) {
   using P = RawPack<T, VEC>;
@@ -159,7 +163,7 @@ __global__ void __launch_bounds__(max_threads_of<T, VEC, PPT>(), VEC == 1 ? 1 : 
 #endif
   __shared__ float scratch[64];
   // One pack of every thread of a block of several rows (the partial sums' reduction below).
-  __shared__ float dw_rows[kBlockThreads * (VEC == 1 ? 1 : VEC)];
+  __shared__ float dw_rows[kBackwardBlockThreads * VEC];
   float dw[PPT][VEC];
 #pragma unroll
   for (int j = 0; j < PPT; ++j)
@@ -232,7 +236,7 @@ __global__ void __launch_bounds__(max_threads_of<T, VEC, PPT>(), VEC == 1 ? 1 : 
     }
   }
   // The block's rows summed into one partial row: pack by pack through shared memory (one pack of
-  // every thread; a block of several rows has at most kBlockThreads threads).
+  // every thread; a block of several rows has at most kBackwardBlockThreads threads).
 #pragma unroll
   for (int j = 0; j < PPT; ++j) {
     const int col = (j * blockDim.x + threadIdx.x) * VEC;
@@ -311,10 +315,10 @@ int pack_width(std::int64_t hidden, std::initializer_list<const void*> pointers)
 }
 
 std::int64_t backward_blocks(std::int64_t rows, std::int64_t hidden) {
-  // Two blocks per multiprocessor (the backward kernel's launch bounds guarantee they fit) keep
-  // enough loads in flight; more would add partial rows.
+  // One block of 512 threads per multiprocessor (the backward kernel's launch bounds guarantee it
+  // fits): 16 warps keep enough loads in flight; more blocks would add partial rows.
   (void)hidden;
-  return std::max<std::int64_t>(1, std::min<std::int64_t>(rows, 2 * multiprocessor_count()));
+  return std::max<std::int64_t>(1, std::min<std::int64_t>(rows, multiprocessor_count()));
 }
 
 }  // namespace
@@ -325,7 +329,7 @@ void rms_norm_forward(DType dtype, const void* x, const void* residual, const vo
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     const Layout l = layout_for(hidden, pack_width<T>(hidden, {x, residual, weight, h_out, y}),
-                                residual ? kForwardResidualPacks : kForwardPacks);
+                                residual ? kForwardResidualPacks : kForwardPacks, kBlockThreads);
     dispatch_layout<T>(l, [&](auto vec, auto ppt) {
       const dim3 block(l.tpr, l.rows_per_block);
       const auto grid = static_cast<unsigned>((rows + l.rows_per_block - 1) / l.rows_per_block);
@@ -350,7 +354,8 @@ void rms_norm_backward(DType dtype, const void* dy, const void* dh, const void* 
     using T = decltype(tag);
     const std::int64_t parts = rows == 0 ? 0 : backward_blocks(rows, hidden);
     if (parts > 0) {
-      const Layout l = layout_for(hidden, pack_width<T>(hidden, {dy, dh, h, weight, dx}), kBackwardPacks);
+      const Layout l = layout_for(hidden, pack_width<T>(hidden, {dy, dh, h, weight, dx}), kBackwardPacks,
+                                  kBackwardBlockThreads);
       dispatch_layout<T>(l, [&](auto vec, auto ppt) {
         const dim3 block(l.tpr, l.rows_per_block);
         auto launch = [&](auto kernel) {
