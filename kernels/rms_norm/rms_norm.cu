@@ -135,17 +135,25 @@ __global__ void __launch_bounds__(max_threads_of<T, VEC, PPT>()) rms_norm_forwar
   const float rstd = rsqrtf(row_sum(sumsq, scratch, 0) / static_cast<float>(hidden) + eps);
 #pragma unroll
   for (int j = 0; j < PPT; ++j) forget_widened(hs[j]);
+  // Outputs are formed into packs (in the registers of the input's packs) before any is stored:
+  // the weight's loads (2-8 KiB, from L1 after the first row) are then issued together rather than
+  // each behind the previous pack's store, which the compiler may not reorder.
 #pragma unroll
   for (int j = 0; j < PPT; ++j) {
     const int col = (j * blockDim.x + threadIdx.x) * VEC;
     if (col < hidden) {
       float h[VEC], w[VEC], out[VEC];
       widen(hs[j], h);
-      widen(load_raw<T, VEC>(weight + col), w);  // 2-8 KiB, from L1 after the first row
+      widen(load_raw<T, VEC>(weight + col), w);
 #pragma unroll
       for (int e = 0; e < VEC; ++e) out[e] = w[e] * round_to<T>(h[e] * rstd);
-      store_floats<T, VEC>(y + base + col, out);
+      hs[j] = narrow<T, VEC>(out);
     }
+  }
+#pragma unroll
+  for (int j = 0; j < PPT; ++j) {
+    const int col = (j * blockDim.x + threadIdx.x) * VEC;
+    if (col < hidden) store_raw(y + base + col, hs[j]);
   }
   if (threadIdx.x == 0) rstd_out[row] = rstd;
 }
@@ -231,8 +239,13 @@ __global__ void __launch_bounds__(VEC == 1 ? kMaxScalarRowThreads : kBackwardBlo
 #pragma unroll
           for (int e = 0; e < VEC; ++e) out[e] += g[e];
         }
-        store_floats<T, VEC>(dx + base + col, out);
+        hs[j] = narrow<T, VEC>(out);  // stored below, after every weight load of the row (as forward)
       }
+    }
+#pragma unroll
+    for (int j = 0; j < PPT; ++j) {
+      const int col = (j * blockDim.x + threadIdx.x) * VEC;
+      if (col < hidden) store_raw(dx + base + col, hs[j]);
     }
   }
   // The block's rows summed into one partial row: pack by pack through shared memory (one pack of
