@@ -71,6 +71,24 @@ Layout layout_for(std::int64_t hidden, int vec, int preferred, int block_threads
   return l;
 }
 
+// Waits for the threads of this row group only: named barrier 1 + group (0 is __syncthreads). The
+// ids are immediates so that ptxas counts 9 barriers rather than all 16 (a multiprocessor holds
+// 64, so 16 per block would cap it at 4 blocks); groups of a block that share barriers are at
+// most 8 (layout_for: a row wider than a warp leaves room for at most 8 in a block).
+__device__ __forceinline__ void sync_row_group() {
+  const int threads = static_cast<int>(blockDim.x);
+  switch (threadIdx.y) {
+    case 0: asm volatile("bar.sync 1, %0;" ::"r"(threads) : "memory"); break;
+    case 1: asm volatile("bar.sync 2, %0;" ::"r"(threads) : "memory"); break;
+    case 2: asm volatile("bar.sync 3, %0;" ::"r"(threads) : "memory"); break;
+    case 3: asm volatile("bar.sync 4, %0;" ::"r"(threads) : "memory"); break;
+    case 4: asm volatile("bar.sync 5, %0;" ::"r"(threads) : "memory"); break;
+    case 5: asm volatile("bar.sync 6, %0;" ::"r"(threads) : "memory"); break;
+    case 6: asm volatile("bar.sync 7, %0;" ::"r"(threads) : "memory"); break;
+    default: asm volatile("bar.sync 8, %0;" ::"r"(threads) : "memory"); break;
+  }
+}
+
 // Sum of v over the TPR threads of a row group (threadIdx.y), broadcast to all of them. Every thread
 // of the group calls it; groups of one warp never touch shared memory. `slot` alternates between
 // two halves of the scratch on successive calls of a group: a warp writing call n + 2's value has
@@ -81,8 +99,7 @@ __device__ __forceinline__ float row_sum(float v, float* scratch, int slot) {
   if (warps_per_row == 1) return v;
   float* mine = scratch + slot * 32 + threadIdx.y * warps_per_row;
   if (threadIdx.x % 32 == 0) mine[threadIdx.x / 32] = v;
-  // Named barrier 1 + group (0 is __syncthreads), for this group's threads only.
-  asm volatile("bar.sync %0, %1;" ::"r"(1 + static_cast<int>(threadIdx.y)), "r"(static_cast<int>(blockDim.x)) : "memory");
+  sync_row_group();
   float s = 0;
   for (int w = 0; w < warps_per_row; ++w) s += mine[w];
   return s;
