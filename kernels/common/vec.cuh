@@ -49,6 +49,84 @@ __device__ __forceinline__ void store_floats(T* p, const float (&in)[N]) {
   *reinterpret_cast<Pack<T, N>*>(p) = pack;
 }
 
+// 16 bytes as loaded, kept in four 32-bit registers until the values are needed (a Pack<bf16, 8>
+// held across other work is split by the compiler into eight 16-bit values of a register each), or
+// one element where rows allow no packs (N = 1). widen() gives fp32 values (one instruction each),
+// narrow() rounds fp32 values back into a pack. Loads go through the read-only path: only for
+// tensors that no thread writes during the kernel.
+template <typename T, int N>
+struct RawPack {
+  static_assert(sizeof(T) * N == 16, "a raw pack is 16 bytes, or one element");
+  unsigned w[4];
+};
+template <typename T>
+struct RawPack<T, 1> {
+  T v;
+};
+
+template <typename T, int N>
+__device__ __forceinline__ RawPack<T, N> load_raw(const T* p) {
+  RawPack<T, N> r;
+  if constexpr (N == 1) {
+    r.v = *p;
+  } else {
+    const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
+    r.w[0] = u.x, r.w[1] = u.y, r.w[2] = u.z, r.w[3] = u.w;
+  }
+  return r;
+}
+
+template <typename T, int N>
+__device__ __forceinline__ void store_raw(T* p, const RawPack<T, N>& r) {
+  if constexpr (N == 1) *p = r.v;
+  else *reinterpret_cast<uint4*>(p) = make_uint4(r.w[0], r.w[1], r.w[2], r.w[3]);
+}
+
+template <typename T, int N>
+__device__ __forceinline__ void widen(const RawPack<T, N>& r, float (&out)[N]) {
+  if constexpr (N == 1) {
+    out[0] = to_float(r.v);
+  } else if constexpr (sizeof(T) == 4) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) out[i] = __uint_as_float(r.w[i]);
+  } else {  // bf16: element 2i in the low half of word i; its fp32 value is its bits shifted up
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      out[2 * i] = __uint_as_float(r.w[i] << 16);
+      out[2 * i + 1] = __uint_as_float(r.w[i] & 0xffff0000u);
+    }
+  }
+}
+
+template <typename T, int N>
+__device__ __forceinline__ RawPack<T, N> narrow(const float (&in)[N]) {
+  RawPack<T, N> r;
+  if constexpr (N == 1) {
+    r.v = from_float<T>(in[0]);
+  } else if constexpr (sizeof(T) == 4) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) r.w[i] = __float_as_uint(in[i]);
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const __nv_bfloat162 pair = __floats2bfloat162_rn(in[2 * i], in[2 * i + 1]);  // .x, the low half, first
+      r.w[i] = *reinterpret_cast<const unsigned*>(&pair);
+    }
+  }
+  return r;
+}
+
+// Makes the compiler treat the pack's registers as rewritten here, so that fp32 values widened from
+// it before this point are widened again after it (one instruction per element) rather than kept
+// alive across whatever lies between: half the registers for bf16, which buys rows in flight.
+template <typename T, int N>
+__device__ __forceinline__ void forget_widened(RawPack<T, N>& r) {
+  if constexpr (N > 1) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) asm volatile("" : "+r"(r.w[i]));
+  }
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);

@@ -1,16 +1,20 @@
-// RMSNorm forward and backward. A block is R rows x TPR threads (at most 512 in all, so that up to
-// 128 registers per thread hold the row without spilling); each thread owns VPT packs of VEC
-// elements of its row (16-byte packs where the row allows, else single elements), held in registers
-// between the statistics and the output, so every tensor is read and written once. The backward
-// blocks stride over rows keeping the weight gradient of their columns in registers; per-block
-// fp32 partial sums are then reduced by a second small kernel.
+// RMSNorm forward and backward. A row is handled by a row group of TPR threads (one warp wherever the
+// row allows), each thread owning PPT packs of VEC elements (16-byte packs where the row and the
+// pointers allow, else single elements). Every load of a row is issued before the first of its
+// values is used, and the packs are held as loaded (bf16 stays bf16 in registers) between the
+// statistics and the output, so every tensor is read and written once and a thread waits on memory
+// once per row with up to 16 x 16 bytes in flight. Row groups of a block share no barrier: a group
+// wider than a warp sums across its warps through shared memory and its own named barrier, so the
+// groups of a multiprocessor drift apart and keep its loads in flight while others compute.
+// The backward blocks stride over rows, keeping the weight gradient of their columns in registers;
+// per-block fp32 partial sums are then reduced by a second small kernel.
 #include "kernels/rms_norm/rms_norm.h"
 
 #include <algorithm>
 #include <initializer_list>
-#include <type_traits>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "kernels/common/cuda_check.h"
 #include "kernels/common/vec.cuh"
@@ -19,155 +23,252 @@ namespace ddpbench::kernels {
 
 namespace {
 
-constexpr int kBlockThreads = 512;
+// Threads of a block: rows narrower than this share a block (up to 8 row groups of a warp). A row
+// of 16-byte packs takes at most this many threads.
+constexpr int kBlockThreads = 256;
+// The backward pass's blocks, one per multiprocessor: each writes one row of fp32 partial sums of
+// the weight gradient, so fewer, larger blocks leave less for the second kernel to reduce.
+constexpr int kBackwardBlockThreads = 512;
+// A row of single elements (sizes not a multiple of the pack) may take up to this many threads.
+constexpr int kMaxScalarRowThreads = 1024;
+// Packs per thread the launchers prefer at most: forward keeps one (or, with the residual, two)
+// tensor's packs in registers; backward two or three plus fp32 weight-gradient sums for its columns,
+// so it takes fewer packs per thread and more threads per row, staying under 128 registers (512
+// threads per multiprocessor).
+constexpr int kForwardPacks = 16;
+constexpr int kForwardResidualPacks = 4;
+constexpr int kBackwardPacks = 4;
 
 struct Layout {
   int vec = 1;   // elements per pack
-  int vpt = 1;   // packs per thread
-  int tpr = 32;  // threads per row
+  int ppt = 1;   // packs per thread
+  int tpr = 32;  // threads per row (a multiple of 32)
   int rows_per_block = 1;
 };
 
-Layout layout_for(std::int64_t hidden, int vec) {
+// The fewest threads per row (at least a warp) that hold the row with at most `preferred` packs
+// each; more packs per thread (up to 16) where the row would otherwise take more threads than a
+// block has. Rows narrower than `block_threads` share a block.
+Layout layout_for(std::int64_t hidden, int vec, int preferred, int block_threads) {
   if (hidden < 1) throw std::invalid_argument("rms_norm: hidden size must be positive");
   Layout l;
   l.vec = vec;
+  const int max_threads = vec == 1 ? kMaxScalarRowThreads : kBlockThreads;
   const std::int64_t packs = (hidden + vec - 1) / vec;
-  // One pack per thread up to rows of 512 packs (8b's 4096 bf16): more packs per thread cost
-  // registers, and with them the second block per multiprocessor that the backward pass counts on.
-  while ((packs + l.vpt - 1) / l.vpt > kBlockThreads && l.vpt < 16) l.vpt *= 2;
-  const std::int64_t threads = ((packs + l.vpt - 1) / l.vpt + 31) / 32 * 32;
-  if (threads > kBlockThreads)
+  auto threads_for = [&](int ppt) { return ((packs + ppt - 1) / ppt + 31) / 32 * 32; };
+  if (vec == 1) {
+    l.ppt = threads_for(4) <= max_threads ? 4 : 16;  // the scalar fallback: two widths, for odd sizes only
+  } else {
+    while (l.ppt < preferred && 32 * l.ppt < packs) l.ppt *= 2;
+    while (threads_for(l.ppt) > max_threads && l.ppt < 16) l.ppt *= 2;
+  }
+  const std::int64_t threads = threads_for(l.ppt);
+  if (threads > max_threads)
     throw std::invalid_argument("rms_norm: hidden size " + std::to_string(hidden) + " is larger than the kernels support (" +
-                                std::to_string(16 * kBlockThreads * vec) + ")");
+                                std::to_string(16 * max_threads * vec) + ")");
   l.tpr = static_cast<int>(threads);
-  l.rows_per_block = std::max(1, kBlockThreads / l.tpr);
+  l.rows_per_block = std::max(1, block_threads / l.tpr);
   return l;
 }
 
-// Sum of v over the TPR threads of a row (threadIdx.y), broadcast to all of them. Every thread of
-// the block calls it (it synchronises the block).
-__device__ __forceinline__ float row_sum(float v, float* scratch) {
+// Waits for the threads of this row group only: named barrier 1 + group (0 is __syncthreads). The
+// ids are immediates so that ptxas counts 9 barriers rather than all 16 (a multiprocessor holds
+// 64, so 16 per block would cap it at 4 blocks); groups of a block that share barriers are at
+// most 8 (layout_for: a row wider than a warp leaves room for at most 8 in a block).
+__device__ __forceinline__ void sync_row_group() {
+  const int threads = static_cast<int>(blockDim.x);
+  switch (threadIdx.y) {
+    case 0: asm volatile("bar.sync 1, %0;" ::"r"(threads) : "memory"); break;
+    case 1: asm volatile("bar.sync 2, %0;" ::"r"(threads) : "memory"); break;
+    case 2: asm volatile("bar.sync 3, %0;" ::"r"(threads) : "memory"); break;
+    case 3: asm volatile("bar.sync 4, %0;" ::"r"(threads) : "memory"); break;
+    case 4: asm volatile("bar.sync 5, %0;" ::"r"(threads) : "memory"); break;
+    case 5: asm volatile("bar.sync 6, %0;" ::"r"(threads) : "memory"); break;
+    case 6: asm volatile("bar.sync 7, %0;" ::"r"(threads) : "memory"); break;
+    default: asm volatile("bar.sync 8, %0;" ::"r"(threads) : "memory"); break;
+  }
+}
+
+// Sum of v over the TPR threads of a row group (threadIdx.y), broadcast to all of them. Every thread
+// of the group calls it; groups of one warp never touch shared memory. `slot` alternates between
+// two halves of the scratch on successive calls of a group: a warp writing call n + 2's value has
+// passed call n + 1's barrier, which every warp of its group reached after reading call n's.
+__device__ __forceinline__ float row_sum(float v, float* scratch, int slot) {
   v = warp_sum(v);
   const int warps_per_row = blockDim.x / 32;
   if (warps_per_row == 1) return v;
-  const int warp = threadIdx.x / 32;
-  __syncthreads();  // scratch may still be read by the previous call
-  if (threadIdx.x % 32 == 0) scratch[threadIdx.y * warps_per_row + warp] = v;
-  __syncthreads();
+  float* mine = scratch + slot * 32 + threadIdx.y * warps_per_row;
+  if (threadIdx.x % 32 == 0) mine[threadIdx.x / 32] = v;
+  sync_row_group();
   float s = 0;
-  for (int w = 0; w < warps_per_row; ++w) s += scratch[threadIdx.y * warps_per_row + w];
+  for (int w = 0; w < warps_per_row; ++w) s += mine[w];
   return s;
 }
 
-template <typename T, int VEC, int VPT>
-__global__ void __launch_bounds__(kBlockThreads) rms_norm_forward_kernel(const T* __restrict__ x, const T* __restrict__ residual,
-                                                                const T* __restrict__ weight, T* __restrict__ h_out,
-                                                                T* __restrict__ y, float* __restrict__ rstd_out,
-                                                                std::int64_t rows, int hidden, float eps) {
-  __shared__ float scratch[32];
+template <typename T, int VEC, int PPT>
+constexpr int max_threads_of() {
+  return VEC == 1 ? kMaxScalarRowThreads : kBlockThreads;
+}
+
+template <typename T, int VEC, int PPT, bool RESIDUAL>
+__global__ void __launch_bounds__(max_threads_of<T, VEC, PPT>()) rms_norm_forward_kernel(
+    const T* __restrict__ x, const T* __restrict__ residual, const T* __restrict__ weight, T* __restrict__ h_out,
+    T* __restrict__ y, float* __restrict__ rstd_out, std::int64_t rows, int hidden, float eps) {
+  using P = RawPack<T, VEC>;
+  __shared__ float scratch[64];
   const std::int64_t row = static_cast<std::int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
-  const bool live = row < rows;
+  if (row >= rows) return;  // the whole row group: its barrier is its own
   const std::int64_t base = row * hidden;
-  float h[VPT][VEC];
-  float sumsq = 0;
+  P hs[PPT];
+  [[maybe_unused]] P rs[RESIDUAL ? PPT : 1];
 #pragma unroll
-  for (int j = 0; j < VPT; ++j) {
-    const int col = (j * blockDim.x + threadIdx.x) * VEC;
-    if (live && col < hidden) {
-      load_floats<T, VEC>(x + base + col, h[j]);
-      if (residual) {
-        float r[VEC];
-        load_floats<T, VEC>(residual + base + col, r);
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) h[j][e] = round_to<T>(h[j][e] + r[e]);
-        store_floats<T, VEC>(h_out + base + col, h[j]);
-      }
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) sumsq += h[j][e] * h[j][e];
-    }
-  }
-  const float rstd = rsqrtf(row_sum(sumsq, scratch) / static_cast<float>(hidden) + eps);
-  if (!live) return;
-#pragma unroll
-  for (int j = 0; j < VPT; ++j) {
+  for (int j = 0; j < PPT; ++j) {
     const int col = (j * blockDim.x + threadIdx.x) * VEC;
     if (col < hidden) {
-      float w[VEC], out[VEC];
-      load_floats<T, VEC>(weight + col, w);
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) out[e] = w[e] * round_to<T>(h[j][e] * rstd);
-      store_floats<T, VEC>(y + base + col, out);
+      hs[j] = load_raw<T, VEC>(x + base + col);
+      if constexpr (RESIDUAL) rs[j] = load_raw<T, VEC>(residual + base + col);
     }
+  }
+  float sumsq = 0;
+#pragma unroll
+  for (int j = 0; j < PPT; ++j) {
+    const int col = (j * blockDim.x + threadIdx.x) * VEC;
+    if (col < hidden) {
+      float h[VEC];
+      widen(hs[j], h);
+      if constexpr (RESIDUAL) {
+        float r[VEC];
+        widen(rs[j], r);
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) h[e] += r[e];
+        hs[j] = narrow<T, VEC>(h);  // h = to_dtype(x + residual), as the ATen add stores it
+        widen(hs[j], h);
+        store_raw(h_out + base + col, hs[j]);
+      }
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) sumsq += h[e] * h[e];
+    }
+  }
+  const float rstd = rsqrtf(row_sum(sumsq, scratch, 0) / static_cast<float>(hidden) + eps);
+#pragma unroll
+  for (int j = 0; j < PPT; ++j) forget_widened(hs[j]);
+  // Outputs are formed into packs (in the registers of the input's packs) before any is stored:
+  // the weight's loads (2-8 KiB, from L1 after the first row) are then issued together rather than
+  // each behind the previous pack's store, which the compiler may not reorder.
+#pragma unroll
+  for (int j = 0; j < PPT; ++j) {
+    const int col = (j * blockDim.x + threadIdx.x) * VEC;
+    if (col < hidden) {
+      float h[VEC], w[VEC], out[VEC];
+      widen(hs[j], h);
+      widen(load_raw<T, VEC>(weight + col), w);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) out[e] = w[e] * round_to<T>(h[e] * rstd);
+      hs[j] = narrow<T, VEC>(out);
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < PPT; ++j) {
+    const int col = (j * blockDim.x + threadIdx.x) * VEC;
+    if (col < hidden) store_raw(y + base + col, hs[j]);
   }
   if (threadIdx.x == 0) rstd_out[row] = rstd;
 }
 
-template <typename T, int VEC, int VPT>
-__global__ void __launch_bounds__(kBlockThreads) rms_norm_backward_kernel(const T* __restrict__ dy, const T* __restrict__ dh,
-                                                                 const T* __restrict__ h, const T* __restrict__ weight,
-                                                                 const float* __restrict__ rstd, T* __restrict__ dx,
-                                                                 float* __restrict__ dw_partials, std::int64_t rows,
-                                                                 int hidden) {
-  __shared__ float scratch[32];
-  __shared__ float dw_rows[kBlockThreads * 16 / sizeof(T) > 4096 ? 4096 : kBlockThreads * 16 / sizeof(T)];
-  float dw[VPT][VEC];
-  float w[VPT][VEC];
+template <typename T, int VEC, int PPT, bool DH>
+__global__ void __launch_bounds__(VEC == 1 ? kMaxScalarRowThreads : kBackwardBlockThreads, 1) rms_norm_backward_kernel(
+    const T* __restrict__ dy, const T* __restrict__ dh, const T* __restrict__ h, const T* __restrict__ weight,
+    const float* __restrict__ rstd, T* __restrict__ dx, float* __restrict__ dw_partials, std::int64_t rows, int hidden) {
+  using P = RawPack<T, VEC>;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // Lets the partial sums' reduction launch now (programmatic dependent launch): its blocks take
+  // the places this grid's blocks leave and wait there for this grid's completion, so the second
+  // kernel's launch and ramp overlap this one's tail. Its reads still wait for everything below.
+  cudaTriggerProgrammaticLaunchCompletion();
+#endif
+  __shared__ float scratch[64];
+  // One pack of every thread of a block of several rows (the partial sums' reduction below).
+  __shared__ float dw_rows[kBackwardBlockThreads * VEC];
+  float dw[PPT][VEC];
 #pragma unroll
-  for (int j = 0; j < VPT; ++j) {
-    const int col = (j * blockDim.x + threadIdx.x) * VEC;
+  for (int j = 0; j < PPT; ++j)
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) dw[j][e] = 0.f, w[j][e] = 0.f;
-    if (col < hidden) load_floats<T, VEC>(weight + col, w[j]);
-  }
+    for (int e = 0; e < VEC; ++e) dw[j][e] = 0.f;
   const float inv_hidden = 1.f / static_cast<float>(hidden);
-  for (std::int64_t row0 = static_cast<std::int64_t>(blockIdx.x) * blockDim.y; row0 < rows;
-       row0 += static_cast<std::int64_t>(gridDim.x) * blockDim.y) {
-    const std::int64_t row = row0 + threadIdx.y;
-    const bool live = row < rows;
+  int slot = 0;
+  for (std::int64_t row = static_cast<std::int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; row < rows;
+       row += static_cast<std::int64_t>(gridDim.x) * blockDim.y) {
     const std::int64_t base = row * hidden;
-    const float r = live ? rstd[row] : 0.f;
-    float n[VPT][VEC], g[VPT][VEC];
-    float dot = 0;
+    const float r = rstd[row];
+    // The weight is read per row from L1 rather than hoisted out of the loop into registers (as
+    // fp32, that would be as many registers again as the weight-gradient sums).
+    const T* w_row = weight;
+    asm volatile("" : "+l"(w_row));
+    P hs[PPT], ds[PPT];
+    [[maybe_unused]] P extra[DH ? PPT : 1];
 #pragma unroll
-    for (int j = 0; j < VPT; ++j) {
-      const int col = (j * blockDim.x + threadIdx.x) * VEC;
-      if (live && col < hidden) {
-        float d[VEC];
-        load_floats<T, VEC>(h + base + col, n[j]);
-        load_floats<T, VEC>(dy + base + col, d);
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) {
-          n[j][e] *= r;
-          g[j][e] = d[e] * w[j][e];
-          dot += g[j][e] * n[j][e];
-          dw[j][e] += d[e] * round_to<T>(n[j][e]);
-        }
-      }
-    }
-    const float mean_dot = row_sum(dot, scratch) * inv_hidden;
-    if (!live) continue;
-#pragma unroll
-    for (int j = 0; j < VPT; ++j) {
+    for (int j = 0; j < PPT; ++j) {
       const int col = (j * blockDim.x + threadIdx.x) * VEC;
       if (col < hidden) {
-        float out[VEC];
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) out[e] = r * (g[j][e] - n[j][e] * mean_dot);
-        if (dh) {
-          float extra[VEC];
-          load_floats<T, VEC>(dh + base + col, extra);
-#pragma unroll
-          for (int e = 0; e < VEC; ++e) out[e] += extra[e];
-        }
-        store_floats<T, VEC>(dx + base + col, out);
+        hs[j] = load_raw<T, VEC>(h + base + col);
+        ds[j] = load_raw<T, VEC>(dy + base + col);
+        if constexpr (DH) extra[j] = load_raw<T, VEC>(dh + base + col);
       }
     }
-  }
-  // The block's rows summed into one partial row: pack by pack through shared memory (sized for one
-  // pack of every thread of a row, times the rows of a block).
+    float dot = 0;
 #pragma unroll
-  for (int j = 0; j < VPT; ++j) {
+    for (int j = 0; j < PPT; ++j) {
+      const int col = (j * blockDim.x + threadIdx.x) * VEC;
+      if (col < hidden) {
+        float n[VEC], d[VEC], w[VEC];
+        widen(hs[j], n);
+        widen(ds[j], d);
+        widen(load_raw<T, VEC>(w_row + col), w);
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+          n[e] *= r;
+          dot += d[e] * w[e] * n[e];
+          dw[j][e] += d[e] * round_to<T>(n[e]);
+        }
+      }
+    }
+    const float mean_dot = row_sum(dot, scratch, slot) * inv_hidden;
+    slot ^= 1;
+#pragma unroll
+    for (int j = 0; j < PPT; ++j) forget_widened(hs[j]), forget_widened(ds[j]);
+    asm volatile("" : "+l"(w_row));
+#pragma unroll
+    for (int j = 0; j < PPT; ++j) {
+      const int col = (j * blockDim.x + threadIdx.x) * VEC;
+      if (col < hidden) {
+        float n[VEC], d[VEC], w[VEC], out[VEC];
+        widen(hs[j], n);
+        widen(ds[j], d);
+        widen(load_raw<T, VEC>(w_row + col), w);
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+          n[e] *= r;
+          out[e] = r * (d[e] * w[e] - n[e] * mean_dot);
+        }
+        if constexpr (DH) {
+          float g[VEC];
+          widen(extra[j], g);
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) out[e] += g[e];
+        }
+        hs[j] = narrow<T, VEC>(out);  // stored below, after every weight load of the row (as forward)
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < PPT; ++j) {
+      const int col = (j * blockDim.x + threadIdx.x) * VEC;
+      if (col < hidden) store_raw(dx + base + col, hs[j]);
+    }
+  }
+  // The block's rows summed into one partial row: pack by pack through shared memory (one pack of
+  // every thread; a block of several rows has at most kBackwardBlockThreads threads).
+#pragma unroll
+  for (int j = 0; j < PPT; ++j) {
     const int col = (j * blockDim.x + threadIdx.x) * VEC;
     if (blockDim.y == 1) {
       if (col < hidden)
@@ -191,14 +292,20 @@ __global__ void __launch_bounds__(kBlockThreads) rms_norm_backward_kernel(const 
   }
 }
 
-// dweight[c] = sum over p of partials[p][c]: 32 columns x 32 partial rows per block.
+// dweight[c] = sum over p of partials[p][c]: 32 columns x 32 partial rows per block, the loads of
+// a thread's partial rows unrolled so that several are in flight (they come from L2).
 template <typename T>
 __global__ void reduce_partials_kernel(const float* __restrict__ partials, T* __restrict__ out, int parts, int hidden) {
   __shared__ float sums[32][33];
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  cudaGridDependencySynchronize();  // the backward kernel has completed and its partials are visible
+#endif
   const int col = blockIdx.x * 32 + threadIdx.x;
   float s = 0;
-  if (col < hidden)
+  if (col < hidden) {
+#pragma unroll 8
     for (int p = threadIdx.y; p < parts; p += 32) s += partials[static_cast<std::int64_t>(p) * hidden + col];
+  }
   sums[threadIdx.y][threadIdx.x] = s;
   __syncthreads();
   if (threadIdx.y == 0 && col < hidden) {
@@ -208,23 +315,26 @@ __global__ void reduce_partials_kernel(const float* __restrict__ partials, T* __
   }
 }
 
-// Calls f(integral_constant VEC, integral_constant VPT) for the layout's values.
-template <int VEC, typename F>
-void dispatch_vpt(int vpt, F&& f) {
-  switch (vpt) {
-    case 1: return f(std::integral_constant<int, VEC>{}, std::integral_constant<int, 1>{});
-    case 2: return f(std::integral_constant<int, VEC>{}, std::integral_constant<int, 2>{});
-    case 4: return f(std::integral_constant<int, VEC>{}, std::integral_constant<int, 4>{});
-    case 8: return f(std::integral_constant<int, VEC>{}, std::integral_constant<int, 8>{});
-    case 16: return f(std::integral_constant<int, VEC>{}, std::integral_constant<int, 16>{});
-  }
-  throw std::logic_error("rms_norm: packs per thread " + std::to_string(vpt));
-}
-
+// Calls f(integral_constant VEC, integral_constant PPT) for the layout's values: 16-byte packs at
+// 1-16 per thread, single elements (odd sizes) at 4 or 16.
 template <typename T, typename F>
 void dispatch_layout(const Layout& l, F&& f) {
-  if (l.vec == 1) dispatch_vpt<1>(l.vpt, f);
-  else dispatch_vpt<kPackElems<T>>(l.vpt, f);
+  constexpr int V = kPackElems<T>;
+  auto call = [&](auto vec, auto ppt) { f(vec, ppt); };
+  using std::integral_constant;
+  if (l.vec == 1) {
+    if (l.ppt == 4) return call(integral_constant<int, 1>{}, integral_constant<int, 4>{});
+    if (l.ppt == 16) return call(integral_constant<int, 1>{}, integral_constant<int, 16>{});
+  } else {
+    switch (l.ppt) {
+      case 1: return call(integral_constant<int, V>{}, integral_constant<int, 1>{});
+      case 2: return call(integral_constant<int, V>{}, integral_constant<int, 2>{});
+      case 4: return call(integral_constant<int, V>{}, integral_constant<int, 4>{});
+      case 8: return call(integral_constant<int, V>{}, integral_constant<int, 8>{});
+      case 16: return call(integral_constant<int, V>{}, integral_constant<int, 16>{});
+    }
+  }
+  throw std::logic_error("rms_norm: no kernel for " + std::to_string(l.ppt) + " packs of " + std::to_string(l.vec));
 }
 
 template <typename T>
@@ -235,9 +345,10 @@ int pack_width(std::int64_t hidden, std::initializer_list<const void*> pointers)
 }
 
 std::int64_t backward_blocks(std::int64_t rows, std::int64_t hidden) {
-  // Two blocks per multiprocessor keep enough loads in flight; more would add partial rows.
+  // One block of 512 threads per multiprocessor (the backward kernel's launch bounds guarantee it
+  // fits): 16 warps keep enough loads in flight; more blocks would add partial rows.
   (void)hidden;
-  return std::max<std::int64_t>(1, std::min<std::int64_t>(rows, 2 * multiprocessor_count()));
+  return std::max<std::int64_t>(1, std::min<std::int64_t>(rows, multiprocessor_count()));
 }
 
 }  // namespace
@@ -247,13 +358,18 @@ void rms_norm_forward(DType dtype, const void* x, const void* residual, const vo
   if (rows == 0) return;
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    const Layout l = layout_for(hidden, pack_width<T>(hidden, {x, residual, weight, h_out, y}));
-    dispatch_layout<T>(l, [&](auto vec, auto vpt) {
+    const Layout l = layout_for(hidden, pack_width<T>(hidden, {x, residual, weight, h_out, y}),
+                                residual ? kForwardResidualPacks : kForwardPacks, kBlockThreads);
+    dispatch_layout<T>(l, [&](auto vec, auto ppt) {
       const dim3 block(l.tpr, l.rows_per_block);
       const auto grid = static_cast<unsigned>((rows + l.rows_per_block - 1) / l.rows_per_block);
-      rms_norm_forward_kernel<T, vec.value, vpt.value><<<grid, block, 0, stream>>>(
-          static_cast<const T*>(x), static_cast<const T*>(residual), static_cast<const T*>(weight), static_cast<T*>(h_out),
-          static_cast<T*>(y), rstd, rows, static_cast<int>(hidden), eps);
+      auto launch = [&](auto kernel) {
+        kernel<<<grid, block, 0, stream>>>(static_cast<const T*>(x), static_cast<const T*>(residual),
+                                           static_cast<const T*>(weight), static_cast<T*>(h_out), static_cast<T*>(y), rstd,
+                                           rows, static_cast<int>(hidden), eps);
+      };
+      if (residual) launch(rms_norm_forward_kernel<T, vec.value, ppt.value, true>);
+      else launch(rms_norm_forward_kernel<T, vec.value, ppt.value, false>);
       DDPBENCH_LAUNCH_CHECK("rms_norm_forward_kernel");
     });
   });
@@ -268,12 +384,17 @@ void rms_norm_backward(DType dtype, const void* dy, const void* dh, const void* 
     using T = decltype(tag);
     const std::int64_t parts = rows == 0 ? 0 : backward_blocks(rows, hidden);
     if (parts > 0) {
-      const Layout l = layout_for(hidden, pack_width<T>(hidden, {dy, dh, h, weight, dx}));
-      dispatch_layout<T>(l, [&](auto vec, auto vpt) {
+      const Layout l = layout_for(hidden, pack_width<T>(hidden, {dy, dh, h, weight, dx}), kBackwardPacks,
+                                  kBackwardBlockThreads);
+      dispatch_layout<T>(l, [&](auto vec, auto ppt) {
         const dim3 block(l.tpr, l.rows_per_block);
-        rms_norm_backward_kernel<T, vec.value, vpt.value><<<static_cast<unsigned>(parts), block, 0, stream>>>(
-            static_cast<const T*>(dy), static_cast<const T*>(dh), static_cast<const T*>(h), static_cast<const T*>(weight),
-            rstd, static_cast<T*>(dx), dw_partials, rows, static_cast<int>(hidden));
+        auto launch = [&](auto kernel) {
+          kernel<<<static_cast<unsigned>(parts), block, 0, stream>>>(
+              static_cast<const T*>(dy), static_cast<const T*>(dh), static_cast<const T*>(h),
+              static_cast<const T*>(weight), rstd, static_cast<T*>(dx), dw_partials, rows, static_cast<int>(hidden));
+        };
+        if (dh) launch(rms_norm_backward_kernel<T, vec.value, ppt.value, true>);
+        else launch(rms_norm_backward_kernel<T, vec.value, ppt.value, false>);
         DDPBENCH_LAUNCH_CHECK("rms_norm_backward_kernel");
       });
     }
@@ -281,10 +402,19 @@ void rms_norm_backward(DType dtype, const void* dy, const void* dh, const void* 
       DDPBENCH_CUDA_CHECK(cudaMemsetAsync(dweight, 0, hidden * sizeof(T), stream));
       return;
     }
-    const dim3 block(32, 32);
-    reduce_partials_kernel<T><<<static_cast<unsigned>((hidden + 31) / 32), block, 0, stream>>>(
-        dw_partials, static_cast<T*>(dweight), static_cast<int>(parts), static_cast<int>(hidden));
-    DDPBENCH_LAUNCH_CHECK("rms_norm reduce_partials_kernel");
+    // Launched as a programmatic dependent of the backward kernel (sm_90; elsewhere the attribute
+    // is ignored and this is an ordinary launch in stream order).
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(static_cast<unsigned>((hidden + 31) / 32));
+    config.blockDim = dim3(32, 32);
+    config.stream = stream;
+    cudaLaunchAttribute attribute{};
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+    DDPBENCH_CUDA_CHECK(cudaLaunchKernelEx(&config, reduce_partials_kernel<T>, static_cast<const float*>(dw_partials),
+                                           static_cast<T*>(dweight), static_cast<int>(parts), static_cast<int>(hidden)));
   });
 }
 

@@ -1,6 +1,9 @@
 // RoPE on q and k in one launch. A thread takes one pack (16 bytes where the half head allows) of
-// the low half of a head and the matching pack of the high half, for a group of heads of one token:
-// the cos/sin packs of its position are loaded once and reused across the group's heads.
+// the low half of a head and the matching pack of the high half, for up to kMaxHeadsPerThread heads
+// of one token (heads lane, lane + lanes, lane + 2 lanes, ...: the threads of a token cover
+// neighbouring heads, so a warp's loads are whole 32-byte sectors): all of its loads are issued
+// before the first value is used, so a thread waits on memory once, and the cos/sin packs of its
+// position are read once for all its heads. Packs are held as loaded (32-bit words) until used.
 #include "kernels/rope/rope.h"
 
 #include <algorithm>
@@ -14,52 +17,72 @@ namespace ddpbench::kernels {
 
 namespace {
 
-constexpr int kHeadsPerThread = 4;
+constexpr int kMaxHeadsPerThread = 8;
+constexpr int kThreads = 256;
+
+// Threads per (token, pack) position: the fewest that leave each at most kMaxHeadsPerThread heads
+// (5 for the Llama presets' 32 + 8 heads: 8 heads each, none idle).
+std::int64_t head_lanes_for(std::int64_t heads) { return (heads + kMaxHeadsPerThread - 1) / kMaxHeadsPerThread; }
 
 template <typename T, int VEC, bool BACKWARD>
-__global__ void rope_qk_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ cos,
-                               const T* __restrict__ sin, T* __restrict__ q_out, T* __restrict__ k_out, RopeShape s) {
+__global__ void __launch_bounds__(kThreads) rope_qk_kernel(const T* __restrict__ q, const T* __restrict__ k,
+                                                          const T* __restrict__ cos, const T* __restrict__ sin,
+                                                          T* __restrict__ q_out, T* __restrict__ k_out, RopeShape s,
+                                                          int head_lanes) {
+  using P = RawPack<T, VEC>;
   const int half = static_cast<int>(s.head_dim / 2);
   const int packs = half / VEC;
   const int heads = static_cast<int>(s.q_heads + s.kv_heads);
-  const int groups = (heads + kHeadsPerThread - 1) / kHeadsPerThread;
-  const std::int64_t units = s.tokens * groups * packs;
+  const std::int64_t per_token = static_cast<std::int64_t>(packs) * head_lanes;
+  const std::int64_t units = s.tokens * per_token;
   for (std::int64_t u = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; u < units;
        u += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     const int d = static_cast<int>(u % packs) * VEC;
-    const int group = static_cast<int>((u / packs) % groups);
-    const std::int64_t token = u / (static_cast<std::int64_t>(packs) * groups);
+    const int lane = static_cast<int>((u / packs) % head_lanes);
+    const std::int64_t token = u / per_token;
+    // Offsets of this thread's heads in q or k (the first s.q_heads heads are q's).
+    auto offset_of = [&](int head) {
+      return head < s.q_heads ? (token * s.q_heads + head) * s.head_dim
+                              : (token * s.kv_heads + (head - s.q_heads)) * s.head_dim;
+    };
+    P lo[kMaxHeadsPerThread], hi[kMaxHeadsPerThread];
+#pragma unroll
+    for (int i = 0; i < kMaxHeadsPerThread; ++i) {
+      const int head = lane + i * head_lanes;
+      if (head < heads) {
+        const T* in = (head < s.q_heads ? q : k) + offset_of(head);
+        lo[i] = load_raw<T, VEC>(in + d);
+        hi[i] = load_raw<T, VEC>(in + half + d);
+      }
+    }
     const std::int64_t table = (token % s.seq_len) * s.head_dim;
     float c_lo[VEC], c_hi[VEC], s_lo[VEC], s_hi[VEC];
-    load_floats<T, VEC>(cos + table + d, c_lo);
-    load_floats<T, VEC>(cos + table + half + d, c_hi);
-    load_floats<T, VEC>(sin + table + d, s_lo);
-    load_floats<T, VEC>(sin + table + half + d, s_hi);
+    widen(load_raw<T, VEC>(cos + table + d), c_lo);
+    widen(load_raw<T, VEC>(cos + table + half + d), c_hi);
+    widen(load_raw<T, VEC>(sin + table + d), s_lo);
+    widen(load_raw<T, VEC>(sin + table + half + d), s_hi);
 #pragma unroll
-    for (int i = 0; i < kHeadsPerThread; ++i) {
-      const int head = group * kHeadsPerThread + i;
-      if (head >= heads) break;
-      const bool is_q = head < s.q_heads;
-      const std::int64_t offset = is_q ? (token * s.q_heads + head) * s.head_dim
-                                       : (token * s.kv_heads + (head - s.q_heads)) * s.head_dim;
-      const T* in = (is_q ? q : k) + offset;
-      T* out = (is_q ? q_out : k_out) + offset;
-      float lo[VEC], hi[VEC], out_lo[VEC], out_hi[VEC];
-      load_floats<T, VEC>(in + d, lo);
-      load_floats<T, VEC>(in + half + d, hi);
+    for (int i = 0; i < kMaxHeadsPerThread; ++i) {
+      const int head = lane + i * head_lanes;
+      if (head < heads) {
+        float a[VEC], b[VEC], out_lo[VEC], out_hi[VEC];
+        widen(lo[i], a);
+        widen(hi[i], b);
 #pragma unroll
-      for (int e = 0; e < VEC; ++e) {
-        if constexpr (BACKWARD) {
-          // The transpose of [c_lo, -s_lo; s_hi, c_hi].
-          out_lo[e] = lo[e] * c_lo[e] + hi[e] * s_hi[e];
-          out_hi[e] = hi[e] * c_hi[e] - lo[e] * s_lo[e];
-        } else {
-          out_lo[e] = lo[e] * c_lo[e] - hi[e] * s_lo[e];
-          out_hi[e] = hi[e] * c_hi[e] + lo[e] * s_hi[e];
+        for (int e = 0; e < VEC; ++e) {
+          if constexpr (BACKWARD) {
+            // The transpose of [c_lo, -s_lo; s_hi, c_hi].
+            out_lo[e] = a[e] * c_lo[e] + b[e] * s_hi[e];
+            out_hi[e] = b[e] * c_hi[e] - a[e] * s_lo[e];
+          } else {
+            out_lo[e] = a[e] * c_lo[e] - b[e] * s_lo[e];
+            out_hi[e] = b[e] * c_hi[e] + a[e] * s_hi[e];
+          }
         }
+        T* out = (head < s.q_heads ? q_out : k_out) + offset_of(head);
+        store_floats<T, VEC>(out + d, out_lo);
+        store_floats<T, VEC>(out + half + d, out_hi);
       }
-      store_floats<T, VEC>(out + d, out_lo);
-      store_floats<T, VEC>(out + half + d, out_hi);
     }
   }
 }
@@ -77,13 +100,12 @@ void rope_qk(DType dtype, const RopeShape& shape, const void* q, const void* k, 
     const bool packed = half % kPackElems<T> == 0 && aligned16(q) && aligned16(k) && aligned16(cos) && aligned16(sin) &&
                         aligned16(q_out) && aligned16(k_out);
     auto launch = [&](auto vec, auto bwd) {
-      const std::int64_t heads = shape.q_heads + shape.kv_heads;
-      const std::int64_t units = shape.tokens * ((heads + kHeadsPerThread - 1) / kHeadsPerThread) * (half / vec.value);
-      const int threads = 256;
-      const auto blocks = static_cast<unsigned>(std::min<std::int64_t>((units + threads - 1) / threads, 1 << 30));
-      rope_qk_kernel<T, vec.value, bwd.value><<<blocks, threads, 0, stream>>>(
+      const std::int64_t lanes = head_lanes_for(shape.q_heads + shape.kv_heads);
+      const std::int64_t units = shape.tokens * lanes * (half / vec.value);
+      const auto blocks = static_cast<unsigned>(std::min<std::int64_t>((units + kThreads - 1) / kThreads, 1 << 30));
+      rope_qk_kernel<T, vec.value, bwd.value><<<blocks, kThreads, 0, stream>>>(
           static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(cos), static_cast<const T*>(sin),
-          static_cast<T*>(q_out), static_cast<T*>(k_out), shape);
+          static_cast<T*>(q_out), static_cast<T*>(k_out), shape, static_cast<int>(lanes));
       DDPBENCH_LAUNCH_CHECK("rope_qk_kernel");
     };
     using Fwd = std::false_type;

@@ -195,6 +195,9 @@ std::vector<OpShape> gpu_shapes() {
   add("scalar-hidden", 37, 4099, 1001, 4, 2, 40, 37);   // hidden not a multiple of 8, many packs
   add("wide", 3, 12288, 8, 2, 2, 256, 3);               // several packs per thread
   add("350m-1k", 1024, 1024, 2816, 16, 16, 64, 512);
+  // Rows of 2-3 warps with a last pack past the row's end, a rows count the blocks do not divide,
+  // and 17 heads that RoPE's threads share unevenly (6, 6, 5), q and k heads in one thread.
+  add("uneven-heads", 63, 2056, 24, 13, 4, 16, 21);
   for (const auto& preset : {"1b", "8b"}) shapes.push_back(preset_op_shape(preset, 2048, 1024));
   return shapes;
 }
