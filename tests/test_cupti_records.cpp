@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
@@ -44,6 +45,18 @@ MemcpyActivity memcpy_activity(CUpti_ActivityMemcpyKind kind, std::uint64_t star
   m.deviceId = 1;
   m.streamId = 13;
   m.correlationId = 5;
+  return m;
+}
+
+MemsetActivity memset_activity(std::uint64_t start, std::uint64_t end, std::uint64_t bytes, std::uint32_t correlation) {
+  MemsetActivity m{};
+  m.kind = CUPTI_ACTIVITY_KIND_MEMSET;
+  m.start = start;
+  m.end = end;
+  m.bytes = bytes;
+  m.deviceId = 4;
+  m.streamId = 3;
+  m.correlationId = correlation;
   return m;
 }
 
@@ -194,14 +207,7 @@ TEST(CuptiRecords, MemcpyAndPeerMemcpy) {
 }
 
 TEST(CuptiRecords, Memset) {
-  MemsetActivity m{};
-  m.kind = CUPTI_ACTIVITY_KIND_MEMSET;
-  m.start = 5;
-  m.end = 9;
-  m.bytes = 512;
-  m.deviceId = 4;
-  m.streamId = 3;
-  m.correlationId = 8;
+  MemsetActivity m = memset_activity(5, 9, 512, 8);
   const auto r = memset_record(m);
   ASSERT_TRUE(r.has_value());
   EXPECT_EQ(r->start, 5u);
@@ -314,6 +320,53 @@ TEST(CuptiParser, KeepsOnlyTracedApiCallsWhenTheWholeRuntimeKindIsOn) {
   EXPECT_EQ(activity.untimed_records, 0u) << "untraced calls are left out, not counted as untimed";
 }
 
+TEST(CuptiParser, WholeKindsLinkEveryKernelMemcpyAndMemsetToItsLaunch) {
+  // The in-process collector's case (both whole kinds on), as one step of a LibTorch trainer records
+  // it: PyTorch's own kernel through the runtime; cuBLASLt's GEMM and cuDNN's attention through
+  // cuLaunchKernelEx; a memset by a library through the driver; and driver and runtime calls that
+  // launch nothing, which must not reach the trace.
+  ActivityParser parser;
+  auto launch = [&](CUpti_ActivityKind kind, CUpti_CallbackId cbid, std::uint64_t t, std::uint32_t corr) {
+    parser.add(as_activity(api_activity(kind, cbid, t, t + 5, corr)));
+  };
+  auto device_kernel = [&](const char* name, std::uint64_t t, std::uint32_t corr) {
+    KernelActivity k = kernel(t, t + 100, name);
+    k.correlationId = corr;
+    parser.add(as_activity(k));
+  };
+  launch(CUPTI_ACTIVITY_KIND_RUNTIME, CUPTI_RUNTIME_TRACE_CBID_cudaGetDevice_v3020, 5, 1);
+  launch(CUPTI_ACTIVITY_KIND_RUNTIME, CUPTI_RUNTIME_TRACE_CBID___cudaLaunchKernel_v13000, 10, 2);
+  device_kernel("_ZN2at6native29vectorized_elementwise_kernelILi4ENS0_11FillFunctorIfEESt5arrayIPcLm1EEEEviT0_T1_", 1000, 2);
+  launch(CUPTI_ACTIVITY_KIND_DRIVER, CUPTI_DRIVER_TRACE_CBID_cuCtxGetCurrent, 15, 3);
+  launch(CUPTI_ACTIVITY_KIND_DRIVER, CUPTI_DRIVER_TRACE_CBID_cuLaunchKernelEx, 20, 4);
+  device_kernel("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT", 1100, 4);
+  launch(CUPTI_ACTIVITY_KIND_DRIVER, CUPTI_DRIVER_TRACE_CBID_cuLaunchKernelEx_ptsz, 30, 5);
+  device_kernel("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x128x64_4x1x1_cga1x1x1_kernel0_0",
+                1200, 5);
+  launch(CUPTI_ACTIVITY_KIND_DRIVER, CUPTI_DRIVER_TRACE_CBID_cuMemsetD32Async, 40, 6);
+  parser.add(as_activity(memset_activity(1300, 1310, 4096, 6)));
+  launch(CUPTI_ACTIVITY_KIND_DRIVER, CUPTI_DRIVER_TRACE_CBID_cuMemcpyHtoDAsync_v2, 50, 7);
+  MemcpyActivity copy = memcpy_activity(CUPTI_ACTIVITY_MEMCPY_KIND_HTOD, 1400, 1450, 64);
+  copy.correlationId = 7;
+  parser.add(as_activity(copy));
+  // Should CUPTI also record the driver call inside a runtime launch, under the runtime call's id.
+  launch(CUPTI_ACTIVITY_KIND_DRIVER, CUPTI_DRIVER_TRACE_CBID_cuLaunchKernel, 11, 2);
+
+  const RankActivity a = parser.take();
+  std::vector<std::string> names;
+  for (const auto& c : a.api_calls) names.push_back(c.name);
+  EXPECT_EQ(names, (std::vector<std::string>{"cudaLaunchKernel", "cuLaunchKernelEx", "cuLaunchKernelEx",
+                                             "cuMemsetD32Async", "cuMemcpyHtoDAsync"}));
+  std::set<std::uint32_t> launched;
+  for (const auto& c : a.api_calls) EXPECT_TRUE(launched.insert(c.correlation).second) << "one record per launch";
+  for (const auto& k : a.kernels) EXPECT_TRUE(launched.count(k.correlation)) << k.name;
+  for (const auto& m : a.memcpys) EXPECT_TRUE(launched.count(m.correlation));
+  for (const auto& m : a.memsets) EXPECT_TRUE(launched.count(m.correlation));
+  EXPECT_EQ(a.kernels.size(), 3u);
+  EXPECT_TRUE(a.api_calls[1].driver);
+  EXPECT_FALSE(a.api_calls[0].driver) << "the runtime record stands for a launch both APIs recorded";
+}
+
 TEST(CuptiRecords, TracedApiListsCoverLaunchesCopiesAndWaitsOnly) {
   std::set<std::string> runtime, driver;
   std::set<CUpti_CallbackId> ids;
@@ -327,13 +380,31 @@ TEST(CuptiRecords, TracedApiListsCoverLaunchesCopiesAndWaitsOnly) {
     EXPECT_EQ(n.find("_v"), std::string::npos) << n;
     EXPECT_EQ(n.find("_pt"), std::string::npos) << n;
   }
-  for (const TracedApi& api : traced_driver_apis()) driver.insert(api.name);
+  std::set<CUpti_CallbackId> driver_ids;
+  for (const TracedApi& api : traced_driver_apis()) {
+    driver.insert(api.name);
+    EXPECT_TRUE(driver_ids.insert(api.cbid).second) << "listed twice: " << api.name;
+    const std::string n = api.name;
+    EXPECT_TRUE(n.starts_with("cuLaunch") || n == "cuGraphLaunch" || n.starts_with("cuMemcpy") ||
+                n.starts_with("cuMemset"))
+        << n;
+    EXPECT_EQ(n.find("_v"), std::string::npos) << n;
+    EXPECT_EQ(n.find("_pt"), std::string::npos) << n;
+  }
   for (const char* n : {"cudaLaunchKernel", "cudaLaunchKernelExC", "cudaLaunchCooperativeKernel", "cudaGraphLaunch",
                         "cudaMemcpy", "cudaMemcpyAsync", "cudaMemcpyPeerAsync", "cudaMemset", "cudaMemsetAsync",
                         "cudaDeviceSynchronize", "cudaStreamSynchronize", "cudaEventSynchronize", "cudaStreamWaitEvent"})
     EXPECT_TRUE(runtime.count(n)) << n;
-  EXPECT_EQ(driver, (std::set<std::string>{"cuLaunchKernel", "cuLaunchKernelEx", "cuLaunchCooperativeKernel",
-                                           "cuLaunchCooperativeKernelMultiDevice", "cuGraphLaunch"}));
+  for (const char* n : {"cuLaunchKernel", "cuLaunchKernelEx", "cuLaunchCooperativeKernel", "cuGraphLaunch", "cuMemcpy",
+                        "cuMemcpyAsync", "cuMemcpyHtoDAsync", "cuMemcpyDtoHAsync", "cuMemcpyDtoDAsync", "cuMemcpyPeerAsync",
+                        "cuMemsetD8Async", "cuMemsetD32Async", "cuMemsetD2D32Async"})
+    EXPECT_TRUE(driver.count(n)) << n;
+  // The names as cuda.h spells the calls (cuMemcpyHtoDAsync is cuMemcpyHtoDAsync_v2 underneath).
+  std::map<CUpti_CallbackId, std::string> by_id;
+  for (const TracedApi& api : traced_driver_apis()) by_id[api.cbid] = api.name;
+  EXPECT_EQ(by_id[CUPTI_DRIVER_TRACE_CBID_cuMemcpyHtoDAsync_v2_ptsz], "cuMemcpyHtoDAsync");
+  EXPECT_EQ(by_id[CUPTI_DRIVER_TRACE_CBID_cuMemsetD32_v2], "cuMemsetD32");
+  EXPECT_EQ(by_id.count(CUPTI_DRIVER_TRACE_CBID_cuMemcpyHtoDAsync), 0u) << "the pre-v2 entry point cuda.h no longer names";
 }
 
 TEST(CuptiRecords, LaunchSwitchFromTheEnvironment) {
@@ -449,11 +520,7 @@ TEST(CuptiParser, DispatchesEveryKindSortsAndCounts) {
   const KernelActivity early = kernel(1000, 2000, "ncclDevKernel_Generic", 1);
   const KernelActivity untimed = kernel(0, 0, "_Z6kernelPfi", 1);
   const MemcpyActivity copy = memcpy_activity(CUPTI_ACTIVITY_MEMCPY_KIND_HTOD, 300, 400, 64);
-  MemsetActivity set{};
-  set.kind = CUPTI_ACTIVITY_KIND_MEMSET;
-  set.start = 50;
-  set.end = 60;
-  set.bytes = 16;
+  const MemsetActivity set = memset_activity(50, 60, 16, 0);
   const MemoryActivity free_ = memory_activity(CUPTI_ACTIVITY_MEMORY_OPERATION_TYPE_RELEASE,
                                                CUPTI_ACTIVITY_MEMORY_KIND_DEVICE, 900, 0x10, 256);
   const MemoryActivity alloc = memory_activity(CUPTI_ACTIVITY_MEMORY_OPERATION_TYPE_ALLOCATION,

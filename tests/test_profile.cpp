@@ -451,6 +451,134 @@ TEST(ProfileAnalysis, TopKernelsOrderAndTruncation) {
   EXPECT_EQ(analyze(a).top_kernels.size(), 6u);
 }
 
+TEST(ProfileAnalysis, KernelSummaryPerStepWithSharesOfKernelTime) {
+  // Two measured steps after a warm-up. "gemm" runs twice a step; "attn" once a step, on a stream of
+  // its own and under the second gemm (so the shares are of kernel time, not of busy time); "tail"
+  // runs in step 1 only and crosses its end, so only its part inside the step counts.
+  RankActivity a;
+  a.ranges = {range(0, 1000), range(1000, 2000), range(2000, 3000)};
+  a.kernels = {kernel(0, 900, "warmup_only"),
+               kernel(1000, 1300, "gemm"), kernel(1400, 1700, "gemm"), kernel(1500, 1600, "attn", 9),
+               kernel(2000, 2300, "gemm"), kernel(2400, 2700, "gemm"), kernel(2500, 2600, "attn", 9),
+               kernel(2900, 3100, "tail")};
+  const auto b = analyze(a, opts(50, 1));
+  ASSERT_EQ(b.summary.measured_steps, 2);
+  EXPECT_EQ(b.kernel_time.total_ns, 4 * 300u + 2 * 100u + 100u);
+  EXPECT_EQ(b.kernel_time.launches, 7u);
+  EXPECT_EQ(b.kernel_time.distinct, 3u);
+  ASSERT_EQ(b.top_kernels.size(), 3u);
+  const KernelStat& gemm = b.top_kernels[0];
+  EXPECT_EQ(gemm.name, "gemm");
+  EXPECT_EQ(gemm.short_name, "gemm");
+  EXPECT_EQ(gemm.count, 4u);
+  EXPECT_DOUBLE_EQ(gemm.count_per_step, 2.0);
+  EXPECT_EQ(gemm.total_ns, 1200u);
+  EXPECT_DOUBLE_EQ(gemm.ns_per_step, 600.0);
+  EXPECT_DOUBLE_EQ(gemm.share, 1200.0 / 1500.0);
+  EXPECT_EQ(b.top_kernels[1].name, "attn");
+  EXPECT_DOUBLE_EQ(b.top_kernels[1].share, 200.0 / 1500.0);
+  EXPECT_EQ(b.top_kernels[2].name, "tail");
+  EXPECT_DOUBLE_EQ(b.top_kernels[2].count_per_step, 0.5);
+  EXPECT_DOUBLE_EQ(b.top_kernels[2].ns_per_step, 50.0);
+  double shares = 0;
+  for (const auto& k : b.top_kernels) shares += k.share;
+  EXPECT_DOUBLE_EQ(shares, 1.0);
+  // GPU busy is less than kernel time here: attn runs under gemm.
+  EXPECT_LT(b.summary.total.busy_ns, b.kernel_time.total_ns);
+
+  const auto j = to_json(b);
+  EXPECT_EQ(j["kernel_time"]["total_ns"], 1500);
+  EXPECT_EQ(j["kernel_time"]["launches"], 7);
+  EXPECT_EQ(j["top_kernels"][0]["short_name"], "gemm");
+  EXPECT_DOUBLE_EQ(j["top_kernels"][0]["ns_per_step"].get<double>(), 600.0);
+  EXPECT_DOUBLE_EQ(j["top_kernels"][2]["count_per_step"].get<double>(), 0.5);
+
+  const std::string text = render_breakdown(b);
+  for (const char* part : {"top kernels     0.00 ms/step of kernel time, 4 launches/step, 3 distinct kernels\n", "share      ms/step   per step",
+                           "80.0%        0.001          2  gemm", "13.3%        0.000          1  attn",
+                           "6.7%        0.000        0.5  tail"})
+    EXPECT_TRUE(contains(text, part)) << part << "\n" << text;
+}
+
+TEST(ProfileRender, FifteenTopKernelsWithShortNames) {
+  RankActivity a;
+  a.ranges = {range(0, 100'000)};
+  for (int i = 0; i < 20; ++i) {
+    const std::string name = "void ns::(anonymous namespace)::kernel_" + std::to_string(i) + "<float, 4>(float const*, long)";
+    a.kernels.push_back(kernel(static_cast<std::uint64_t>(i) * 1000, static_cast<std::uint64_t>(i) * 1000 + 100 + i, name));
+  }
+  const auto b = analyze(a, opts());
+  ASSERT_EQ(b.top_kernels.size(), 15u);
+  EXPECT_EQ(b.top_kernels[0].short_name, "ns::kernel_19<float, 4>");
+  const std::string text = render_breakdown(b);
+  EXPECT_TRUE(contains(text, "ns::kernel_19<float, 4>\n")) << text;
+  EXPECT_TRUE(contains(text, "ns::kernel_5<float, 4>\n")) << "the 15th" << text;
+  EXPECT_FALSE(contains(text, "ns::kernel_4<")) << "the 16th is in no list" << text;
+  EXPECT_FALSE(contains(text, "(float const*, long)")) << text;
+}
+
+TEST(ProfileAnalysis, ShortKernelNames) {
+  EXPECT_EQ(short_kernel_name("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>, "
+                              "std::array<char*, 1ul> >(int, at::native::FillFunctor<float>, std::array<char*, 1ul>)"),
+            "at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>, std::array<char*, 1ul> >");
+  EXPECT_EQ(short_kernel_name("void ddpbench::kernels::(anonymous namespace)::rms_norm_forward_kernel<__nv_bfloat16, 8, "
+                              "1>(__nv_bfloat16 const*, float*, long, int, float)"),
+            "ddpbench::kernels::rms_norm_forward_kernel<__nv_bfloat16, 8, 1>");
+  // Parentheses inside the template arguments (a lambda of a function) are not the parameter list.
+  EXPECT_EQ(short_kernel_name("void at::native::unrolled_elementwise_kernel<at::native::direct_copy_kernel_cuda("
+                              "at::TensorIteratorBase&)::{lambda()#3}::operator()() const::{lambda(float)#1}, "
+                              "std::array<char*, 2ul>, 4>(int, std::array<char*, 2ul>)"),
+            "at::native::unrolled_elementwise_kernel<at::native::direct_copy_kernel_cuda(at::TensorIteratorBase&)::"
+            "{lambda()#3}::operator()() const::{lambda(float)#1}, std::array<char*, 2ul>, 4>");
+  EXPECT_EQ(short_kernel_name("void cutlass::Kernel2<cutlass_80_simt_sgemm_32x128_8x5_nt_align1>("
+                              "cutlass_80_simt_sgemm_32x128_8x5_nt_align1::Params)"),
+            "cutlass::Kernel2<cutlass_80_simt_sgemm_32x128_8x5_nt_align1>");
+  EXPECT_EQ(short_kernel_name("ncclDevKernel_AllReduce_Sum_bf16_RING_LL(ncclDevKernelArgsStorage<4096ul>)"),
+            "ncclDevKernel_AllReduce_Sum_bf16_RING_LL");
+  for (const char* unchanged : {"nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT", "kernel()x", "(weird)", ""})
+    EXPECT_EQ(short_kernel_name(unchanged), unchanged);
+  EXPECT_EQ(short_kernel_name("f()"), "f");
+}
+
+TEST(ProfileAnalysis, LaunchCoverageFindsDeviceRecordsWithoutTheirLaunch) {
+  RankActivity a;
+  a.ranges = {range(0, 1000)};
+  auto with_corr = [](auto record, std::uint32_t corr) {
+    record.correlation = corr;
+    return record;
+  };
+  a.kernels = {with_corr(kernel(0, 10, "aten"), 1), with_corr(kernel(20, 30, "nvjet_gemm"), 2),
+               with_corr(kernel(40, 50, "nvjet_gemm"), 3), with_corr(kernel(60, 70, "cudnn_sdpa"), 4)};
+  a.memcpys = {with_corr(memcpy_rec(80, 90), 5)};
+  a.memsets = {with_corr(memset_rec(95, 99), 6)};
+  // Launch records switched off: nothing counts as missing.
+  LaunchCoverage off = launch_coverage(a);
+  EXPECT_EQ(off.api_calls, 0u);
+  EXPECT_EQ(off.device_events, 6u);
+  EXPECT_EQ(off.without_launch, 0u);
+  EXPECT_FALSE(contains(render_breakdown(analyze(a, opts())), "no launch record"));
+  // Runtime launches only, as the in-process collector recorded before the driver kind was on.
+  for (std::uint32_t corr : {1u, 5u}) a.api_calls.push_back({corr * 10, corr * 10 + 1, 1, corr, 211, false, "cudaLaunchKernel"});
+  const LaunchCoverage some = launch_coverage(a);
+  EXPECT_EQ(some.without_launch, 4u);
+  using Counts = std::vector<std::pair<std::string, std::uint64_t>>;
+  EXPECT_EQ(some.most_common_without_launch, (Counts{{"nvjet_gemm", 2}, {"Memset", 1}, {"cudnn_sdpa", 1}}));
+  const auto b = analyze(a, opts());
+  EXPECT_EQ(b.launches.without_launch, 4u);
+  EXPECT_EQ(to_json(b)["launches"]["without_launch"], 4);
+  EXPECT_EQ(to_json(b)["launches"]["most_common_without_launch"][0]["name"], "nvjet_gemm");
+  const std::string text = render_breakdown(b);
+  EXPECT_TRUE(contains(text, "WARNING: 4 of 6 kernels, memcpys and memsets have no launch record")) << text;
+  EXPECT_TRUE(contains(text, "most often nvjet_gemm x2, Memset x1, cudnn_sdpa x1\n")) << text;
+  // The driver's launches recorded too: every record has its launch.
+  for (std::uint32_t corr : {2u, 3u, 4u, 6u})
+    a.api_calls.push_back({corr * 10, corr * 10 + 1, 1, corr, 652, true, "cuLaunchKernelEx"});
+  EXPECT_EQ(launch_coverage(a).without_launch, 0u);
+  EXPECT_FALSE(contains(render_breakdown(analyze(a, opts())), "WARNING"));
+  // And the trace says so too.
+  EXPECT_EQ(chrome_trace(a)["ddpbench"]["device_events_without_launch"], 0);
+}
+
 TEST(ProfileAnalysis, MemoryPeakWithInterleavedAllocationsAndReleases) {
   RankActivity a;
   a.ranges = {range(0, 35), range(35, 100)};

@@ -9,6 +9,7 @@
 #include <string_view>
 #include <type_traits>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 
 #include "common/error.h"
@@ -168,6 +169,9 @@ json phases_json(const M& phases) {
   return j;
 }
 
+// Top kernels on the screen; the JSON holds AnalysisOptions::top_n.
+constexpr std::size_t kTopKernelsShown = 15;
+
 std::string ms(double ns) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.2f ms", ns / 1e6);
@@ -232,6 +236,50 @@ std::vector<Window> step_windows(const RankActivity& activity, const std::string
     if (any) windows.push_back({lo, hi, ""});
   }
   return windows;
+}
+
+std::string short_kernel_name(const std::string& name) {
+  std::string_view n = name;
+  if (n.starts_with("void ")) n.remove_prefix(5);
+  // The parameter list: the last parenthesised group, when it closes the name. Parentheses inside
+  // it (function types, lambdas in template arguments) are balanced, so counting finds its start.
+  if (n.ends_with(")")) {
+    int depth = 0;
+    for (std::size_t i = n.size(); i-- > 0;) {
+      if (n[i] == ')') ++depth;
+      else if (n[i] == '(' && --depth == 0) {
+        if (i > 0) n = n.substr(0, i);
+        break;
+      }
+    }
+  }
+  std::string out(n);
+  static constexpr std::string_view kAnonymous = "(anonymous namespace)::";
+  for (std::size_t at; (at = out.find(kAnonymous)) != std::string::npos;) out.erase(at, kAnonymous.size());
+  return out;
+}
+
+LaunchCoverage launch_coverage(const RankActivity& activity) {
+  LaunchCoverage c;
+  c.api_calls = activity.api_calls.size();
+  c.device_events = activity.kernels.size() + activity.memcpys.size() + activity.memsets.size();
+  if (c.api_calls == 0) return c;
+  std::unordered_set<std::uint32_t> launched;
+  for (const auto& call : activity.api_calls) launched.insert(call.correlation);
+  std::map<std::string, std::uint64_t> missing;
+  auto check = [&](std::uint32_t correlation, const std::string& name) {
+    if (launched.count(correlation)) return;
+    ++c.without_launch;
+    ++missing[name];
+  };
+  for (const auto& k : activity.kernels) check(k.correlation, k.name);
+  for (const auto& m : activity.memcpys) check(m.correlation, m.kind.empty() ? "Memcpy" : "Memcpy " + m.kind);
+  for (const auto& m : activity.memsets) check(m.correlation, "Memset");
+  std::vector<std::pair<std::string, std::uint64_t>> ranked(missing.begin(), missing.end());
+  std::stable_sort(ranked.begin(), ranked.end(), [](const auto& x, const auto& y) { return x.second > y.second; });
+  if (ranked.size() > 5) ranked.resize(5);
+  c.most_common_without_launch = std::move(ranked);
+  return c;
 }
 
 RankBreakdown analyze(const RankActivity& activity, const AnalysisOptions& options) {
@@ -396,8 +444,6 @@ RankBreakdown analyze(const RankActivity& activity, const AnalysisOptions& optio
 
   // Top kernels, clipped to the union of the measured steps.
   const Coverage measured_cov(std::move(measured_windows));
-  std::uint64_t measured_busy = 0;
-  for (const Span& w : measured_cov.spans()) measured_busy += busy.measure(w.start, w.end);
   struct Agg {
     std::uint64_t count = 0, total = 0;
   };
@@ -410,18 +456,34 @@ RankBreakdown analyze(const RankActivity& activity, const AnalysisOptions& optio
     ++a.count;
     a.total += len;
   }
+  KernelTime& kt = b.kernel_time;
+  kt.distinct = by_kernel.size();
+  for (const auto& [name, a] : by_kernel) {
+    kt.total_ns += a.total;
+    kt.launches += a.count;
+  }
+  const double steps = sum.measured_steps;
   std::vector<KernelStat> stats;
   stats.reserve(by_kernel.size());
-  for (const auto& [name, a] : by_kernel)
-    stats.push_back({std::string(name), a.count, a.total,
-                     measured_busy > 0 ? static_cast<double>(a.total) / static_cast<double>(measured_busy) : 0.0});
+  for (const auto& [name, a] : by_kernel) {
+    KernelStat k;
+    k.name = std::string(name);
+    k.count = a.count;
+    k.total_ns = a.total;
+    k.count_per_step = static_cast<double>(a.count) / steps;  // steps > 0: a kernel counted means a measured step
+    k.ns_per_step = static_cast<double>(a.total) / steps;
+    k.share = kt.total_ns > 0 ? static_cast<double>(a.total) / static_cast<double>(kt.total_ns) : 0.0;
+    stats.push_back(std::move(k));
+  }
   std::sort(stats.begin(), stats.end(), [](const KernelStat& x, const KernelStat& y) {
     if (x.total_ns != y.total_ns) return x.total_ns > y.total_ns;
     if (x.count != y.count) return x.count > y.count;
     return x.name < y.name;
   });
   if (stats.size() > static_cast<std::size_t>(options.top_n)) stats.resize(static_cast<std::size_t>(options.top_n));
+  for (KernelStat& k : stats) k.short_name = short_kernel_name(k.name);  // the few shown, not every kernel
   b.top_kernels = std::move(stats);
+  b.launches = launch_coverage(activity);
 
   // Memory: the running sum per device in time order; records with one timestamp keep the order the
   // collector delivered them in, which is the order CUPTI saw them.
@@ -492,7 +554,22 @@ json to_json(const RankBreakdown& b) {
                   {"overlap", num(s.overlap)}};
   json top = json::array();
   for (const auto& k : b.top_kernels)
-    top.push_back({{"name", k.name}, {"count", k.count}, {"total_ns", k.total_ns}, {"share", num(k.share)}});
+    top.push_back({{"name", k.name},
+                   {"short_name", k.short_name},
+                   {"count", k.count},
+                   {"count_per_step", num(k.count_per_step)},
+                   {"total_ns", k.total_ns},
+                   {"ns_per_step", num(k.ns_per_step)},
+                   {"share", num(k.share)}});
+  json kernel_time = {{"total_ns", b.kernel_time.total_ns},
+                      {"launches", b.kernel_time.launches},
+                      {"distinct", b.kernel_time.distinct}};
+  json unlaunched = json::array();
+  for (const auto& [name, n] : b.launches.most_common_without_launch) unlaunched.push_back({{"name", name}, {"count", n}});
+  json launches = {{"api_calls", b.launches.api_calls},
+                   {"device_events", b.launches.device_events},
+                   {"without_launch", b.launches.without_launch},
+                   {"most_common_without_launch", std::move(unlaunched)}};
   json memory = json::array();
   for (const auto& m : b.memory)
     memory.push_back({{"device", m.device},
@@ -513,7 +590,9 @@ json to_json(const RankBreakdown& b) {
           {"dropped_records", b.dropped_records},
           {"summary", std::move(summary)},
           {"steps", std::move(steps)},
+          {"kernel_time", std::move(kernel_time)},
           {"top_kernels", std::move(top)},
+          {"launches", std::move(launches)},
           {"memory", std::move(memory)}};
 }
 
@@ -667,6 +746,21 @@ std::string render_breakdown(const RankBreakdown& b) {
   out << "\n";
   if (b.dropped_records > 0)
     out << "WARNING: " << b.dropped_records << " activity records dropped; the figures undercount\n";
+  const LaunchCoverage& lc = b.launches;
+  if (lc.without_launch > 0) {
+    out << "WARNING: " << lc.without_launch << " of " << lc.device_events
+        << " kernels, memcpys and memsets have no launch record (launched through an API not recorded; "
+           "HTA leaves them out), most often";
+    const char* sep = " ";
+    for (std::size_t i = 0; i < lc.most_common_without_launch.size() && i < 3; ++i) {
+      const auto& [name, n] = lc.most_common_without_launch[i];
+      std::string shown = short_kernel_name(name);
+      if (shown.size() > 48) shown = shown.substr(0, 45) + "...";
+      out << sep << shown << " x" << n;
+      sep = ", ";
+    }
+    out << "\n";
+  }
   if (s.measured_steps == 0) {
     out << "no measured steps\n";
     return out.str();
@@ -703,13 +797,22 @@ std::string render_breakdown(const RankBreakdown& b) {
   }
   if (!phase_list.empty()) out << "phases (host)   " << phase_list << " per step\n";
   if (!b.top_kernels.empty()) {
-    out << "top kernels (share of GPU busy):\n";
-    for (std::size_t i = 0; i < b.top_kernels.size() && i < 5; ++i) {
+    const KernelTime& kt = b.kernel_time;
+    std::snprintf(line, sizeof line, "top kernels     %s/step of kernel time, %.0f launches/step, %llu distinct kernels\n",
+                  ms(per_step(kt.total_ns)).c_str(), per_step(kt.launches), static_cast<unsigned long long>(kt.distinct));
+    out << line;
+    out << "   share      ms/step   per step  kernel\n";
+    for (std::size_t i = 0; i < b.top_kernels.size() && i < kTopKernelsShown; ++i) {
       const KernelStat& k = b.top_kernels[i];
-      std::string name = k.name;
-      if (name.size() > 72) name = name.substr(0, 69) + "...";
-      std::snprintf(line, sizeof line, "  %6s %12s x%-7llu %s\n", pct(k.share).c_str(),
-                    ms(static_cast<double>(k.total_ns)).c_str(), static_cast<unsigned long long>(k.count),
+      std::string name = k.short_name.empty() ? k.name : k.short_name;
+      if (name.size() > 96) name = name.substr(0, 93) + "...";
+      char count[32];
+      // Whole launches per step where every step launched it equally often, else one decimal.
+      if (k.count_per_step == std::floor(k.count_per_step))
+        std::snprintf(count, sizeof count, "%.0f", k.count_per_step);
+      else
+        std::snprintf(count, sizeof count, "%.1f", k.count_per_step);
+      std::snprintf(line, sizeof line, "  %6s %12.3f %10s  %s\n", pct(k.share).c_str(), k.ns_per_step / 1e6, count,
                     name.c_str());
       out << line;
     }

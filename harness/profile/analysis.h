@@ -25,6 +25,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "profile/activity.h"
@@ -126,14 +127,43 @@ struct StepSummary {
   double overlap = std::numeric_limits<double>::quiet_NaN();  // total overlapped / total comm
 };
 
-// Over the measured steps (their union, so that a kernel counts once): time clipped to the steps.
+// One kernel (by its full name) over the measured steps (their union, so that a kernel counts
+// once), time clipped to the steps: what nsys's cuda_gpu_kern_sum gives, per step.
 struct KernelStat {
-  std::string name;
+  std::string name;        // as recorded (demangled)
+  std::string short_name;  // short_kernel_name(name)
   std::uint64_t count = 0;
   std::uint64_t total_ns = 0;
-  // total_ns / GPU busy time of the measured steps; concurrent kernels make shares add up past 1.
+  double count_per_step = 0;  // over the measured steps
+  double ns_per_step = 0;
+  // total_ns / the kernel time of the measured steps (KernelTime::total_ns): the shares of all
+  // kernels add up to 1 whether kernels run concurrently or not.
   double share = 0;
 };
+
+// All kernels over the measured steps, each kernel's clipped time summed (not their union: two
+// concurrent kernels count twice, as in nsys's summary).
+struct KernelTime {
+  std::uint64_t total_ns = 0;
+  std::uint64_t launches = 0;
+  std::uint64_t distinct = 0;  // kernel names
+};
+
+// A kernel's demangled name without what makes it long and says little: the return type ("void "),
+// the parameter list, "(anonymous namespace)::". Template arguments stay (cutlass::Kernel2<...> is
+// told apart by them). Names that are not C++ signatures (nvjet_..., sm80_xmma_...) are unchanged.
+std::string short_kernel_name(const std::string& name);
+
+// The device records against the launch calls recorded with them, matched by correlation id. A
+// kernel, memcpy or memset with no call of its id was launched through an API the collector did not
+// record; HTA drops such events from every analysis once a trace has ProfilerStep ranges.
+struct LaunchCoverage {
+  std::uint64_t api_calls = 0;      // none: launch records were switched off, nothing is missing
+  std::uint64_t device_events = 0;  // kernels, memcpys and memsets
+  std::uint64_t without_launch = 0;
+  std::vector<std::pair<std::string, std::uint64_t>> most_common_without_launch;  // up to 5, by count
+};
+LaunchCoverage launch_coverage(const RankActivity& activity);
 
 // Running sum of the allocation records of one device since tracing began (releases of memory
 // allocated before that can take it below zero).
@@ -165,7 +195,9 @@ struct RankBreakdown {
   std::uint64_t dropped_records = 0;
   std::vector<StepBreakdown> steps;
   StepSummary summary;
+  KernelTime kernel_time;
   std::vector<KernelStat> top_kernels;  // by total_ns, descending
+  LaunchCoverage launches;
   std::vector<MemoryPeak> memory;       // by device, then kind
 };
 
@@ -191,7 +223,8 @@ nlohmann::json straggler_view(const std::vector<RankBreakdown>& ranks);
 // The straggler view on a few lines (empty for fewer than two ranks).
 std::string render_straggler_view(const nlohmann::json& view);
 
-// One screen: step time, the four-way split in ms per step and %, overlap, top 5 kernels, peak memory.
+// One screen: step time, the four-way split in ms per step and %, overlap, the top kernels (15 at
+// most), peak memory, and a warning where device records lack their launch.
 std::string render_breakdown(const RankBreakdown& b);
 
 }  // namespace ddpbench::profile

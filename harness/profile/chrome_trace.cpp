@@ -285,7 +285,10 @@ json chrome_trace(const RankActivity& a, const TraceOptions& options) {
           {"deviceProperties", std::move(devices)},
           {"baseTimeNanoseconds", w.base()},
           {"displayTimeUnit", "ms"},
-          {"ddpbench", {{"dropped_records", a.dropped_records}, {"api_calls", a.api_calls.size()}}},
+          {"ddpbench",
+           {{"dropped_records", a.dropped_records},
+            {"api_calls", a.api_calls.size()},
+            {"device_events_without_launch", launch_coverage(a).without_launch}}},
           {"traceEvents", std::move(meta)}};
 }
 

@@ -7,6 +7,7 @@
 #include <new>
 #include <string_view>
 #include <type_traits>
+#include <unordered_set>
 #include <utility>
 
 #include <unistd.h>
@@ -146,6 +147,8 @@ constexpr TracedApi kRuntimeApis[] = {
     {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpy3DBatchAsync_v13000, "cudaMemcpy3DBatchAsync"},
     {CUPTI_RUNTIME_TRACE_CBID_cudaMemcpy3DBatchAsync_ptsz_v13000, "cudaMemcpy3DBatchAsync"},
 };
+// The driver's launches, and its copies and fills as cuda.h names them today (cuMemcpyHtoD is
+// cuMemcpyHtoD_v2, etc.): what libraries that bypass the runtime (cuBLASLt, cuDNN, NCCL) call.
 constexpr TracedApi kDriverApis[] = {
     {CUPTI_DRIVER_TRACE_CBID_cuLaunchKernel, "cuLaunchKernel"},
     {CUPTI_DRIVER_TRACE_CBID_cuLaunchKernel_ptsz, "cuLaunchKernel"},
@@ -156,6 +159,60 @@ constexpr TracedApi kDriverApis[] = {
     {CUPTI_DRIVER_TRACE_CBID_cuGraphLaunch_ptsz, "cuGraphLaunch"},
     {CUPTI_DRIVER_TRACE_CBID_cuLaunchKernelEx, "cuLaunchKernelEx"},
     {CUPTI_DRIVER_TRACE_CBID_cuLaunchKernelEx_ptsz, "cuLaunchKernelEx"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemcpy, "cuMemcpy"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemcpy_ptds, "cuMemcpy"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemcpyAsync, "cuMemcpyAsync"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemcpyAsync_ptsz, "cuMemcpyAsync"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemcpyPeer, "cuMemcpyPeer"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemcpyPeer_ptds, "cuMemcpyPeer"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemcpyPeerAsync, "cuMemcpyPeerAsync"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemcpyPeerAsync_ptsz, "cuMemcpyPeerAsync"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemcpyHtoD_v2, "cuMemcpyHtoD"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemcpyHtoD_v2_ptds, "cuMemcpyHtoD"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemcpyHtoDAsync_v2, "cuMemcpyHtoDAsync"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemcpyHtoDAsync_v2_ptsz, "cuMemcpyHtoDAsync"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemcpyDtoH_v2, "cuMemcpyDtoH"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemcpyDtoH_v2_ptds, "cuMemcpyDtoH"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemcpyDtoHAsync_v2, "cuMemcpyDtoHAsync"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemcpyDtoHAsync_v2_ptsz, "cuMemcpyDtoHAsync"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemcpyDtoD_v2, "cuMemcpyDtoD"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemcpyDtoD_v2_ptds, "cuMemcpyDtoD"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemcpyDtoDAsync_v2, "cuMemcpyDtoDAsync"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemcpyDtoDAsync_v2_ptsz, "cuMemcpyDtoDAsync"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemcpy2D_v2, "cuMemcpy2D"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemcpy2D_v2_ptds, "cuMemcpy2D"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemcpy2DAsync_v2, "cuMemcpy2DAsync"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemcpy2DAsync_v2_ptsz, "cuMemcpy2DAsync"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemcpy3D_v2, "cuMemcpy3D"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemcpy3D_v2_ptds, "cuMemcpy3D"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemcpy3DAsync_v2, "cuMemcpy3DAsync"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemcpy3DAsync_v2_ptsz, "cuMemcpy3DAsync"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemcpyBatchAsync_v2, "cuMemcpyBatchAsync"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemcpyBatchAsync_v2_ptsz, "cuMemcpyBatchAsync"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemsetD8_v2, "cuMemsetD8"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemsetD8_v2_ptds, "cuMemsetD8"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemsetD8Async, "cuMemsetD8Async"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemsetD8Async_ptsz, "cuMemsetD8Async"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemsetD16_v2, "cuMemsetD16"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemsetD16_v2_ptds, "cuMemsetD16"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemsetD16Async, "cuMemsetD16Async"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemsetD16Async_ptsz, "cuMemsetD16Async"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemsetD32_v2, "cuMemsetD32"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemsetD32_v2_ptds, "cuMemsetD32"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemsetD32Async, "cuMemsetD32Async"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemsetD32Async_ptsz, "cuMemsetD32Async"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemsetD2D8_v2, "cuMemsetD2D8"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemsetD2D8_v2_ptds, "cuMemsetD2D8"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemsetD2D8Async, "cuMemsetD2D8Async"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemsetD2D8Async_ptsz, "cuMemsetD2D8Async"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemsetD2D16_v2, "cuMemsetD2D16"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemsetD2D16_v2_ptds, "cuMemsetD2D16"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemsetD2D16Async, "cuMemsetD2D16Async"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemsetD2D16Async_ptsz, "cuMemsetD2D16Async"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemsetD2D32_v2, "cuMemsetD2D32"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemsetD2D32_v2_ptds, "cuMemsetD2D32"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemsetD2D32Async, "cuMemsetD2D32Async"},
+    {CUPTI_DRIVER_TRACE_CBID_cuMemsetD2D32Async_ptsz, "cuMemsetD2D32Async"},
 };
 
 const char* traced_name(std::span<const TracedApi> apis, CUpti_CallbackId cbid) {
@@ -170,6 +227,14 @@ std::uint64_t marker_thread(const MarkerActivity& m) {
   if (m.objectKind == CUPTI_ACTIVITY_OBJECT_THREAD || m.objectKind == CUPTI_ACTIVITY_OBJECT_PROCESS)
     return m.objectId.pt.threadId;
   return 0;
+}
+
+// See ActivityParser::take.
+void drop_nested_driver_calls(std::vector<ApiCallRecord>& calls) {
+  std::unordered_set<std::uint32_t> runtime;
+  for (const ApiCallRecord& c : calls)
+    if (!c.driver) runtime.insert(c.correlation);
+  std::erase_if(calls, [&](const ApiCallRecord& c) { return c.driver && runtime.count(c.correlation); });
 }
 
 template <typename Record>
@@ -376,7 +441,7 @@ void ActivityParser::add(const CUpti_Activity& record) {
       break;
     case CUPTI_ACTIVITY_KIND_RUNTIME:
     case CUPTI_ACTIVITY_KIND_DRIVER: {
-      // Where the whole runtime kind stands in for the per-API switches (start()), every runtime
+      // Where the whole kinds stand in for the per-API switches (start()), every runtime and driver
       // call arrives: only the traced ones belong in the trace.
       const auto& api = reinterpret_cast<const ApiActivity&>(record);
       const bool driver = record.kind == CUPTI_ACTIVITY_KIND_DRIVER;
@@ -414,6 +479,7 @@ RankActivity ActivityParser::take() {
   sort_by_start(out.memcpys);
   sort_by_start(out.memsets);
   sort_by_start(out.ranges);
+  drop_nested_driver_calls(out.api_calls);
   sort_by_start(out.api_calls);
   std::stable_sort(out.memory.begin(), out.memory.end(),
                    [](const MemoryRecord& a, const MemoryRecord& b) { return a.timestamp < b.timestamp; });
@@ -513,20 +579,23 @@ void CuptiCollector::start(const CollectorOptions& options) {
     if (cuptiActivityEnable(kind) == CUPTI_SUCCESS) enabled_.push_back(kind);
   // Launch and wait records: the per-API switches where they are wanted and CUPTI takes the launch
   // calls (each API it accepts; a call this CUPTI no longer knows is refused alone), otherwise the
-  // whole runtime kind, filtered to the traced calls when parsed, so that kernels keep their launches.
+  // whole RUNTIME and DRIVER kinds, filtered to the traced calls when parsed, so that kernels keep
+  // their launches whichever API launched them.
   api_calls_enabled_.store(false);
   api_calls_mode_ = "off";
   if (options.api_calls) {
-    if (!options.whole_runtime_kind && enable_api_calls(1)) {
+    if (!options.whole_api_kinds && enable_api_calls(1)) {
       api_calls_enabled_.store(true);
       api_calls_mode_ = "per-API";
     } else {
-      if (!options.whole_runtime_kind) enable_api_calls(0);  // the switches this CUPTI did take
-      api_calls_mode_ = "refused by CUPTI";
-      if (cuptiActivityEnable(CUPTI_ACTIVITY_KIND_RUNTIME) == CUPTI_SUCCESS) {
-        enabled_.push_back(CUPTI_ACTIVITY_KIND_RUNTIME);
-        api_calls_mode_ = "whole runtime kind";
+      if (!options.whole_api_kinds) enable_api_calls(0);  // the switches this CUPTI did take
+      std::string taken;
+      for (CUpti_ActivityKind kind : {CUPTI_ACTIVITY_KIND_RUNTIME, CUPTI_ACTIVITY_KIND_DRIVER}) {
+        if (cuptiActivityEnable(kind) != CUPTI_SUCCESS) continue;
+        enabled_.push_back(kind);
+        taken += std::string(taken.empty() ? "" : " and ") + kind_name(kind);
       }
+      api_calls_mode_ = taken.empty() ? "refused by CUPTI" : "whole " + taken + " kinds";
     }
   }
   {

@@ -40,12 +40,15 @@ using ApiActivity = CUpti_ActivityAPI;                 // RUNTIME and DRIVER
 
 // The CUDA API calls recorded as ApiCallRecords: those that put work on the device (kernel, graph,
 // memcpy and memset launches; a kernel's record carries the correlation id of the call that launched
-// it) and those that wait for it (device, stream and event synchronization, stream waits). Only these
-// are enabled (cuptiActivityEnable{Runtime,Driver}Api), not the whole RUNTIME kind: PyTorch calls
-// cudaGetDevice and friends thousands of times a step, and recording those would cost time and
-// buffers for nothing. name is the function's documented name, without the per-thread-stream
-// suffix (_ptsz, _ptds) and with CUDA 13's __cudaLaunchKernel (what <<<...>>> compiles to) as
-// cudaLaunchKernel, the names Holistic Trace Analysis keys its launch statistics on.
+// it) and those that wait for it (device, stream and event synchronization, stream waits). Both APIs:
+// PyTorch's own kernels come through the runtime (cudaLaunchKernel), but cuBLAS(Lt)'s GEMMs, cuDNN's
+// attention and NCCL's collectives through the driver (cuLaunchKernelEx), so a trace of runtime calls
+// alone leaves those kernels without a launch. Where the per-API switches
+// (cuptiActivityEnable{Runtime,Driver}Api) work, only these are enabled: PyTorch calls cudaGetDevice
+// and friends thousands of times a step, and recording those would cost time and buffers for
+// nothing. name is the function's documented name, without the per-thread-stream suffix (_ptsz,
+// _ptds) or version suffix (_v2), and with CUDA 13's __cudaLaunchKernel (what <<<...>>> compiles to)
+// as cudaLaunchKernel, the names Holistic Trace Analysis keys its launch statistics on.
 struct TracedApi {
   CUpti_CallbackId cbid;
   const char* name;
@@ -59,10 +62,13 @@ struct CollectorOptions {
   // what HTA's host-wait idle, launch statistics and critical path need). Their cost is a record per
   // launch.
   bool api_calls = true;
-  // The whole runtime kind rather than the per-API switches. In the trainer's own process (LibTorch
-  // loaded) CUPTI 13.0 accepts the per-API switches and then records nothing (H200, 2026-11-29:
-  // 42,344 kernels, 0 launch calls), while the same switches work in an injected process.
-  bool whole_runtime_kind = false;
+  // The whole RUNTIME and DRIVER kinds, filtered to the traced calls when parsed, rather than the
+  // per-API switches. In the trainer's own process (LibTorch loaded) CUPTI 13.0 accepts the per-API
+  // switches and then records nothing (H200, 2026-11-29: 42,344 kernels, 0 launch calls), while the
+  // same switches work in an injected process. The DRIVER kind is needed beside the RUNTIME one: with
+  // the runtime kind alone, 5,278 kernels a trace (cuBLAS's nvjet/cutlass GEMMs, cuDNN's SDPA) had
+  // no launch, and HTA dropped them (H200, 2026-11-29). Kineto enables both kinds the same way.
+  bool whole_api_kinds = false;
   // DDPBENCH_PROFILE_LAUNCHES: "0" switches the API-call records off, "1" or unset leaves them on;
   // UsageError for anything else.
   static CollectorOptions from_env();
@@ -129,7 +135,9 @@ class ActivityParser {
   std::size_t kernel_count() const { return activity_.kernels.size(); }
   std::size_t api_call_count() const { return activity_.api_calls.size(); }
   // Everything parsed so far, sorted by time; device_name from the device the kernels ran on.
-  // Ranges still open (a START without its END yet) are left for a later take.
+  // Ranges still open (a START without its END yet) are left for a later take. Should CUPTI record
+  // a driver call made inside a runtime call (the two then carry one correlation id), the runtime
+  // record stands for the launch and the driver one is left out: each launch keeps one record.
   RankActivity take();
 
  private:
@@ -213,7 +221,7 @@ class CuptiCollector {
   std::mutex control_mutex_;  // start / stop
   std::vector<CUpti_ActivityKind> enabled_;
   std::atomic<bool> api_calls_enabled_{false};  // the per-API switches are on (to be switched off)
-  std::string api_calls_mode_ = "off";           // per-API, whole runtime kind, refused by CUPTI, off
+  std::string api_calls_mode_ = "off";           // per-API, whole API kinds, refused by CUPTI, off
   std::atomic<bool> running_{false};
   std::atomic<pid_t> pid_{0};
 

@@ -59,7 +59,7 @@ InProcessProfiler::InProcessProfiler(const std::string& device) : state_(std::ma
 #ifdef DDPBENCH_WITH_CUDA
   state_->collector = &CuptiCollector::instance();
   auto options = CollectorOptions::from_env();
-  options.whole_runtime_kind = true;  // see CollectorOptions: the per-API switches record nothing here
+  options.whole_api_kinds = true;  // see CollectorOptions: the per-API switches record nothing here
   state_->collector->start(options);
 #else
   throw RunError("--profile: this ddpbench was built without a CUDA toolkit, so it has no CUPTI collector");
