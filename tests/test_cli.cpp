@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdlib>
@@ -701,6 +702,55 @@ TEST_F(Cli, BenchAndPredictRejectBadInputWithOneLine) {
 }
 
 namespace {
+
+// aa = ["builtin", "hf"] on the tiny preset: each trainer's one-rank cell gets its A/A twin (half the
+// micro-batch, twice the accumulation), which reads the very inputs of its cell, so each floor is
+// rounding alone (fp32 here: tiny); run.json and the summary state both floors and judge the hf
+// curve against the built-in one by the larger, naming whose it is.
+TEST_F(Cli, RunStatesEachTrainersAaFloorAndJudgesByTheLarger) {
+  if (!python_has_hf()) GTEST_SKIP() << "transformers and peft are not importable by python3; scripts/setup installs them";
+  std::ofstream(dir_ / "s.toml") << "name = \"aa\"\naa = [\"builtin\", \"hf\"]\n[defaults]\npreset = \"tiny\"\ndevice = \"cpu\"\n"
+                                    "mode = \"full\"\nmicro_batch = 2\nseq_len = 16\nwarmup = 1\nsteps = 3\nlr = 1e-2\n"
+                                    "trainer = [\"builtin\", \"hf\"]\nnproc = 1\n[[workload]]\nname = \"w\"\n";
+  const auto r = run("run s.toml", dir_);
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("A/A floors (max |loss difference|"), std::string::npos) << r.output;
+  const auto run_dir = fs::directory_iterator(dir_ / "runs")->path();
+  const auto index = nlohmann::json::parse(ddpbench::read_file((run_dir / "run.json").string()));
+  ASSERT_EQ(index["cells"].size(), 4u);
+  std::map<std::string, nlohmann::json> docs;
+  for (const auto& e : index["cells"]) {
+    docs[e["name"].get<std::string>()] = nlohmann::json::parse(ddpbench::read_file((run_dir / e["file"].get<std::string>()).string()));
+    ASSERT_EQ(docs[e["name"].get<std::string>()]["status"]["state"], "ok") << e.dump();
+  }
+  for (const char* t : {"builtin", "hf"}) {  // the twin reads its cell's checkpoint and tokens
+    const auto& cell = docs.at(std::string("w/") + t + "/n1/b2/g1/s16");
+    const auto& twin = docs.at(std::string("w-aa/") + t + "/n1/b1/g2/s16");
+    EXPECT_EQ(twin["config"]["data_file"], cell["config"]["data_file"]) << t;
+    EXPECT_EQ(twin["config"]["checkpoint"], cell["config"]["checkpoint"]) << t;
+  }
+  const auto& f = index["loss_floors"];
+  ASSERT_EQ(f["floors"].size(), 2u) << f.dump();
+  std::map<std::string, double> floor;
+  for (const auto& x : f["floors"]) {
+    ASSERT_TRUE(x["floor"].is_number()) << x.dump();
+    floor[x["trainer"].get<std::string>()] = x["floor"].get<double>();
+    // Equal work to rounding: another token or weight would move a loss by far more.
+    EXPECT_LT(x["floor"].get<double>(), 1e-4) << x.dump();
+    EXPECT_EQ(x["twin"], "w-aa/" + x["trainer"].get<std::string>() + "/n1/b1/g2/s16");
+  }
+  ASSERT_EQ(floor.size(), 2u);
+  ASSERT_EQ(f["against_builtin"].size(), 1u) << f.dump();
+  const auto& j = f["against_builtin"][0];
+  EXPECT_EQ(j["cell"], "w/hf/n1/b2/g1/s16");
+  EXPECT_EQ(j["baseline_cell"], "w/builtin/n1/b2/g1/s16");
+  const double larger = std::max(floor["builtin"], floor["hf"]);
+  EXPECT_DOUBLE_EQ(j["floor"].get<double>(), larger);
+  EXPECT_EQ(j["floor_of"], floor["hf"] > floor["builtin"] ? "hf" : "builtin");
+  EXPECT_EQ(j["verdict"], j["distance"].get<double>() <= larger ? "within A/A floor" : "beyond A/A floor");
+  EXPECT_LT(j["distance"].get<double>(), 1e-4);
+  EXPECT_NE(r.output.find("w/hf/n1/b2/g1/s16"), std::string::npos);
+}
 
 // A suite with a Python trainer makes its equal-work inputs once per run for the widest world of
 // the cells that differ only in trainer and rank count, and every one of those cells reads them.

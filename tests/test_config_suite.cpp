@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <map>
 #include <set>
 #include <string>
 #include <utility>
@@ -953,6 +954,49 @@ TEST(Suite, AaAddsTheHalfMicroBatchTwinOfEachOneRankBuiltinCell) {
                                             "[[workload]]\nname = \"w\"\n", "aa.toml"),
                ddpbench::UsageError);
   EXPECT_THROW(ddpbench::suite::parse_suite("name = \"a\"\naa = 1\n[[workload]]\nname = \"w\"\n", "aa.toml"), ddpbench::UsageError);
+  EXPECT_EQ(twin->aa_of, "w/builtin/n1/b4/g1/s128");
+}
+
+// aa = [trainers]: the twin of each listed trainer's one-rank cell (builtin-fused by its label),
+// named after the cell it repeats; the unlisted trainers and the wider cells get none.
+TEST(Suite, AaListTwinsEachListedTrainersOneRankCell) {
+  const auto s = ddpbench::suite::parse_suite(
+      "name = \"a\"\naa = [\"builtin\", \"builtin-fused\", \"hf\"]\n[defaults]\npreset = \"tiny\"\ndevice = \"cuda\"\n"
+      "micro_batch = 4\ntrainer = [\"builtin\", \"builtin-fused\", \"hf\", \"liger\"]\nnproc = [1, 2]\n[[workload]]\nname = \"w\"\n",
+      "aa.toml");
+  std::map<std::string, std::string> twins;  // twin -> the cell it repeats
+  for (std::size_t i = 0; i < s.cells.size(); ++i) {
+    const auto& c = s.cells[i];
+    if (c.aa_of.empty()) continue;
+    twins[c.name] = c.aa_of;
+    ASSERT_GT(i, 0u);
+    const auto& cell = s.cells[i - 1];  // right after the cell it repeats: equal work, split in two
+    EXPECT_EQ(cell.name, c.aa_of);
+    EXPECT_EQ(c.config.micro_batch * 2, cell.config.micro_batch);
+    EXPECT_EQ(c.config.grad_accum, cell.config.grad_accum * 2);
+    EXPECT_EQ(c.config.global_batch_sequences(), cell.config.global_batch_sequences());
+    EXPECT_EQ(c.config.trainer, cell.config.trainer);
+    EXPECT_EQ(c.config.impl, cell.config.impl);
+  }
+  EXPECT_EQ(twins, (std::map<std::string, std::string>{{"w-aa/builtin/n1/b2/g2/s128", "w/builtin/n1/b4/g1/s128"},
+                                                       {"w-aa/builtin-fused/n1/b2/g2/s128", "w/builtin-fused/n1/b4/g1/s128"},
+                                                       {"w-aa/hf/n1/b2/g2/s128", "w/hf/n1/b4/g1/s128"}}));
+  EXPECT_EQ(s.cells.size(), 4u * 2 + 3);
+}
+
+TEST(SuiteErrors, AaNamesTheTrainerItCannotTwin) {
+  const auto message = [](const std::string& text) {
+    return ddpbench::testing_helpers::message_of<ddpbench::UsageError>([&] { ddpbench::suite::parse_suite(text, "aa.toml"); });
+  };
+  const std::string tail = "[defaults]\npreset = \"tiny\"\nmicro_batch = 4\ntrainer = [\"builtin\", \"hf\"]\n[[workload]]\nname = \"w\"\n";
+  const auto unknown = message("name = \"a\"\naa = [\"builtin\", \"unslot\"]\n" + tail);
+  EXPECT_TRUE(ddpbench::testing_helpers::contains(unknown, "aa.toml:2: aa: unknown trainer 'unslot'")) << unknown;
+  EXPECT_TRUE(ddpbench::testing_helpers::contains(message("name = \"a\"\naa = [\"builtin\", 3]\n" + tail), "list of trainer names"));
+  EXPECT_TRUE(ddpbench::testing_helpers::contains(message("name = \"a\"\naa = \"hf\"\n" + tail), "'aa' must be true, false or a list"));
+  // Listed, but no one-rank cell of it: a typo in the trainer list or in aa.
+  EXPECT_TRUE(ddpbench::testing_helpers::contains(message("name = \"a\"\naa = [\"liger\"]\n" + tail),
+                                                  "no workload has a one-rank cell of trainer 'liger'"));
+  EXPECT_NO_THROW(ddpbench::suite::parse_suite("name = \"a\"\naa = false\n" + tail, "aa.toml"));
 }
 
 // profile = [...] adds, after each cell of a listed trainer at the workload's largest rank count,

@@ -764,5 +764,33 @@ TEST(Repeats, ScalingFromMediansAgainstTheOneRankCellOfTheGroup) {
   EXPECT_DOUBLE_EQ(j.at("efficiency").get<double>(), 0.75);
 }
 
+// A/A floors (issue 10): curves over the measured steps only; the floor is the largest gap of the
+// cell against its twin and between the cell's own repeats; the distance of two cells the median
+// over pairs of repeats; curves that cover different steps are not equal work and give nothing.
+TEST(LossCurves, FloorAndDistanceOverMeasuredSteps) {
+  const nlohmann::json doc = {{"steps",
+                               {{{"step", 0}, {"warmup", true}, {"loss", 9.0}},
+                                {{"step", 1}, {"warmup", false}, {"loss", 4.0}},
+                                {{"step", 2}, {"warmup", false}, {"loss", 3.0}}}}};
+  EXPECT_EQ(results::measured_losses(doc), (std::vector<double>{4.0, 3.0}));
+  EXPECT_TRUE(results::measured_losses(nlohmann::json::object()).empty());
+
+  EXPECT_DOUBLE_EQ(*results::max_loss_difference(std::vector<double>{4.0, 3.0}, std::vector<double>{3.9, 3.25}), 0.25);
+  EXPECT_FALSE(results::max_loss_difference(std::vector<double>{4.0}, std::vector<double>{4.0, 3.0}));
+  EXPECT_FALSE(results::max_loss_difference(std::vector<double>{}, std::vector<double>{}));
+
+  const results::LossCurves cell{{4.0, 3.0}, {4.0, 3.01}}, twin{{4.02, 3.0}};
+  // Twin against repeat 1: 0.02, against repeat 2: 0.02; the repeats: 0.01.
+  EXPECT_NEAR(*results::aa_floor(cell, twin), 0.02, 1e-12);
+  EXPECT_NEAR(*results::aa_floor({{4.0, 3.0}, {4.0, 3.05}}, twin), 0.05, 1e-12);  // repeats wider than the twin
+  EXPECT_NEAR(*results::aa_floor({{4.0, 3.0}}, twin), 0.02, 1e-12);
+  EXPECT_FALSE(results::aa_floor({{4.0, 3.0}}, {}));  // a twin that did not run: no floor
+  EXPECT_FALSE(results::aa_floor({{4.0, 3.0}}, {{4.0}}));
+
+  // Pairs: 0.1, 0.2, 0.1, 0.4 -> median 0.15.
+  EXPECT_NEAR(*results::loss_curve_distance({{4.0, 3.0}, {4.2, 3.0}}, {{4.1, 3.0}, {3.8, 3.0}}), 0.15, 1e-12);
+  EXPECT_FALSE(results::loss_curve_distance({{4.0, 3.0}}, {}));
+}
+
 }  // namespace
 }  // namespace ddpbench

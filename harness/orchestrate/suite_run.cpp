@@ -32,6 +32,7 @@ struct PlannedCell {
   std::string gpu_skip;  // non-empty: not run, with this reason (more GPUs than visible)
   std::vector<std::string> statuses;  // per repeat: ok | skipped: ... | failed: ...
   std::vector<nlohmann::json> ok_summaries;
+  results::LossCurves ok_losses;  // results::measured_losses of each ok repeat
 };
 
 std::string with_repeat(const std::string& text, int repeat, int repeats) {
@@ -113,12 +114,19 @@ void print_summary(const std::vector<nlohmann::json>& rows, int repeats) {
 // Python trainer of the set needs them; every cell of the set then reads them, the built-in trainer
 // too. Made per cell, a 1b checkpoint would be written again for every Python cell and repeat.
 void share_equal_work_inputs(std::vector<PlannedCell>& cells, const std::string& dir) {
+  std::map<std::string, const suite::Cell*> by_name;
+  for (const auto& p : cells) by_name[p.cell->name] = p.cell;
   std::map<std::string, std::vector<PlannedCell*>> sets;
   for (auto& p : cells) {
     if (!p.gpu_skip.empty() || !p.config.checkpoint.empty() || !p.config.data_file.empty()) continue;
     auto key = results::work_config(train::to_json(p.config));
-    for (const char* varies : {"trainer", "impl", "nproc", "global_batch_sequences"}) key.erase(varies);
-    sets[p.cell->workload + "\n" + key.dump()].push_back(&p);
+    // The batches depend on the sequences per rank and step, not on their split into micro-batches,
+    // so an A/A twin joins its cell's set (under its cell's workload) and reads the very same tokens.
+    key["rank_batch"] = p.config.micro_batch * p.config.grad_accum;
+    for (const char* varies : {"trainer", "impl", "nproc", "global_batch_sequences", "micro_batch", "grad_accum"}) key.erase(varies);
+    const auto base = by_name.find(p.cell->aa_of);
+    const std::string& workload = base != by_name.end() ? base->second->workload : p.cell->workload;
+    sets[workload + "\n" + key.dump()].push_back(&p);
   }
   for (const auto& [key, members] : sets) {
     if (std::none_of(members.begin(), members.end(), [](const PlannedCell* p) { return train::is_python_trainer(p->config.trainer); }))
@@ -134,6 +142,92 @@ void share_equal_work_inputs(std::vector<PlannedCell>& cells, const std::string&
       p->config.checkpoint = in.checkpoint;
       p->config.data_file = in.data_file;
     }
+  }
+}
+
+std::string format_loss_difference(const std::optional<double>& v) {
+  if (!v) return "-";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2e", *v);
+  return buf;
+}
+
+// Equal work but for the trainer: the same workload, rank count, micro-batch, accumulation, length.
+std::string equal_work_key(const suite::Cell& c) {
+  return c.workload + "/n" + std::to_string(c.config.nproc) + "/b" + std::to_string(c.config.micro_batch) + "/g" +
+         std::to_string(c.config.grad_accum) + "/s" + std::to_string(c.config.seq_len);
+}
+
+// The A/A floors of the run (each twinned trainer's: its one-rank cell against its twin) and every
+// other trainer's loss curve against the built-in trainer's in the cell of equal work, judged by
+// the larger of the two trainers' floors, which is named: a trainer whose kernels round
+// differently has a floor of its own (issue 10). A pair lacking either floor gets no verdict.
+nlohmann::json loss_floors(const std::vector<PlannedCell>& cells) {
+  std::map<std::string, const PlannedCell*> by_name;
+  for (const auto& p : cells) by_name[p.cell->name] = &p;
+  nlohmann::json floors = nlohmann::json::array(), judged = nlohmann::json::array();
+  std::map<std::string, std::map<std::string, std::optional<double>>> floor_of;  // work key -> trainer -> floor
+  for (const auto& twin : cells) {
+    const auto base = by_name.find(twin.cell->aa_of);
+    if (twin.cell->aa_of.empty() || base == by_name.end()) continue;
+    const auto& cell = *base->second;
+    const auto label = results::trainer_label(cell.config.trainer, cell.config.impl);
+    const auto floor = results::aa_floor(cell.ok_losses, twin.ok_losses);
+    floor_of[equal_work_key(*cell.cell)][label] = floor;
+    floors.push_back({{"trainer", label}, {"cell", cell.cell->name}, {"twin", twin.cell->name},
+                      {"floor", floor ? nlohmann::json(*floor) : nlohmann::json(nullptr)}});
+  }
+  std::map<std::string, const PlannedCell*> builtin;  // work key -> the built-in cell
+  for (const auto& p : cells)
+    if (p.cell->aa_of.empty() && results::trainer_label(p.config.trainer, p.config.impl) == "builtin")
+      builtin[equal_work_key(*p.cell)] = &p;
+  for (const auto& p : cells) {
+    const auto label = results::trainer_label(p.config.trainer, p.config.impl);
+    const auto key = equal_work_key(*p.cell);
+    const auto base = builtin.find(key);
+    const auto known = floor_of.find(key);
+    if (!p.cell->aa_of.empty() || label == "builtin" || base == builtin.end() || known == floor_of.end()) continue;
+    const auto distance = results::loss_curve_distance(p.ok_losses, base->second->ok_losses);
+    if (!distance) continue;
+    nlohmann::json j = {{"cell", p.cell->name}, {"baseline_cell", base->second->cell->name}, {"distance", *distance},
+                        {"floor", nullptr}, {"floor_of", nullptr}};
+    const auto floor = [&](const std::string& t) {
+      auto f = known->second.find(t);
+      return f == known->second.end() ? std::optional<double>() : f->second;
+    };
+    const auto mine = floor(label), builtins = floor("builtin");
+    std::string missing;
+    for (const auto& [t, f] : {std::pair{label, mine}, std::pair{std::string("builtin"), builtins}})
+      if (!f) missing += (missing.empty() ? "" : " and ") + t;
+    if (!missing.empty()) {
+      j["verdict"] = "no A/A floor for " + missing;
+    } else {
+      const bool mine_larger = *mine > *builtins;
+      const double larger = mine_larger ? *mine : *builtins;
+      j["floor"] = larger;
+      j["floor_of"] = mine_larger ? label : "builtin";
+      j["verdict"] = *distance <= larger ? "within A/A floor" : "beyond A/A floor";
+    }
+    judged.push_back(std::move(j));
+  }
+  return {{"floors", floors}, {"against_builtin", judged}};
+}
+
+void print_loss_floors(const nlohmann::json& f) {
+  if (f["floors"].empty()) return;
+  std::printf("\nA/A floors (max |loss difference| over the measured steps, one-rank cell against its A/A twin):\n");
+  for (const auto& x : f["floors"])
+    std::printf("  %-10s %-9s %s vs %s\n", x["trainer"].get<std::string>().c_str(),
+                format_loss_difference(x["floor"].is_number() ? std::optional<double>(x["floor"].get<double>()) : std::nullopt).c_str(),
+                x["cell"].get<std::string>().c_str(), x["twin"].get<std::string>().c_str());
+  if (f["against_builtin"].empty()) return;
+  std::printf("loss curves against builtin (max |loss difference|, median over pairs of repeats), by the larger floor:\n");
+  for (const auto& x : f["against_builtin"]) {
+    std::string verdict = x["verdict"].get<std::string>();
+    if (x["floor"].is_number())
+      verdict += " " + format_loss_difference(x["floor"].get<double>()) + " (" + x["floor_of"].get<std::string>() + "'s)";
+    std::printf("  %s  %s  %s\n", x["cell"].get<std::string>().c_str(), format_loss_difference(x["distance"].get<double>()).c_str(),
+                verdict.c_str());
   }
 }
 
@@ -296,6 +390,7 @@ SuiteRunOutcome run_suite(const SuiteRunOptions& a) {
         const auto doc = results::load_run_document(run_dir + "/" + file);
         p.statuses.push_back("ok");
         p.ok_summaries.push_back(doc["summary"]);
+        p.ok_losses.push_back(results::measured_losses(doc));
         csv += results::long_csv_rows(doc);
         index["cells"].push_back(resumed->done.at({p.id, repeat}));
         continue;
@@ -345,6 +440,7 @@ SuiteRunOutcome run_suite(const SuiteRunOptions& a) {
             std::printf("   %s\n", status.c_str());
           } else {
             p.ok_summaries.push_back(result->document["summary"]);
+            p.ok_losses.push_back(results::measured_losses(result->document));
           }
         }
       }
@@ -376,6 +472,7 @@ SuiteRunOutcome run_suite(const SuiteRunOptions& a) {
     rows.push_back(summary_row(p, repeats, point));
   }
   index["summary"] = rows;
+  index["loss_floors"] = loss_floors(cells);
   index["scaling"] = nlohmann::json::array();
   for (const auto& s : scaling) index["scaling"].push_back(results::to_json(s));
   write_file_atomic(run_dir + "/run.json", index.dump(2) + "\n");
@@ -383,6 +480,7 @@ SuiteRunOutcome run_suite(const SuiteRunOptions& a) {
   std::printf("\nsuite %s, run %s (scaling efficiency at fixed per-rank batch%s)\n", suite.name.c_str(), run_id.c_str(),
               repeats > 1 ? ", from medians over repeats" : "");
   print_summary(rows, repeats);
+  print_loss_floors(index["loss_floors"]);
   std::printf("\nresults: %s/run.json, %s/results.csv, cells in %s/cells\n", run_dir.c_str(), run_dir.c_str(), run_dir.c_str());
   if (interrupted_by != 0)
     std::fprintf(stderr, "ddpbench run: interrupted by signal %d; %zu of %zu cell repeat(s) done; run the rest with: ddpbench run --resume %s\n",

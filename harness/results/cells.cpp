@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cinttypes>
+#include <cmath>
 #include <cstdio>
 #include <limits>
 #include <map>
@@ -107,6 +108,42 @@ nlohmann::json to_json(const ScalingPoint& p) {
           {"nproc", p.nproc},
           {"efficiency", p.efficiency},
           {"baseline_cell_id", p.baseline_cell_id}};
+}
+
+std::vector<double> measured_losses(const nlohmann::json& run_document) {
+  std::vector<double> out;
+  if (!run_document.contains("steps")) return out;
+  for (const auto& s : run_document["steps"])
+    if (!s.value("warmup", false)) out.push_back(s.at("loss").get<double>());
+  return out;
+}
+
+std::optional<double> max_loss_difference(std::span<const double> a, std::span<const double> b) {
+  if (a.empty() || a.size() != b.size()) return std::nullopt;
+  double m = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
+}
+
+std::optional<double> aa_floor(const LossCurves& cell, const LossCurves& twin) {
+  std::optional<double> floor;
+  const auto take = [&](const std::vector<double>& a, const std::vector<double>& b) {
+    if (auto d = max_loss_difference(a, b)) floor = std::max(floor.value_or(0.0), *d);
+  };
+  for (std::size_t i = 0; i < cell.size(); ++i) {
+    for (const auto& t : twin) take(cell[i], t);
+    for (std::size_t j = i + 1; j < cell.size(); ++j) take(cell[i], cell[j]);
+  }
+  return floor;
+}
+
+std::optional<double> loss_curve_distance(const LossCurves& a, const LossCurves& b) {
+  std::vector<double> d;
+  for (const auto& x : a)
+    for (const auto& y : b)
+      if (auto m = max_loss_difference(x, y)) d.push_back(*m);
+  if (d.empty()) return std::nullopt;
+  return median(d);
 }
 
 }  // namespace ddpbench::results

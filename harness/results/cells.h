@@ -3,6 +3,7 @@
 // `run`, `train`, `report` and `gate` name a cell by these; nothing here needs LibTorch.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -71,5 +72,18 @@ struct ScalingPoint {
 // are none in a suite), the first is the baseline.
 std::vector<ScalingPoint> scaling_efficiencies(const std::vector<CellFigures>& cells);
 nlohmann::json to_json(const ScalingPoint& p);
+
+// Loss curves of equal work and the A/A floor that judges them (issue 10). A curve is a run
+// document's losses over its measured steps (warm-up steps left out); a cell has one per ok repeat.
+using LossCurves = std::vector<std::vector<double>>;
+std::vector<double> measured_losses(const nlohmann::json& run_document);
+// Largest |a[i] - b[i]| over the steps; nullopt when the curves do not cover the same steps.
+std::optional<double> max_loss_difference(std::span<const double> a, std::span<const double> b);
+// A trainer's A/A floor: the largest max_loss_difference between any repeat of its cell and any of
+// the cell's A/A twin, and between any two repeats of the cell (runs of identical work). nullopt:
+// no pair of curves covering the same steps.
+std::optional<double> aa_floor(const LossCurves& cell, const LossCurves& twin);
+// Two cells' curve distance: the median over pairs of their repeats of max_loss_difference.
+std::optional<double> loss_curve_distance(const LossCurves& a, const LossCurves& b);
 
 }  // namespace ddpbench::results

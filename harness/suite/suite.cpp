@@ -108,6 +108,32 @@ void add_profile_twins(Suite& suite, std::size_t first, const std::string& workl
   }
 }
 
+// The trainers (as results::trainer_label names them) whose one-rank cells get an A/A twin: `aa`
+// is true (the built-in trainer, its meaning before it took a list), false, or a list of trainers.
+std::set<std::string> aa_trainers(const toml::table& root, const std::string& source) {
+  const toml::node* node = root.get("aa");
+  if (!node) return {};
+  if (auto flag = node->as_boolean()) return flag->get() ? std::set<std::string>{"builtin"} : std::set<std::string>{};
+  auto list = node->as_array();
+  if (!list)
+    throw UsageError(where(source, *node) + ": 'aa' must be true, false or a list of trainers, e.g. [\"builtin\", \"hf\"]");
+  std::string known;
+  for (const auto& n : train::trainer_names()) known += (known.empty() ? "" : ", ") + n;
+  known += ", builtin-fused";
+  std::set<std::string> out;
+  for (const auto& item : *list) {
+    auto name = item.value<std::string>();
+    if (!name) throw UsageError(where(source, item) + ": 'aa' must be a list of trainer names");
+    train::Config probe;
+    train::apply_settings(probe, {{"trainer", *name}});
+    const auto& names = train::trainer_names();
+    if (std::find(names.begin(), names.end(), probe.trainer) == names.end())
+      throw UsageError(where(source, item) + ": aa: unknown trainer '" + *name + "' (choose " + known + ")");
+    out.insert(results::trainer_label(probe.trainer, probe.impl));
+  }
+  return out;
+}
+
 }  // namespace
 
 const std::vector<std::string>& matrix_keys() {
@@ -132,12 +158,7 @@ Suite parse_suite(const std::string& text, const std::string& source) {
   suite.name = root["name"].value_or(std::string());
   if (suite.name.empty()) throw UsageError(source + ": the suite has no name (name = \"...\")");
   suite.description = root["description"].value_or(std::string());
-  bool aa = false;
-  if (auto node = root.get("aa")) {
-    auto flag = node->as_boolean();
-    if (!flag) throw UsageError(where(source, *node) + ": 'aa' must be true or false");
-    aa = flag->get();
-  }
+  const std::set<std::string> aa = aa_trainers(root, source);
 
   // profile = ["builtin", "hf"]: those trainers' cells at each workload's largest rank count, once
   // more with --profile (workload "<name>-profile"), so that the measured cells stay unprofiled.
@@ -175,7 +196,7 @@ Suite parse_suite(const std::string& text, const std::string& source) {
     if (!table) throw UsageError(where(source, wnode) + ": each workload must be a table");
     Values values = defaults;
     for (auto& [k, v] : read_settings(*table, source, {"name"})) values[k] = v;
-    double cells = aa ? 2 : 1;
+    double cells = aa.empty() ? 1 : 2;
     for (const auto& [key, list] : values) cells *= static_cast<double>(list.size());
     total_cells += cells;
     if (total_cells > kMaxCells)
@@ -184,6 +205,7 @@ Suite parse_suite(const std::string& text, const std::string& source) {
   }
 
   std::set<std::string> names;
+  std::set<std::string> twinned;  // trainers of aa that got a twin
   for (const auto& wnode : *workloads) {
     auto table = wnode.as_table();
     if (!table) throw UsageError(where(source, wnode) + ": each workload must be a table");
@@ -216,19 +238,23 @@ Suite parse_suite(const std::string& text, const std::string& source) {
       }
       cell.name = cell_name(wname, cell.config);
       if (!names.insert(cell.name).second) throw UsageError(where(source, wnode) + ": duplicate cell " + cell.name);
-      // The A/A cell of equal work: the built-in trainer on one rank with the same global batch as
+      // The A/A cell of equal work: the same trainer on one rank with the same global batch as
       // twice the accumulated half micro-batches. The loss rule makes it the same computation, so its
-      // loss curve's distance from the plain cell is what rounding alone produces: the floor against
-      // which two trainers' curves are judged (workload "<name>-aa", which reports recognise).
-      if (aa && cell.config.trainer == "builtin" && cell.config.nproc == 1 && cell.config.global_batch == 0) {
+      // loss curve's distance from the plain cell is what that trainer's rounding alone produces: its
+      // floor, by which its curve is judged against another trainer's (workload "<name>-aa", which
+      // reports recognise). Each trainer's own, since kernels round differently (issue 10).
+      const std::string label = results::trainer_label(cell.config.trainer, cell.config.impl);
+      if (aa.count(label) && cell.config.nproc == 1 && cell.config.global_batch == 0) {
         if (cell.config.micro_batch % 2 != 0)
-          throw UsageError(where(source, wnode) + ": aa = true needs an even micro_batch to halve (" + cell.name + ")");
+          throw UsageError(where(source, wnode) + ": aa needs an even micro_batch to halve (" + cell.name + ")");
         Cell twin = cell;
         twin.workload = wname + "-aa";
         twin.config.micro_batch /= 2;
         twin.config.grad_accum *= 2;
         twin.name = cell_name(twin.workload, twin.config);
+        twin.aa_of = cell.name;
         if (!names.insert(twin.name).second) throw UsageError(where(source, wnode) + ": duplicate cell " + twin.name);
+        twinned.insert(label);
         suite.cells.push_back(std::move(cell));
         suite.cells.push_back(std::move(twin));
         continue;
@@ -237,6 +263,10 @@ Suite parse_suite(const std::string& text, const std::string& source) {
     }
     if (!profiled.empty()) add_profile_twins(suite, first_of_workload, wname, profiled, names, where(source, wnode));
   }
+  for (const auto& label : aa)
+    if (!twinned.count(label))
+      throw UsageError(where(source, *root.get("aa")) + ": aa: no workload has a one-rank cell of trainer '" + label +
+                       "' (without a global_batch) to twin");
   return suite;
 }
 

@@ -8,6 +8,9 @@
 //   [[workload]]               #   grad_accum, seq_len
 //   name = "lora-r16"
 //   mode = "lora"
+//
+// Top-level `aa = ["builtin", "hf"]` (or `aa = true`: ["builtin"]) adds beside each one-rank cell of
+// those trainers its A/A twin, workload "<name>-aa"; `profile = [...]` the profiled twins.
 #pragma once
 #include <string>
 #include <vector>
@@ -20,6 +23,9 @@ struct Cell {
   std::string name;      // "lora-r16/builtin/n2/b4/g1/s2048": unique within the suite
   std::string workload;
   train::Config config;
+  // An A/A twin (suite key `aa`): the name of the cell whose work it repeats at half the micro-batch
+  // and twice the accumulation; empty for every other cell.
+  std::string aa_of;
 };
 
 struct Suite {

@@ -46,6 +46,11 @@ class Cell:
     def curves(self) -> list:
         return [[s["loss"] for s in d.steps] for d in self.docs if d.steps]
 
+    @property
+    def measured_curves(self) -> list:
+        """Losses of the measured steps (warm-up left out): what curve distances and floors compare."""
+        return [[s["loss"] for s in d.steps if not s.get("warmup")] for d in self.docs if d.steps]
+
 
 @dataclass
 class Pair:
@@ -186,24 +191,54 @@ def _trainer_order(name: str):
     return (TRAINERS.index(name) if name in TRAINERS else len(TRAINERS), name)
 
 
-def loss_floor(model: Model, pair: Pair) -> float | None:
-    """A/A floor of curve distances for a pair's cell: repeats of either side, and A/A cells of the
-    same workload and GPU count with the same global batch as the built-in cell."""
-    dists = stats.within_distances(pair.candidate.curves) + stats.within_distances(pair.baseline.curves)
-    w, n, b, g, s = pair.candidate.key
-    for aa in model.aa_cells:
-        aw, an, ab, ag, as_ = aa.key
-        if aw != w or an != n or as_ != s or ab * ag != b * g:
-            continue
-        for c in (pair.candidate, pair.baseline):
-            if c.trainer == "builtin":
-                dists += stats.pairwise_distances(aa.curves, c.curves)
+def twins_of(model: Model, cell: Cell) -> list:
+    """The A/A twins of a cell: the same trainer, run, workload, GPU count, sequence length and global
+    batch, at another split into micro-batches."""
+    w, n, b, g, s = cell.key
+    return [aa for aa in model.aa_cells
+            if aa.docs[0].trainer_label == cell.docs[0].trainer_label and aa.side == cell.side
+            and (aa.key[0], aa.key[1], aa.key[4]) == (w, n, s) and aa.key[2] * aa.key[3] == b * g]
+
+
+def trainer_floor(model: Model, cell: Cell) -> float | None:
+    """A trainer's A/A floor in a cell: the largest distance between the cell and its A/A twins, and
+    between the cell's own repeats (runs of identical work). None: neither was measured."""
+    dists = stats.within_distances(cell.measured_curves)
+    for aa in twins_of(model, cell):
+        dists += stats.pairwise_distances(aa.measured_curves, cell.measured_curves)
     return max(dists) if dists else None
 
 
+@dataclass
+class LossFloor:
+    value: float | None   # the larger of the two sides' floors; None when either is missing
+    note: str             # whose floor it is, or which side has none
+
+
+def loss_floor(model: Model, pair: Pair) -> LossFloor:
+    """The floor a pair's curve distance is judged by: the larger of the two trainers' own floors
+    (their kernels may round differently: each is measured, none assumed), named."""
+    c, b = trainer_floor(model, pair.candidate), trainer_floor(model, pair.baseline)
+    missing = [p.label for p, f in ((pair.candidate, c), (pair.baseline, b)) if f is None]
+    if missing:
+        return LossFloor(None, "no A/A floor for " + " and ".join(missing))
+    whose = pair.candidate if c > b else pair.baseline
+    return LossFloor(max(c, b), f"{whose.label}'s")
+
+
 def loss_distance(pair: Pair) -> float | None:
-    d = stats.pairwise_distances(pair.candidate.curves, pair.baseline.curves)
+    d = stats.pairwise_distances(pair.candidate.measured_curves, pair.baseline.measured_curves)
     return stats.agg(d).median if d else None
+
+
+def floor_rows(model: Model) -> list:
+    """(cell, twins, floor) for every cell with an A/A twin: each trainer's stated floor."""
+    out = []
+    for c in model.cells:
+        twins = twins_of(model, c)
+        if twins:
+            out.append((c, twins, trainer_floor(model, c)))
+    return out
 
 
 def series(model: Model) -> dict:

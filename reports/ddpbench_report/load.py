@@ -18,7 +18,8 @@ class InputError(Exception):
 
 
 # scripts/gpu-check's file names; "aa" is its A/A cell (the built-in trainer, same global batch as
-# two accumulated half micro-batches: the same computation up to rounding).
+# two accumulated half micro-batches: the same computation up to rounding). A suite's A/A twins (of
+# any trainer) are the cells of workload "<workload>-aa".
 LEGACY_NAME = re.compile(r"(.+)-(builtin|hf|liger|unsloth|hf-loop|aa)-n(\d+)(?:-r(\d+))?\.json$")
 # Files in a run's tree that are not cell documents and can be large.
 SKIPPED_SUFFIXES = (".trace.json", ".activity.json")
@@ -37,17 +38,19 @@ class Doc:
     micro_batch: int
     grad_accum: int
     seq_len: int
-    aa: bool            # an A/A cell: it only sets the floor of loss-curve distances
+    aa: bool            # an A/A twin: it only sets its trainer's floor of loss-curve distances
     state: str          # ok | failed | skipped
     reason: str
     raw: dict = field(repr=False, default_factory=dict)
 
     @property
-    def label(self) -> str:
+    def trainer_label(self) -> str:
         """The trainer as reports name it: the built-in trainer's impl is part of its name."""
-        if self.aa:
-            return "builtin A/A"
         return "builtin-fused" if self.trainer == "builtin" and self.impl == "fused" else self.trainer
+
+    @property
+    def label(self) -> str:
+        return self.trainer_label + (" A/A" if self.aa else "")
 
     @property
     def key(self) -> tuple:
@@ -142,7 +145,7 @@ def make_doc(j: dict, path: str, run: str) -> Doc:
     if aa and workload.endswith("-aa"):
         workload = workload[: -len("-aa")]
     if not cell_id:
-        cell_id = f"{workload}/{'aa' if aa else trainer}/n{n}/b{b}/g{g}/s{s}"
+        cell_id = f"{workload}{'-aa' if aa else ''}/{trainer}/n{n}/b{b}/g{g}/s{s}"
         if impl != "baseline":
             cell_id += f"/{impl}"
     repeat = j.get("repeat")

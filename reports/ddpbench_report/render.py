@@ -68,8 +68,8 @@ def comparison_table(model, pairs) -> tuple:
         dist, floor = compare.loss_distance(p), compare.loss_floor(model, p)
         if dist is not None:
             rows.append(["", "loss curve distance (A/A floor)", fmt(dist, "distance"),
-                         f"floor {fmt(floor, 'distance')}" if floor is not None else "no floor", "-",
-                         stats.loss_verdict(dist, floor)])
+                         f"floor {fmt(floor.value, 'distance')} ({floor.note})" if floor.value is not None else floor.note,
+                         "-", stats.loss_verdict(dist, floor.value)])
     return header, rows
 
 
@@ -85,7 +85,7 @@ def summary_table(model) -> tuple:
                 c, b = p.candidate.agg(field), p.baseline.agg(field)
                 r = stats.ratio(c, b)
                 line.append("-" if r is None else f"{fmt(r, 'ratio')}, {stats.verdict(c, b, direction)}")
-            line.append(stats.loss_verdict(compare.loss_distance(p), compare.loss_floor(model, p)))
+            line.append(stats.loss_verdict(compare.loss_distance(p), compare.loss_floor(model, p).value))
             rows.append(line)
     return header, rows
 
@@ -130,6 +130,14 @@ def blocks_for(model, docs, figures, sources: str) -> list:
         out.append(("img", name, caption))
     out.append(("h2", "How differences are judged"))
     out.append(("p", stats.VERDICT_RULE))
+    floors = compare.floor_rows(model)
+    if floors:
+        out.append(("h3", "A/A floors"))
+        out.append(("p", "Each trainer's floor: the largest |loss difference| over the measured steps between its cell "
+                         "and the cell's A/A twin (or between the cell's repeats)."))
+        out.append(("table", ["cell", "trainer", "A/A twin", "floor"],
+                    [[key_name(c.key), c.label, ", ".join(f"b{t.key[2]} g{t.key[3]} ({len(t.docs)} runs)" for t in twins),
+                      fmt(f, "distance")] for c, twins, f in floors]))
     for title, pairs in model.pairs:
         out.append(("h2", title))
         header, rows = comparison_table(model, pairs)

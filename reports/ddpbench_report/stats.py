@@ -27,10 +27,12 @@ VERDICT_RULE = (
     "ranges over their repeats do not overlap AND the relative difference of their medians is larger than "
     "the A/A floor, the larger relative range (max - min) / median of the two sides' own repeats (the "
     "same-build spread); otherwise it is 'within noise'. With a single repeat on either side: "
-    "'one run: no verdict'. Loss curves: the distance of two curves (largest |L_a - L_b| / |L_b| over the "
-    "steps, median over pairs of repeats) is compared with the A/A floor of equal work: the largest distance "
-    "between repeats of one trainer in the same cell, and between the run's A/A cell (the built-in trainer "
-    "with the same global batch as accumulated half micro-batches) and the built-in cell.")
+    "'one run: no verdict'. Loss curves: the distance of two curves (largest |L_a - L_b| over the measured "
+    "steps, median over pairs of repeats) is compared with the larger of the two trainers' A/A floors, whose "
+    "floor it is named: a trainer's floor is the largest distance between its cell and the cell's A/A twin "
+    "(the same trainer with the same global batch as accumulated half micro-batches: rounding alone) and "
+    "between repeats of its cell. Each trainer's floor is measured, none assumed (kernels round "
+    "differently): where either trainer has none, there is no verdict.")
 
 
 @dataclass
@@ -88,11 +90,11 @@ def verdict(candidate: Agg | None, baseline: Agg | None, direction: int) -> str:
 
 
 def curve_distance(a: list, b: list) -> float | None:
-    """Largest relative difference of two loss curves over their steps (scripts/compare_runs.py's
-    measure); None when they do not cover the same steps (not equal work)."""
+    """Largest |loss difference| of two loss curves over their steps (the run summary's measure,
+    results::max_loss_difference); None when they do not cover the same steps (not equal work)."""
     if not a or len(a) != len(b):
         return None
-    return max(abs(x - y) / abs(y) for x, y in zip(a, b) if y)
+    return max(abs(x - y) for x, y in zip(a, b))
 
 
 def pairwise_distances(curves_a: list, curves_b: list) -> list:

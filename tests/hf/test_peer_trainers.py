@@ -39,6 +39,21 @@ def test_dataset_serves_each_rank_the_builtin_trainers_rows():
     assert seen == {0: set(range(12)), 1: set(range(12))}  # every row of each step exactly once
 
 
+def test_an_aa_twins_split_serves_each_step_the_same_rows():
+    """A suite's A/A twin (half the micro-batch, twice the accumulation) is equal work: on one rank, or
+    on each of W, every optimizer step reads the cell's global-batch rows in the same order."""
+    for world in (1, 2):
+        cell = peer_trainers.EqualWorkDataset(data=None, vocab=10, steps=3, world=world, grad_accum=1, micro_batch=4, seq_len=8)
+        twin = peer_trainers.EqualWorkDataset(data=None, vocab=10, steps=3, world=world, grad_accum=2, micro_batch=2, seq_len=8)
+        assert twin.global_batch == cell.global_batch and len(twin) == len(cell)
+        for step in range(3):
+            positions = range(step * cell.global_batch, (step + 1) * cell.global_batch)
+            rows = lambda ds: sorted(ds.locate(p) for p in positions)  # noqa: E731
+            assert rows(twin) == rows(cell) == [(step, r) for r in range(cell.global_batch)]
+            if world == 1:  # one rank reads them in row order under either split
+                assert [twin.locate(p) for p in positions] == [cell.locate(p) for p in positions]
+
+
 @pytest.mark.parametrize("mode,checkpoint", [("full", "base"), ("lora", "lora")])
 def test_trainer_two_ranks_match_one_rank(workdir, mode, checkpoint):
     two = config(workdir, checkpoint, mode, nproc=2, micro_batch=2, grad_accum=3, trainer="hf", lr_warmup=2)

@@ -70,9 +70,10 @@ def test_within_run_table_equals_documents(report_a):
     assert ttl["baseline"] == "1.20 s (1.14-1.26, 3 runs)"
     assert ttl["ratio"] == "0.333x" and ttl["verdict"] == "better, beyond noise"
     assert rows[(w1, "GPU-hours to target loss")]["candidate"].startswith(f"{0.4 / 3600:.3g} h")
-    # Curves: largest |FAST - SLOW| / SLOW is |1 - 3| / 3 at step 4; repeats are identical: floor 0.
+    # Curves: largest |FAST - SLOW| over the measured steps is |1 - 3| at step 4; repeats are identical:
+    # both floors 0, the baseline's named on a tie.
     dist = rows[("", "loss curve distance (A/A floor)")] if ("", "loss curve distance (A/A floor)") in rows else rows[(w1, "loss curve distance (A/A floor)")]
-    assert dist["candidate"] == "6.67e-01" and dist["baseline"] == "floor 0.00e+00" and dist["verdict"] == "beyond A/A floor"
+    assert dist["candidate"] == "2.00e+00" and dist["baseline"] == "floor 0.00e+00 (hf's)" and dist["verdict"] == "beyond A/A floor"
     w2 = rows[("w n2 b4 g1 s64", "tokens/s per GPU")]
     assert (w2["candidate"], w2["baseline"], w2["ratio"], w2["verdict"]) == ("950", "400", "2.375x", "one run: no verdict")
 
@@ -201,12 +202,41 @@ def test_older_documents_and_aa_floor(tmp_path):
     assert rows[("w n1 b4 g1 s64", "tokens/s per GPU")]["candidate"] == "1,005 (1,000-1,010, 2 runs)"
     assert rows[("w n1 b4 g1 s64", "tokens/s per GPU")]["verdict"] == "one run: no verdict"
     dist = [r for k, r in rows.items() if k[1] == "loss curve distance (A/A floor)"][0]
-    # builtin r1 vs hf: |4 - 4.02| / 4.02; r2 vs hf: |3.03 - 3| / 3 = 0.01; median of the two.
-    assert dist["candidate"] == f"{(0.02 / 4.02 + 0.01) / 2:.2e}"
-    # Floor: A/A against the built-in repeats, |4.04 - 4| / 4 = 0.01 (repeats: 0.03 / 3.03 = 0.0099).
-    assert dist["baseline"] == "floor 1.00e-02" and dist["verdict"] == "within A/A floor"
+    # Measured steps (the first is warm-up): builtin r1 vs hf: |4 - 4.02|; r2 vs hf: |3.03 - 3|; median of the two.
+    assert dist["candidate"] == "2.50e-02"
+    # hf has neither a twin nor repeats: its floor is not assumed to be the built-in one's, so no verdict.
+    assert dist["baseline"] == "no A/A floor for hf" and dist["verdict"] == "no A/A floor"
+    # The built-in floor is stated: A/A against the built-in repeats |4.04 - 4| (repeats: 0.03).
+    assert tables(md)["A/A floors"] == [{"cell": "w n1 b4 g1 s64", "trainer": "builtin", "A/A twin": "b2 g2 (1 runs)",
+                                         "floor": "4.00e-02"}]
     # The A/A cell sets the floor only: it is not a trainer of the tables.
     assert "A/A" not in "".join(r["trainer"] for r in tables(md)["All cells"])
+
+
+def test_each_trainer_has_its_own_floor_and_the_larger_judges(tmp_path):
+    """A suite run with aa = ["builtin", "hf"]: twins (workload "<w>-aa") of both trainers; each floor
+    is stated, and the hf curve is judged by the larger floor, named."""
+    cid = lambda w, t, b, g: f"{w}/{t}/n1/b{b}/g{g}/s64#0000{b}{g}{len(t)}"
+    docs = [
+        cell_doc("w", "builtin", 1, 1000, 0.1, [5.0, 4.0, 3.0], repeat=1, cell_id=cid("w", "builtin", 4, 1)),
+        cell_doc("w-aa", "builtin", 1, 900, 0.1, [5.0, 4.01, 3.0], micro_batch=2, grad_accum=2, repeat=1,
+                 cell_id=cid("w-aa", "builtin", 2, 2)),
+        cell_doc("w", "hf", 1, 800, 0.1, [5.0, 4.03, 3.0], repeat=1, cell_id=cid("w", "hf", 4, 1)),
+        cell_doc("w-aa", "hf", 1, 700, 0.1, [5.0, 4.03, 2.95], micro_batch=2, grad_accum=2, repeat=1,
+                 cell_id=cid("w-aa", "hf", 2, 2)),
+        cell_doc("w", "liger", 1, 800, 0.1, [5.0, 4.0, 3.005], repeat=1, cell_id=cid("w", "liger", 4, 1)),
+    ]
+    run = write_run(tmp_path / "runs" / "20261129-000000-ffff", docs)
+    assert tables_only(run, "--no-tensorboard", "--baseline", "builtin", "--candidate", "hf") == 0
+    md = (run / "report" / "report.md").read_text()
+    floors = {r["trainer"]: r["floor"] for r in tables(md)["A/A floors"]}
+    assert floors == {"builtin": "1.00e-02", "hf": "5.00e-02"}
+    hf = [r for k, r in comparison(md, "hf against builtin").items() if k[1] == "loss curve distance (A/A floor)"][0]
+    # |4.03 - 4| = 0.03 is beyond the built-in floor 0.01 but within hf's own 0.05, the larger.
+    assert (hf["candidate"], hf["baseline"], hf["verdict"]) == ("3.00e-02", "floor 5.00e-02 (hf's)", "within A/A floor")
+    # liger has no twin: no verdict, and it says whose floor is missing.
+    liger = [r for k, r in comparison(md, "liger against builtin").items() if k[1] == "loss curve distance (A/A floor)"][0]
+    assert (liger["baseline"], liger["verdict"]) == ("no A/A floor for liger", "no A/A floor")
 
 
 @pytest.mark.parametrize("args, message", [
