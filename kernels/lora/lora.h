@@ -28,7 +28,7 @@ struct Projection {
 };
 
 // Forward of a projection on x [tokens, in]. `residual` [tokens, out], when given, is added in the
-// GEMM's epilogue (y = residual + x W^T ...). Returns y and x A^T [tokens, r] in x's dtype (undefined
+// GEMM's epilogue without adapters (y = residual + x W^T), and after the adapters' update with them. Returns y and x A^T [tokens, r] in x's dtype (undefined
 // without adapters): the one intermediate that backward keeps rather than recomputes (r columns).
 struct ProjectionOutput {
   at::Tensor y, xa;

@@ -2,8 +2,9 @@
 // x and the two projections' outputs but not the activation between them, recomputing it in
 // backward (one elementwise pass; the activation is tokens x intermediate, the largest tensor a
 // decoder layer would otherwise keep: 2 GiB of lora-1b's peak). The residual add rides in the down
-// projection's GEMM epilogue. Each projection is full (trainable weight) or LoRA (frozen weight with
-// adapters), as kernels/lora/lora.h computes them. LibTorch units only.
+// projection's GEMM epilogue in full fine-tuning, and follows the adapters' update under LoRA. Each
+// projection is full (trainable weight) or LoRA (frozen weight with adapters), as kernels/lora/lora.h
+// computes them. LibTorch units only.
 #pragma once
 #include <ATen/ATen.h>
 
