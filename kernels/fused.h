@@ -33,8 +33,8 @@ at::Tensor swiglu(const at::Tensor& gate, const at::Tensor& up);
 at::Tensor linear_cross_entropy_sum(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& labels,
                                     std::int64_t ignore_index = -100);
 
-// x @ weight^T + scale * (x @ lora_a^T) @ lora_b^T with weight frozen; backward recomputes the
-// rank-r intermediate instead of saving it.
+// x @ weight^T + scale * (x @ lora_a^T) @ lora_b^T with weight frozen, the adapters (fp32 masters)
+// multiplied in x's dtype on the tensor cores; saves x and the rank-r x A^T (kernels/lora/lora.h).
 at::Tensor lora_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& lora_a,
                        const at::Tensor& lora_b, double scale);
 
