@@ -57,7 +57,9 @@ def default_out(first: str) -> str:
 
 
 def describe(paths, docs) -> str:
-    return "; ".join(f"{p} ({sum(d.run == p for d in docs)} cell documents)" for p in paths)
+    def under(run, p):  # a run folder found inside the path given counts for that path
+        return run == p or run.startswith(p.rstrip(os.sep) + os.sep)
+    return "; ".join(f"{p} ({sum(under(d.run, p) for d in docs)} cell documents)" for p in paths)
 
 
 def run(argv) -> int:

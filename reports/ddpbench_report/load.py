@@ -211,6 +211,19 @@ def load_path(path: str):
                 docs.append(make_doc(j, doc_path, path))
             else:
                 docs.append(_skipped_from_index(entry, path))
+    else:
+        # A folder holding run folders (a results folder of record): each is read as a run, through its
+        # index, so that a cell's document is not read a second time from the run's work/ files.
+        for dirpath, dirnames, _ in os.walk(path):
+            dirnames.sort()
+            for d in list(dirnames):
+                sub = os.path.join(dirpath, d)
+                if os.path.isfile(os.path.join(sub, "run.json")):
+                    sub_docs, sub_kernels = load_path(sub)
+                    docs += sub_docs
+                    kernels += sub_kernels
+                    skip.add(sub)
+                    dirnames.remove(d)
     for file in _json_files(path, skip):
         if file == index_path:
             continue
@@ -218,7 +231,7 @@ def load_path(path: str):
             j = read_json(file)
         except InputError:
             continue  # a stray unreadable file in a results folder is not a cell
-        if skip:
+        if os.path.isfile(index_path):
             if is_kernel_document(j):
                 kernels.append((file, j))
         elif is_cell_document(j):

@@ -172,6 +172,22 @@ def test_several_run_folders_are_repeats(tmp_path):
     assert rows[("w n1 b4 g1 s64", "tokens/s per GPU")]["candidate"] == "120 (100-130, 3 runs)"
 
 
+def test_a_results_folder_reads_its_run_folders_through_their_index(tmp_path):
+    """bench/results/<date>/runs/<id>/: each cell's document is in cells/ and again as work/<cell>/result.json;
+    read once, one run each side gives no verdict (read twice, the copy looked like a second repeat)."""
+    run = write_run(tmp_path / "results" / "runs" / "r1", [
+        cell_doc("w", "builtin", 1, 1000, 0.1, FAST, repeat=1, cell_id="w/builtin/n1/b4/g1/s64#1a2b3c4d"),
+        cell_doc("w", "hf", 1, 500, 0.2, SLOW, repeat=1, cell_id="w/hf/n1/b4/g1/s64#5e6f7a8b")])
+    for f in sorted((run / "cells").iterdir()):
+        (run / "work" / f.stem).mkdir(parents=True)
+        (run / "work" / f.stem / "result.json").write_text(f.read_text())
+    assert tables_only(tmp_path / "results", "--no-tensorboard", "--out", tmp_path / "o") == 0
+    md = (tmp_path / "o" / "report.md").read_text()
+    assert "(2 cell documents)" in md
+    tps = comparison(md, "builtin against hf")[("w n1 b4 g1 s64", "tokens/s per GPU")]
+    assert (tps["ratio"], tps["verdict"]) == ("2.000x", "one run: no verdict")
+
+
 def test_workload_names_with_a_slash_and_skipped_repeats_of_run_json():
     """A cell_id ends in trainer/nN/bB/gG/sS; all before them, '/' included, is the workload."""
     from ddpbench_report.load import _skipped_from_index, make_doc
