@@ -7,7 +7,7 @@ import csv
 import html
 import os
 
-from . import compare, stats
+from . import compare, stats, topkernels
 from .kernels import kernel_rows
 from .load import key_name, tidy_row
 from .plots import footer_text
@@ -142,6 +142,7 @@ def blocks_for(model, docs, figures, sources: str) -> list:
         out.append(("h2", title))
         header, rows = comparison_table(model, pairs)
         out.append(("table", header, rows))
+    out += topkernels.blocks(model)
     out.append(("h2", "All cells"))
     targets = ", ".join(f"{key_name(k)} {v:.4f}" for k, v in sorted(model.targets.items()) if v is not None)
     out.append(("p", "Median over repeats (range, number of runs). Scaling: tokens/s per GPU at N GPUs over the same "
@@ -167,7 +168,8 @@ def blocks_for(model, docs, figures, sources: str) -> list:
 
 
 def _md_cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    # "<" escaped: kernel names' template arguments (<float>) would otherwise be read as HTML tags.
+    return str(text).replace("|", "\\|").replace("<", "\\<").replace("\n", " ")
 
 
 def to_markdown(blocks) -> str:
