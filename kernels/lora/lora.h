@@ -44,6 +44,13 @@ struct ProjectionGrads {
 ProjectionGrads project_backward(const Projection& p, const at::Tensor& x, const at::Tensor& xa, const at::Tensor& grad_y,
                                  at::Tensor& grad_x, bool want_grad_x);
 
+// y [tokens, out] viewed with the leading dimensions of x [..., in]: [..., out].
+inline at::Tensor with_leading_dims_of(const at::Tensor& y, const at::Tensor& x) {
+  auto sizes = x.sizes().vec();
+  sizes.back() = y.size(-1);
+  return y.view(sizes);
+}
+
 OpSpec lora_linear_op();
 
 }  // namespace ddpbench::kernels

@@ -29,9 +29,7 @@ struct LoraLinear : public torch::autograd::Function<LoraLinear> {
     auto out = project({weight, lora_a, lora_b, scale}, x2);
     ctx->save_for_backward({x, weight, lora_a, lora_b, out.xa});
     ctx->saved_data["scale"] = scale;
-    auto sizes = x.sizes().vec();
-    sizes.back() = weight.size(0);
-    return out.y.view(sizes);
+    return with_leading_dims_of(out.y, x);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {

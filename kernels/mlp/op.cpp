@@ -41,9 +41,7 @@ struct SwigluMlp : public torch::autograd::Function<SwigluMlp> {
     ctx->saved_data["gate_scale"] = gate_scale;
     ctx->saved_data["up_scale"] = up_scale;
     ctx->saved_data["down_scale"] = down_scale;
-    auto sizes = x.sizes().vec();
-    sizes.back() = down_w.size(0);
-    return d.y.view(sizes);
+    return with_leading_dims_of(d.y, x);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
