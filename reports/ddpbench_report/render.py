@@ -8,7 +8,7 @@ import html
 import os
 
 from . import compare, stats
-from .kernels import kernel_rows
+from .kernels import kernel_rows, l2_timing
 from .load import key_name, tidy_row
 from .plots import footer_text
 
@@ -154,6 +154,11 @@ def blocks_for(model, docs, figures, sources: str) -> list:
     krows = kernel_rows(model.kernels)
     if krows:
         out.append(("h2", "Kernels"))
+        timing = {"cold": "Timed L2-cold: a buffer of twice the L2 cache read before each call, outside its timing.",
+                  "warm": "Timed L2-warm: calls back to back, so working sets that fit in L2 stay there.",
+                  "mixed": "Rows timed both L2-cold and L2-warm (runs of different settings): compare only alike."}
+        if l2_timing(model.kernels):
+            out.append(("p", timing[l2_timing(model.kernels)]))
         head = ["kernel", "baseline", "fused", "speed-up", "fused GB/s", "share of copy bandwidth"]
         body = [[k.name, fmt(k.baseline_s, "seconds"), fmt(k.fused_s, "seconds"), fmt(k.speedup, "ratio"),
                  f"{k.fused_bytes_per_s / 1e9:.1f}" if k.fused_bytes_per_s else "-", fmt(k.copy_share, "percent")]
