@@ -4,7 +4,7 @@ shapes and cost models come from `bench_kernels --describe` (so both sides agree
 CUDA events around each call of a batch queued behind a spin kernel (so Python's launch cost stays
 out of the GPU time, as bench_kernels does), forward and backward (backward on a retained graph),
 bf16. L2-cold by default, as bench_kernels: before each call, outside its events, a scratch buffer of
-twice the L2 cache (256 MiB at least) is read; the tensors a Liger op writes in place (RoPE's q and k
+twice the L2 cache (256 MiB at least) is written; the tensors a Liger op writes in place (RoPE's q and k
 in forward, their gradients in backward, RMSNorm's and SwiGLU's backward) get their first values
 back before each call, outside the timing too, so that no call runs on data an earlier call rotated
 or overwrote. Writes Google Benchmark's JSON layout with entries named op/preset/pass/liger (each with
@@ -19,7 +19,6 @@ import statistics
 import sys
 
 SPIN_CYCLES = 10_000_000  # as bench_kernels: about 5 ms, longer than queueing a batch takes
-FLUSH_ROW = 1024  # floats per row of the flush buffer
 
 
 class Case:
@@ -49,19 +48,15 @@ class Restore:
 
 
 class L2Flush:
-    """As bench_kernels' L2Flush: reads a buffer of `nbytes` (summed by rows into a small
-    preallocated output), which evicts what earlier work left in L2 and leaves clean lines, whose
-    eviction costs the next call nothing (a written buffer would leave dirty ones)."""
+    """As bench_kernels' L2Flush (and Triton's do_bench): writes a buffer of `nbytes`, which evicts
+    what earlier work left in L2 (see bench/kernels/main.cpp for what its dirty lines charge)."""
 
     def __init__(self, torch, nbytes, device="cuda"):
-        rows = max(1, nbytes // 4 // FLUSH_ROW)
-        self.torch = torch
-        self.buffer = torch.zeros(rows, FLUSH_ROW, dtype=torch.float32, device=device)
-        self.sums = torch.empty(rows, dtype=torch.float32, device=device)
-        self.nbytes = self.buffer.numel() * 4
+        self.buffer = torch.empty(nbytes, dtype=torch.int8, device=device)
+        self.nbytes = nbytes
 
     def __call__(self):
-        self.torch.sum(self.buffer, dim=1, out=self.sums)
+        self.buffer.zero_()
 
 
 def flush_bytes(l2_cache_bytes):
@@ -143,7 +138,7 @@ def parse_args(argv=None):
     p.add_argument("--iterations", type=positive, default=10)
     p.add_argument("--batch", type=positive, default=10, help="calls queued behind one spin kernel, each timed alone")
     p.add_argument("--l2-flush", type=int, choices=(0, 1), default=1,
-                   help="1: read a buffer of twice the L2 cache before each timed call (L2-cold, as bench_kernels); 0: L2 warm")
+                   help="1: write a buffer of twice the L2 cache before each timed call (L2-cold, as bench_kernels); 0: L2 warm")
     return p.parse_args(argv)
 
 

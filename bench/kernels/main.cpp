@@ -3,7 +3,7 @@
 // Benchmark each, named op/preset/pass/impl, timed with CUDA events (UseManualTime) around each call
 // of a batch queued behind a spin kernel, so that the CPU's launch cost (autograd, Python for Liger)
 // stays out of the GPU time. L2-cold by default (--l2-flush, class L2Flush): before each call, outside
-// its events, a scratch buffer of twice the L2 cache (256 MiB at least) is read on the same stream,
+// its events, a scratch buffer of twice the L2 cache (256 MiB at least) is written on the same stream,
 // so that no call finds the working set the previous one left in L2 (the 50 MB L2 of an H100/H200
 // holds much of an op's 40-100 MB at the 1b shape; an op writing its inputs in place keeps all of it
 // there). The copies are timed the same way, and every entry carries the setting (counter l2_flush).
@@ -55,24 +55,22 @@ struct Options {
   std::string describe;
 };
 
-// Evicts what earlier work left in L2 by reading a scratch buffer of `bytes` on the current stream.
-// Read rather than written (nvbench writes with cudaMemsetAsync, Triton's do_bench with zero_()): a
-// written buffer leaves the L2 full of dirty lines, whose write-back would then fall inside the
-// timed call that evicts them; read lines are clean and dropped for free. Summed by rows into a
-// small preallocated output, so that the reduction needs no workspace of the caching allocator
-// (whose peak the benchmarks report). The buffer is allocated before the peaks are reset, so that
-// peak_extra_bytes leaves it out.
+// Evicts what earlier work left in L2 by writing a scratch buffer of `bytes` on the current stream,
+// as nvbench (cudaMemsetAsync) and Triton's do_bench (zero_()) do. It leaves L2 full of its own dirty
+// lines, written back inside the timed call that evicts them: for a call that writes at least the
+// L2's size this stands in for the write-back of its own last outputs, still dirty in L2 when its
+// stop event fires, so its writes are charged in full; a call writing less is charged up to the L2's
+// size more than it wrote (its rate understated, never inflated). A read buffer would leave clean
+// lines and charge no call for its dirty tail, inflating every rate. Allocated before the peaks are
+// reset, so that peak_extra_bytes leaves it out.
 class L2Flush {
  public:
-  explicit L2Flush(std::int64_t bytes)
-      : buffer_(at::zeros({bytes / 4 / kRow, kRow}, at::TensorOptions().dtype(at::kFloat).device(at::kCUDA, 0))),
-        sums_(at::empty({bytes / 4 / kRow}, buffer_.options())) {}
-  void operator()() { at::sum_out(sums_, buffer_, {1}); }
-  std::int64_t bytes() const { return buffer_.numel() * 4; }
+  explicit L2Flush(std::int64_t bytes) : buffer_(at::empty({bytes}, at::TensorOptions().dtype(at::kByte).device(at::kCUDA, 0))) {}
+  void operator()() { buffer_.zero_(); }
+  std::int64_t bytes() const { return buffer_.numel(); }
 
  private:
-  static constexpr std::int64_t kRow = 1024;  // floats per row
-  at::Tensor buffer_, sums_;
+  at::Tensor buffer_;
 };
 
 // What the benchmarks share within this run: the copy rates measured, by traffic (read + write), and
@@ -218,7 +216,7 @@ int bench_main(int argc, char** argv) {
   app.add_option("--seq-len", opt.seq_len, "sequence length (RoPE's positions) [2048]")->check(CLI::PositiveNumber);
   app.add_option("--batch", opt.batch, "calls per timed interval, each timed alone [10]")->check(CLI::PositiveNumber);
   app.add_option("--l2-flush", opt.l2_flush,
-                 "1: read a scratch buffer of twice the L2 cache (256 MiB at least) before each timed call, outside its "
+                 "1: write a scratch buffer of twice the L2 cache (256 MiB at least) before each timed call, outside its "
                  "timing, so that every op, reference and copy is timed L2-cold; 0: calls back to back, L2 warm [1]")
       ->check(CLI::Range(0, 1));
   app.add_option("--iterations", opt.iterations, "timed intervals per repetition [10]")->check(CLI::PositiveNumber);
@@ -267,7 +265,7 @@ int bench_main(int argc, char** argv) {
   benchmark::AddCustomContext("l2_flush_bytes", std::to_string(run.flush ? run.flush->bytes() : 0));
   std::printf("timing %s: L2 %lld MiB%s\n", opt.l2_flush ? "L2-cold" : "L2-warm (--l2-flush=0)",
               static_cast<long long>(l2_bytes >> 20),
-              run.flush ? (", " + std::to_string(run.flush->bytes() >> 20) + " MiB read before each timed call").c_str() : "");
+              run.flush ? (", " + std::to_string(run.flush->bytes() >> 20) + " MiB written before each timed call").c_str() : "");
   std::fflush(stdout);
   for (std::int64_t mib = 8; mib <= 1024; mib *= 2) {
     const std::int64_t bytes = mib << 20;

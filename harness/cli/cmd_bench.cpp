@@ -306,7 +306,7 @@ int kernels_main(const KernelsArgs& a) {
                           {"cells", nlohmann::json::array()}};
   std::string csv = results::long_csv_header();
   int failed = 0;
-  std::printf("\n%s\n", l2_cold ? "timed L2-cold: a buffer of twice the L2 cache read before each call, outside its timing"
+  std::printf("\n%s\n", l2_cold ? "timed L2-cold: a buffer of twice the L2 cache written before each call, outside its timing"
                                 : "timed L2-warm: no L2 flush between calls (working sets that fit in L2 stay there)");
   std::printf("best copy %.0f GB/s (read + write; %% copy is against the copy of comparable size); Liger %s\n%-30s %10s %10s %10s %9s %7s %8s %8s\n", copy / 1e9,
               liger_note.c_str(), "op/preset/pass", "baseline", "fused", "liger", "fused GB/s", "% copy", "x base", "x liger");
@@ -379,7 +379,7 @@ void add_bench_command(CLI::App& app, Action& action) {
   ksub->add_option("--liger", kargs->liger, "auto: time Liger-Kernel's ops where it imports; off [auto]")
       ->check(CLI::IsMember({"auto", "off"}));
   ksub->add_flag("--no-l2-flush", kargs->no_l2_flush,
-                 "time L2-warm: calls back to back, without reading a buffer of twice the L2 cache before each one "
+                 "time L2-warm: calls back to back, without writing a buffer of twice the L2 cache before each one "
                  "(both programs; with --from the files say how they were timed)");
   ksub->add_option("--filter", kargs->filter, "Google Benchmark filter (regex over op/preset/pass/impl)");
   ksub->add_option("--out", kargs->out, "run folder [RUNS_DIR/<run id>]");

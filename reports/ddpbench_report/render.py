@@ -154,7 +154,7 @@ def blocks_for(model, docs, figures, sources: str) -> list:
     krows = kernel_rows(model.kernels)
     if krows:
         out.append(("h2", "Kernels"))
-        timing = {"cold": "Timed L2-cold: a buffer of twice the L2 cache read before each call, outside its timing.",
+        timing = {"cold": "Timed L2-cold: a buffer of twice the L2 cache written before each call, outside its timing.",
                   "warm": "Timed L2-warm: calls back to back, so working sets that fit in L2 stay there.",
                   "mixed": "Rows timed both L2-cold and L2-warm (runs of different settings): compare only alike."}
         if l2_timing(model.kernels):
