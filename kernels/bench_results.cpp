@@ -66,6 +66,26 @@ double copy_rate_near(const std::map<double, double>& rates, double bytes) {
   return best;
 }
 
+bool timed_l2_cold(const nlohmann::json& gbench) {
+  if (!gbench.contains("benchmarks") || !gbench["benchmarks"].is_array())
+    throw RunError("benchmark output has no 'benchmarks' list");
+  std::string first_name;
+  bool first = false;
+  for (const auto& e : gbench["benchmarks"]) {
+    if (!is_iteration(e)) continue;
+    const bool cold = counter(e, "l2_flush", 0) != 0;
+    const std::string name = e.value("run_name", e.value("name", std::string("?")));
+    if (first_name.empty()) {
+      first_name = name, first = cold;
+    } else if (cold != first) {
+      auto how = [](bool c) { return std::string(c ? "L2-cold (l2_flush 1)" : "L2-warm (l2_flush 0 or absent)"); };
+      throw RunError("entries timed differently: " + first_name + " " + how(first) + ", " + name + " " + how(cold) +
+                     "; rows and copy rates compare only when timed alike");
+    }
+  }
+  return first;
+}
+
 std::vector<KernelSeries> kernel_series(const nlohmann::json& gbench) {
   if (!gbench.contains("benchmarks") || !gbench["benchmarks"].is_array())
     throw RunError("benchmark output has no 'benchmarks' list");
@@ -121,6 +141,7 @@ nlohmann::json kernel_document(const KernelSeries& s, const std::map<double, dou
   const nlohmann::json config = {{"op", s.op},           {"preset", s.preset},         {"pass", s.pass},
                                  {"dtype", "bf16"},      {"tokens", info.tokens},      {"seq_len", info.seq_len},
                                  {"repetitions", info.repetitions}, {"iterations", info.iterations}, {"batch", info.batch},
+                                 {"l2_flush", info.l2_flush},
                                  {"device", "cuda"},     {"nproc", 1}};
   const std::string cell = "kernels/" + s.op + "/" + s.preset + "/" + s.pass;
   auto doc = results::benchmark_document_head("kernels", cell, config, info.run_id, info.fingerprint, info.hardware_key);

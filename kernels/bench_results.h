@@ -38,6 +38,12 @@ std::map<double, double> copy_rates(const nlohmann::json& gbench);
 double best_copy_rate(const std::map<double, double>& rates);
 double copy_rate_near(const std::map<double, double>& rates, double bytes);
 
+// Whether the iteration entries (ops and copies alike) were timed L2-cold, with the L2 flushed
+// before each call: their l2_flush counter (1 or 0; absent in output written before the flag
+// existed, which was timed L2-warm). Throws RunError naming two entries that disagree: rows and
+// copy rates compare only when timed alike.
+bool timed_l2_cold(const nlohmann::json& gbench);
+
 // Entries named op/preset/pass/impl; iteration entries only (aggregates are recomputed here).
 std::vector<KernelSeries> kernel_series(const nlohmann::json& gbench);
 
@@ -45,12 +51,13 @@ struct KernelRunInfo {
   std::string run_id;
   std::int64_t tokens = 0, seq_len = 0;
   int repetitions = 0, iterations = 0, batch = 0;
+  bool l2_flush = false;  // timed L2-cold (timed_l2_cold)
   double tolerance = 1e-2;  // the validation's bound (bf16)
   nlohmann::json fingerprint;
   std::string hardware_key;
 };
 
-// kind "kernels", cell kernels/<op>/<preset>/<pass>; rows per impl with GB/s and % of the copy
+// kind "kernels", cell kernels/<op>/<preset>/<pass>, config with l2_flush; rows per impl with GB/s and % of the copy
 // bandwidth at a comparable size (copy_rate_near); summary: fused and baseline (and liger) times,
 // speed-ups, shares of copy bandwidth, peak memory. Status failed when the fused row's check
 // exceeded the tolerance.

@@ -9,6 +9,7 @@
 #include <array>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -46,6 +47,16 @@ inline Result run(const std::string& args, const fs::path& cwd) {
   r.output += r.err;
   return r;
 }
+
+// Sets an environment variable for the tests of one scope (the binary inherits it through popen).
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) { ::setenv(name, value, 1); }
+  ~ScopedEnv() { ::unsetenv(name_); }
+
+ private:
+  const char* name_;
+};
 
 inline std::size_t lines(const std::string& s) {
   std::size_t n = 0;

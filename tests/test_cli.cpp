@@ -33,6 +33,7 @@ using cli_helpers::lines;
 using cli_helpers::rank_process;
 using cli_helpers::Result;
 using cli_helpers::run;
+using cli_helpers::ScopedEnv;
 using cli_helpers::start_long_train;
 
 class Cli : public ::testing::Test {
@@ -633,6 +634,7 @@ TEST_F(Cli, BenchKernelsConvertsGivenOutputIntoTheRunFormat) {
   EXPECT_EQ(doc["status"]["state"], "ok");
   EXPECT_EQ(doc["rows"].size(), 3u);
   EXPECT_NEAR(doc["summary"]["speedup_vs_liger"].get<double>(), 250.0 / 150.0, 1e-9);
+  EXPECT_EQ(doc["config"]["l2_flush"], false);  // no l2_flush counter: written before the flag, timed warm
   EXPECT_TRUE(fs::exists(dir_ / "kern" / "kernels.json"));
   EXPECT_TRUE(fs::exists(dir_ / "kern" / "results.csv"));
   // A fused row whose check failed fails its cell and the command.
@@ -640,6 +642,64 @@ TEST_F(Cli, BenchKernelsConvertsGivenOutputIntoTheRunFormat) {
   ddpbench::write_file_atomic((dir_ / "bad.json").string(), bad.dump());
   EXPECT_EQ(run("bench kernels --from bad.json --out kern-bad", dir_).status, 1);
   EXPECT_EQ(run("bench kernels --from missing.json --out kern-missing", dir_).status, 2);
+}
+
+TEST_F(Cli, BenchKernelsTimesL2ColdUnlessToldAndRefusesFilesTimedDifferently) {
+  // Stand-ins for bench_kernels and liger_ops.py (no GPU here): each notes its arguments and writes
+  // entries whose l2_flush counter is the --l2-flush it was given, as the real programs do.
+  const std::string fake_bench = R"SH(#!/bin/sh
+echo "$*" >> "$(dirname "$0")/bench-args.txt"
+flush=; out=; prev=
+for a in "$@"; do
+  case $prev in --l2-flush) flush=$a ;; --describe) echo '{"ops": []}' > "$a"; exit 0 ;; esac
+  case $a in --benchmark_out=*) out=${a#--benchmark_out=} ;; esac
+  prev=$a
+done
+e() { printf '{"name":"%s","run_name":"%s","run_type":"iteration","real_time":%s,"time_unit":"us","bytes_per_second":%s,"model_bytes":6e7,"l2_flush":%s}' "$1" "$1" "$2" "$3" "$flush"; }
+printf '{"benchmarks":[%s,%s,%s]}\n' "$(e copy/33554432 20 3.4e12)" "$(e swiglu/1b/bwd/baseline 150 0.4e12)" "$(e swiglu/1b/bwd/fused 20 3e12)" > "$out"
+)SH";
+  const std::string fake_liger = R"SH(echo "$*" >> "$(dirname "$0")/liger-args.txt"
+flush=; out=; prev=
+for a in "$@"; do case $prev in --l2-flush) flush=$a ;; --out) out=$a ;; esac; prev=$a; done
+printf '{"benchmarks":[{"name":"swiglu/1b/bwd/liger","run_name":"swiglu/1b/bwd/liger","run_type":"iteration","real_time":40,"time_unit":"us","bytes_per_second":1.5e12,"model_bytes":6e7,"l2_flush":%s}]}\n' "$flush" > "$out"
+)SH";
+  ddpbench::write_file_atomic((dir_ / "bench_kernels.sh").string(), fake_bench);
+  fs::permissions(dir_ / "bench_kernels.sh", fs::perms::owner_all);
+  ddpbench::write_file_atomic((dir_ / "liger_ops.sh").string(), fake_liger);
+  const ScopedEnv bench("DDPBENCH_BENCH_KERNELS", (dir_ / "bench_kernels.sh").c_str());
+  const ScopedEnv script("DDPBENCH_LIGER_OPS_SCRIPT", (dir_ / "liger_ops.sh").c_str());
+  const ScopedEnv python("DDPBENCH_PYTHON", "/bin/sh");
+  for (const bool cold : {true, false}) {
+    SCOPED_TRACE(cold ? "default" : "--no-l2-flush");
+    fs::remove(dir_ / "bench-args.txt");
+    fs::remove(dir_ / "liger-args.txt");
+    const std::string out = cold ? "cold" : "warm";
+    const auto r = run("bench kernels --presets 1b --ops swiglu --repetitions 1 --out " + out + (cold ? "" : " --no-l2-flush"), dir_);
+    ASSERT_EQ(r.status, 0) << r.output;
+    const std::string flag = std::string("--l2-flush ") + (cold ? "1" : "0");
+    // Both programs got the setting: the benchmark run, its --describe for Liger's shapes, and Liger's timing.
+    const auto bench_args = ddpbench::read_file((dir_ / "bench-args.txt").string());
+    EXPECT_EQ(lines(bench_args), 2u) << bench_args;
+    EXPECT_EQ(bench_args.find(cold ? "--l2-flush 0" : "--l2-flush 1"), std::string::npos) << bench_args;
+    EXPECT_NE(bench_args.find(flag), std::string::npos) << bench_args;
+    EXPECT_NE(ddpbench::read_file((dir_ / "liger-args.txt").string()).find(flag), std::string::npos);
+    EXPECT_NE(r.output.find(cold ? "timed L2-cold" : "timed L2-warm"), std::string::npos) << r.output;
+    const auto index = load(out + "/run.json");
+    EXPECT_EQ(index["l2_flush"], cold);
+    EXPECT_EQ(index["liger"], "timed");
+    ASSERT_EQ(index["cells"].size(), 1u);
+    const auto doc = load(out + "/" + index["cells"][0]["file"].get<std::string>());
+    EXPECT_EQ(doc["config"]["l2_flush"], cold);
+    EXPECT_EQ(doc["rows"].size(), 3u);
+  }
+  // Liger's warm file with the cold run's: refused before anything is written.
+  const auto mixed = run("bench kernels --from cold/work/gbench.json,warm/work/liger.json --out mixed", dir_);
+  EXPECT_EQ(mixed.status, 2) << mixed.output;
+  EXPECT_EQ(lines(mixed.err), 1u) << mixed.err;
+  EXPECT_NE(mixed.err.find("swiglu/1b/bwd/liger L2-warm"), std::string::npos) << mixed.err;
+  EXPECT_FALSE(fs::exists(dir_ / "mixed"));
+  EXPECT_EQ(run("bench kernels --from cold/work/gbench.json,cold/work/liger.json --out same", dir_).status, 0);
+  EXPECT_EQ(load("same/run.json")["l2_flush"], true);
 }
 
 TEST_F(Cli, PredictFitsABenchCollectivesRunAndPredictsAHandMadeRun) {

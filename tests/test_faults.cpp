@@ -23,6 +23,7 @@ namespace fs = std::filesystem;
 using cli_helpers::lines;
 using cli_helpers::rank_process;
 using cli_helpers::run;
+using cli_helpers::ScopedEnv;
 using ddpbench::testing_helpers::contains;
 
 class Faults : public ddpbench::testing_helpers::TempDirTest {
@@ -38,16 +39,6 @@ class Faults : public ddpbench::testing_helpers::TempDirTest {
   }
   // The first (only) run folder under runs/.
   fs::path run_dir() const { return fs::directory_iterator(dir_ / "runs")->path(); }
-};
-
-// Sets an environment variable for the tests of one scope (the binary inherits it through popen).
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) { ::setenv(name, value, 1); }
-  ~ScopedEnv() { ::unsetenv(name_); }
-
- private:
-  const char* name_;
 };
 
 // --- memory and size bounds ------------------------------------------------------------------

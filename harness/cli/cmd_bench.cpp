@@ -170,6 +170,7 @@ struct KernelsArgs {
   int iterations = 10;
   int batch = 10;
   std::string liger = "auto";  // auto | off
+  bool no_l2_flush = false;     // both programs time L2-warm
   std::string filter;
   std::string out;
   std::string runs_dir = "runs";
@@ -205,7 +206,7 @@ std::optional<KernelsMeasured> measure_kernels(const KernelsArgs& a, const std::
   const std::string gbench_json = dir + "/work/gbench.json", shapes_json = dir + "/work/shapes.json";
   std::vector<std::string> common{"--presets", join_csv(a.presets), "--tokens", std::to_string(a.tokens), "--seq-len",
                                   std::to_string(a.seq_len), "--batch", std::to_string(a.batch), "--iterations",
-                                  std::to_string(a.iterations)};
+                                  std::to_string(a.iterations), "--l2-flush", a.no_l2_flush ? "0" : "1"};
   if (!a.ops.empty()) common.insert(common.end(), {"--ops", join_csv(a.ops)});
   std::vector<std::string> argv{binary};
   argv.insert(argv.end(), common.begin(), common.end());
@@ -228,7 +229,7 @@ std::optional<KernelsMeasured> measure_kernels(const KernelsArgs& a, const std::
     if (run_one(describe, dir + "/work/logs-describe", 120).ok) {
       const auto liger = run_one({getenv_or("DDPBENCH_PYTHON", "python3"), script, "--shapes", shapes_json, "--out", liger_json,
                                   "--repetitions", std::to_string(a.repetitions), "--iterations", std::to_string(a.iterations),
-                                  "--batch", std::to_string(a.batch)},
+                                  "--batch", std::to_string(a.batch), "--l2-flush", a.no_l2_flush ? "0" : "1"},
                                  dir + "/work/logs-liger", a.timeout_s);
       if (std::filesystem::exists(liger_json)) {
         const auto l = collectives::parse_gbench_json(read_file(liger_json), liger_json);
@@ -249,10 +250,22 @@ int kernels_main(const KernelsArgs& a) {
   check_runs_dir("--runs-dir", a.runs_dir);
   const std::string run_id = new_run_id();
   const std::string dir = a.out.empty() ? a.runs_dir + "/" + run_id : a.out;
-  std::vector<nlohmann::json> given;
+  // Output measured before (bench_kernels' and liger_ops.py's files), merged to be converted without
+  // running anything; checked before anything is written.
+  nlohmann::json from = {{"benchmarks", nlohmann::json::array()}};
   for (const auto& f : a.from) {
     if (!std::filesystem::is_regular_file(f)) throw UsageError("--from: " + f + " is not a file");
-    given.push_back(collectives::parse_gbench_json(read_file(f), f));
+    const auto given = collectives::parse_gbench_json(read_file(f), f);
+    if (!given.contains("benchmarks") || !given["benchmarks"].is_array()) throw UsageError("--from: " + f + " has no 'benchmarks' list");
+    if (!from.contains("context") && given.contains("context")) from["context"] = given["context"];
+    for (const auto& e : given["benchmarks"]) from["benchmarks"].push_back(e);
+  }
+  if (!a.from.empty()) {
+    try {
+      kernels::timed_l2_cold(from);
+    } catch (const RunError& e) {
+      throw UsageError(std::string("--from: ") + e.what());
+    }
   }
   make_dirs(dir + "/cells");
   make_dirs(dir + "/work");
@@ -265,18 +278,13 @@ int kernels_main(const KernelsArgs& a) {
     if (!measured) return 1;
     m = std::move(*measured);
   } else {
-    // Output measured before (bench_kernels' and liger_ops.py's files), converted without running anything.
-    m.gbench = {{"benchmarks", nlohmann::json::array()}};
-    for (std::size_t i = 0; i < given.size(); ++i) {
-      if (!given[i].contains("benchmarks") || !given[i]["benchmarks"].is_array())
-        throw UsageError("--from: " + a.from[i] + " has no 'benchmarks' list");
-      if (i == 0 && given[i].contains("context")) m.gbench["context"] = given[i]["context"];
-      for (const auto& e : given[i]["benchmarks"]) m.gbench["benchmarks"].push_back(e);
-    }
+    m.gbench = std::move(from);
     m.liger_note = "read with --from";
   }
   const auto& gbench = m.gbench;
   const std::string& liger_note = m.liger_note;
+  // Throws (exit 1) where bench_kernels and liger_ops.py timed differently in one run.
+  const bool l2_cold = kernels::timed_l2_cold(gbench);
   write_file_atomic(dir + "/kernels.json", gbench.dump(1) + "\n");
 
   const auto runtime = device::runtime_info();
@@ -288,15 +296,19 @@ int kernels_main(const KernelsArgs& a) {
   info.repetitions = a.repetitions;
   info.iterations = a.iterations;
   info.batch = a.batch;
+  info.l2_flush = l2_cold;
   info.fingerprint = results::to_json(fp);
   info.hardware_key = results::hardware_key(fp);
   const auto copies = kernels::copy_rates(gbench);
   const double copy = kernels::best_copy_rate(copies);
   nlohmann::json index = {{"suite", "kernels"}, {"kind", "kernels"}, {"run_id", run_id}, {"created", utc_timestamp()},
-                          {"copy_best_GBps", copy / 1e9}, {"liger", liger_note}, {"cells", nlohmann::json::array()}};
+                          {"copy_best_GBps", copy / 1e9}, {"liger", liger_note}, {"l2_flush", l2_cold},
+                          {"cells", nlohmann::json::array()}};
   std::string csv = results::long_csv_header();
   int failed = 0;
-  std::printf("\nbest copy %.0f GB/s (read + write; %% copy is against the copy of comparable size); Liger %s\n%-30s %10s %10s %10s %9s %7s %8s %8s\n", copy / 1e9,
+  std::printf("\n%s\n", l2_cold ? "timed L2-cold: a buffer of twice the L2 cache written before each call, outside its timing"
+                                : "timed L2-warm: no L2 flush between calls (working sets that fit in L2 stay there)");
+  std::printf("best copy %.0f GB/s (read + write; %% copy is against the copy of comparable size); Liger %s\n%-30s %10s %10s %10s %9s %7s %8s %8s\n", copy / 1e9,
               liger_note.c_str(), "op/preset/pass", "baseline", "fused", "liger", "fused GB/s", "% copy", "x base", "x liger");
   for (const auto& s : kernels::kernel_series(gbench)) {
     const auto doc = kernels::kernel_document(s, copies, info);
@@ -366,6 +378,9 @@ void add_bench_command(CLI::App& app, Action& action) {
   ksub->add_option("--batch", kargs->batch, "calls per timed interval [10]");
   ksub->add_option("--liger", kargs->liger, "auto: time Liger-Kernel's ops where it imports; off [auto]")
       ->check(CLI::IsMember({"auto", "off"}));
+  ksub->add_flag("--no-l2-flush", kargs->no_l2_flush,
+                 "time L2-warm: calls back to back, without writing a buffer of twice the L2 cache before each one "
+                 "(both programs; with --from the files say how they were timed)");
   ksub->add_option("--filter", kargs->filter, "Google Benchmark filter (regex over op/preset/pass/impl)");
   ksub->add_option("--out", kargs->out, "run folder [RUNS_DIR/<run id>]");
   ksub->add_option("--runs-dir", kargs->runs_dir, "folder for run folders [runs]");

@@ -58,11 +58,23 @@ EventPair::~EventPair() {
 void EventPair::record_start() { check(cudaEventRecord(static_cast<cudaEvent_t>(start_), current_stream(index_)), "cudaEventRecord"); }
 
 double EventPair::record_stop_and_wait() {
-  check(cudaEventRecord(static_cast<cudaEvent_t>(stop_), current_stream(index_)), "cudaEventRecord");
+  record_stop();
+  return wait_seconds();
+}
+
+void EventPair::record_stop() { check(cudaEventRecord(static_cast<cudaEvent_t>(stop_), current_stream(index_)), "cudaEventRecord"); }
+
+double EventPair::wait_seconds() {
   check(cudaEventSynchronize(static_cast<cudaEvent_t>(stop_)), "cudaEventSynchronize");
   float ms = 0;
   check(cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(start_), static_cast<cudaEvent_t>(stop_)), "cudaEventElapsedTime");
   return ms * 1e-3;
+}
+
+std::int64_t l2_cache_bytes(int index) {
+  int bytes = 0;
+  check(cudaDeviceGetAttribute(&bytes, cudaDevAttrL2CacheSize, index), "cudaDeviceGetAttribute(L2 cache size)");
+  return bytes;
 }
 
 std::string nccl_version() {

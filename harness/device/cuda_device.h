@@ -20,12 +20,16 @@ class EventPair {
   EventPair& operator=(const EventPair&) = delete;
   void record_start();
   double record_stop_and_wait();  // seconds between the two events
+  // The two halves of record_stop_and_wait, for pairs recorded back to back and read afterwards.
+  void record_stop();
+  double wait_seconds();
 
  private:
   int index_;
   void* start_;  // cudaEvent_t, kept opaque so that this header needs no CUDA headers
   void* stop_;
 };
+std::int64_t l2_cache_bytes(int index);
 std::string nccl_version();  // "2.28.9" of the NCCL LibTorch loaded; empty if none
 std::string runtime_version();
 std::string device_name(int index);  // "NVIDIA H100 80GB HBM3"; empty if the runtime cannot say

@@ -52,6 +52,16 @@ def _entries(doc: dict) -> list:
     return [b for b in bench if b.get("run_type", "iteration") == "iteration"]
 
 
+def l2_timing(kernel_docs: list) -> str | None:
+    """How the entries were timed, from their `l2_flush` counter (bench_kernels and liger_ops.py write
+    it: 1 where L2 was flushed before each call): "cold", "warm", "mixed", or None where no entry
+    says (other programs' output)."""
+    flags = {bool(b["l2_flush"]) for _path, doc in kernel_docs for b in _entries(doc) if "l2_flush" in b}
+    if not flags:
+        return None
+    return "mixed" if len(flags) > 1 else "cold" if True in flags else "warm"
+
+
 def kernel_rows(kernel_docs: list) -> list:
     rows = []
     for _path, doc in kernel_docs:

@@ -11,6 +11,7 @@ from . import compare, stats, topkernels
 from .kernels import kernel_rows
 from .load import key_name, tidy_row
 from .plots import footer_text
+from .kernels import l2_timing  # a line of its own: the imports above change often
 
 # Blocks: ("h1"|"h2"|"h3"|"p", text), ("table", header, rows), ("img", file, caption).
 
@@ -155,6 +156,12 @@ def blocks_for(model, docs, figures, sources: str) -> list:
     krows = kernel_rows(model.kernels)
     if krows:
         out.append(("h2", "Kernels"))
+        timing = {"cold": "Timed L2-cold: a buffer of twice the L2 cache written before each call, outside its timing.",
+                  "warm": "Timed L2-warm: calls back to back, so working sets that fit in L2 stay there.",
+                  "mixed": "Rows timed both L2-cold and L2-warm (runs of different settings): compare only alike."}
+        how = l2_timing(model.kernels)
+        if how:
+            out.append(("p", timing[how]))
         head = ["kernel", "baseline", "fused", "speed-up", "fused GB/s", "share of copy bandwidth"]
         body = [[k.name, fmt(k.baseline_s, "seconds"), fmt(k.fused_s, "seconds"), fmt(k.speedup, "ratio"),
                  f"{k.fused_bytes_per_s / 1e9:.1f}" if k.fused_bytes_per_s else "-", fmt(k.copy_share, "percent")]

@@ -171,6 +171,42 @@ TEST(KernelBenchResults, SeriesAndDocumentsFromGoogleBenchmarkJson) {
   EXPECT_FALSE(bad["summary"].contains("fused_pct_copy"));  // no copy measured
 }
 
+TEST(KernelBenchResults, L2SettingComesFromEveryEntryAndMustAgree) {
+  auto entry = [](const std::string& name, const char* run_type, int l2_flush) {
+    nlohmann::json e = {{"name", name}, {"run_name", name}, {"run_type", run_type}, {"real_time", 10.0}, {"time_unit", "us"},
+                        {"bytes_per_second", 1e12}, {"model_bytes", 1e7}};
+    if (l2_flush >= 0) e["l2_flush"] = l2_flush;
+    return e;
+  };
+  auto output = [](std::vector<nlohmann::json> entries) { return nlohmann::json{{"benchmarks", entries}}; };
+  // bench_kernels and liger_ops.py, both flushed; an aggregate's counter does not count.
+  const auto cold = output({entry("copy/67108864", "iteration", 1), entry("swiglu/1b/fwd/fused", "iteration", 1),
+                            entry("swiglu/1b/fwd/liger", "iteration", 1), entry("swiglu/1b/fwd/fused_median", "aggregate", 0)});
+  EXPECT_TRUE(timed_l2_cold(cold));
+  EXPECT_FALSE(timed_l2_cold(output({entry("copy/67108864", "iteration", 0), entry("swiglu/1b/fwd/fused", "iteration", 0)})));
+  // Output from before the flag has no counter: it was timed warm.
+  EXPECT_FALSE(timed_l2_cold(output({entry("copy/67108864", "iteration", -1), entry("swiglu/1b/fwd/fused", "iteration", -1)})));
+  // A warm Liger file merged with a cold run (or an old file with a new one): refused, naming both.
+  try {
+    timed_l2_cold(output({entry("copy/67108864", "iteration", 1), entry("swiglu/1b/fwd/liger", "iteration", -1)}));
+    ADD_FAILURE() << "mixed settings accepted";
+  } catch (const RunError& e) {
+    EXPECT_NE(std::string(e.what()).find("copy/67108864 L2-cold"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("swiglu/1b/fwd/liger L2-warm"), std::string::npos) << e.what();
+  }
+  // The documents say how their rows were timed, and it is part of the cell's identity.
+  const auto series = kernel_series(cold);
+  ASSERT_EQ(series.size(), 1u);
+  KernelRunInfo info;
+  info.l2_flush = true;
+  const auto cold_doc = kernel_document(series[0], copy_rates(cold), info);
+  EXPECT_EQ(cold_doc["config"]["l2_flush"], true);
+  info.l2_flush = false;
+  const auto warm_doc = kernel_document(series[0], copy_rates(cold), info);
+  EXPECT_EQ(warm_doc["config"]["l2_flush"], false);
+  EXPECT_NE(cold_doc["cell_id"], warm_doc["cell_id"]);
+}
+
 // --- GPU ------------------------------------------------------------------------------------------
 
 // Shapes that are not multiples of any block or pack, one row, strided rows, and the presets at a

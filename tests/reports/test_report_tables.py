@@ -290,7 +290,9 @@ def test_kernel_documents(tmp_path):
     ]}
     (run / "kernels.json").write_text(json.dumps(bench))
     assert tables_only(run, "--no-tensorboard") == 0
-    rows = tables((run / "report" / "report.md").read_text())["Kernels"]
+    md = (run / "report" / "report.md").read_text()
+    assert "L2-" not in md  # no entry says how it was timed
+    rows = tables(md)["Kernels"]
     assert rows == [{"kernel": "BM_rmsnorm/*/4096", "baseline": "30.0 us", "fused": "10.0 us",
                      "speed-up": "3.000x", "fused GB/s": "3000.0", "share of copy bandwidth": "75.0%"}]
 
@@ -308,11 +310,14 @@ def test_kernel_run_folder_with_liger(tmp_path):
     def entry(impl, us, **counters):
         name = f"rms_norm/1b/fwd/{impl}/iterations:10/manual_time"
         return {"name": name, "run_name": name, "run_type": "iteration", "real_time": us, "time_unit": "us", **counters}
-    bench = {"benchmarks": [entry("baseline", 60.0), entry("fused", 20.0, bytes_per_second=3.3e12, copy_bytes_per_second=4e12),
-                            entry("liger", 50.0)]}
+    bench = {"benchmarks": [entry("baseline", 60.0, l2_flush=1),
+                            entry("fused", 20.0, bytes_per_second=3.3e12, copy_bytes_per_second=4e12, l2_flush=1),
+                            entry("liger", 50.0, l2_flush=1)]}
     (run / "kernels.json").write_text(json.dumps(bench))
     assert tables_only(run, "--no-tensorboard") == 0
-    rows = tables((run / "report" / "report.md").read_text())["Kernels"]
+    md = (run / "report" / "report.md").read_text()
+    assert "Timed L2-cold" in md  # as the entries' l2_flush counter says
+    rows = tables(md)["Kernels"]
     assert rows == [{"kernel": "rms_norm/1b/fwd/*", "baseline": "60.0 us", "fused": "20.0 us", "speed-up": "3.000x",
                      "fused GB/s": "3300.0", "share of copy bandwidth": "82.5%", "liger": "50.0 us",
                      "fused vs liger": "2.500x"}]
