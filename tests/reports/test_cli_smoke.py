@@ -22,7 +22,7 @@ def test_report_of_a_real_cpu_run(tmp_path):
     docs.mkdir()
     for n in (1, 2):
         r = ddpbench("train", "--preset", "tiny", "--device", "cpu", "--nproc", n, "--steps", 3, "--warmup", 1,
-                     "--out", docs / f"tiny-builtin-n{n}.json")
+                     "--out", docs / f"tiny-builtin-n{n}.json", "--runs-dir", tmp_path / "runs")
         assert r.returncode == 0, r.stderr[-2000:]
     r = ddpbench("report", docs, "--out", tmp_path / "report")
     assert r.returncode == 0, r.stderr
