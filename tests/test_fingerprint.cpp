@@ -321,6 +321,11 @@ TEST(CollectFingerprint, ThisMachine) {
     const std::string ancestry = "git -C '" DDPBENCH_SOURCE_DIR "' merge-base --is-ancestor " + baked + " HEAD";
     EXPECT_EQ(std::system(ancestry.c_str()), 0) << baked << " is not in the source tree's history";
   }
+  // The source digest is the build's too (12 hex digits; what it names: ctest build_info_source_digest).
+  ASSERT_EQ(fp.source_digest.size(), 12u) << fp.source_digest;
+  EXPECT_TRUE(std::all_of(fp.source_digest.begin(), fp.source_digest.end(), [](unsigned char c) { return std::isxdigit(c); }))
+      << fp.source_digest;
+  EXPECT_EQ(results::fingerprint_from_json(results::to_json(fp)).source_digest, fp.source_digest);
   EXPECT_FALSE(fp.ddpbench_version.empty());
   EXPECT_EQ(fp.runtime.libtorch, "2.11.0");
   EXPECT_EQ(fp.env.count("NCCL_DEBUG"), 1u);

@@ -25,7 +25,8 @@ int doctor_main(const DoctorArgs& a) {
     std::printf("%s\n", results::to_json(fp).dump(2).c_str());
     return 0;
   }
-  std::printf("ddpbench %s (commit %s), built with %s\n", fp.ddpbench_version.c_str(), fp.git_commit.c_str(), fp.compiler.c_str());
+  std::printf("ddpbench %s (commit %s, source %s), built with %s\n", fp.ddpbench_version.c_str(), fp.git_commit.c_str(),
+              fp.source_digest.c_str(), fp.compiler.c_str());
   std::printf("host        %s, %s\n", fp.hostname.c_str(), fp.os.c_str());
   std::printf("cpu         %s, %d cores usable, %.1f GiB memory\n", fp.cpu_model.c_str(), fp.cpu_cores, fp.host_memory_gib);
   std::printf("hardware    %s\n", results::hardware_key(fp).c_str());

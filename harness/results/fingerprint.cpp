@@ -27,6 +27,9 @@
 #ifndef DDPBENCH_BUILD_COMMIT
 #define DDPBENCH_BUILD_COMMIT "unknown"
 #endif
+#ifndef DDPBENCH_BUILD_SOURCE_DIGEST
+#define DDPBENCH_BUILD_SOURCE_DIGEST "unknown"
+#endif
 
 namespace ddpbench::results {
 namespace {
@@ -431,6 +434,7 @@ Fingerprint collect_fingerprint(const RuntimeInfo& runtime) {
   fp.compiler = compiler_name();
   fp.ddpbench_version = DDPBENCH_VERSION;
   fp.git_commit = git_commit();
+  fp.source_digest = DDPBENCH_BUILD_SOURCE_DIGEST;
   fp.env = recorded_env();
   return fp;
 }
@@ -466,6 +470,7 @@ nlohmann::json to_json(const Fingerprint& fp) {
       {"compiler", fp.compiler},
       {"ddpbench_version", fp.ddpbench_version},
       {"git_commit", fp.git_commit},
+      {"source_digest", fp.source_digest},
       {"env", fp.env},
       {"hardware_key", hardware_key(fp)},  // derived, stored so that tables need not recompute it
   };
@@ -509,6 +514,7 @@ Fingerprint fingerprint_from_json(const nlohmann::json& j) {
   read_field(j, "compiler", fp.compiler);
   read_field(j, "ddpbench_version", fp.ddpbench_version);
   read_field(j, "git_commit", fp.git_commit);
+  read_field(j, "source_digest", fp.source_digest);
   read_field(j, "env", fp.env);
   return fp;
 }

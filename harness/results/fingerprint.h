@@ -40,6 +40,9 @@ struct Fingerprint {
   std::string compiler;
   std::string ddpbench_version;
   std::string git_commit;
+  // SHA-256 (12 hex digits) of the compiled parts' files by path and content, baked in at build time
+  // (cmake/build_info.cmake): names the code even where the commit cannot (a stale or absent .git).
+  std::string source_digest;
   std::map<std::string, std::string> env;  // the variables that change NCCL/torch/threading behaviour
 };
 

@@ -37,6 +37,7 @@ def footer_text(docs: list) -> str:
         ("NCCL ", lambda f: f["runtime"]["nccl"]),
         ("torch ", lambda f: f["runtime"]["libtorch"]),
         ("commit ", lambda f: f["git_commit"]),
+        ("source ", lambda f: f["source_digest"]),  # cmake/build_info.cmake; absent in older documents
     ]
     # What a CPU run does not have (driver, CUDA, NCCL) is left out, not shown as unknown.
     parts = [name + v for name, get in named for v in [values(get)] if v != "?"]

@@ -357,3 +357,16 @@ def test_two_configurations_of_one_trainer_stay_apart(tmp_path):
     cells = {r["trainer"]: r for r in tables((run / "report" / "report.md").read_text())["All cells"]}
     assert cells["builtin#aaaa0001"]["tokens/s per GPU"] == "1,000" and cells["builtin#aaaa0001"]["runs"] == "1"
     assert cells["builtin#aaaa0002"]["tokens/s per GPU"] == "2,000"
+
+
+def test_versions_line_names_the_commit_and_the_source_digest(tmp_path):
+    """The fingerprint's source digest (cmake/build_info.cmake) beside the commit; older documents have none."""
+    new = cell_doc("w", "builtin", 1, cell_id="w/builtin/n1/b4/g1/s64#1a2b3c4d")
+    new["fingerprint"] = {**new["fingerprint"], "source_digest": "0123456789ab"}
+    old = cell_doc("w", "hf", 1, cell_id="w/hf/n1/b4/g1/s64#5e6f7a8b")
+    assert tables_only(write_run(tmp_path / "r", [new, old]), "--no-tensorboard", "--out", tmp_path / "o") == 0
+    line = next(l for l in (tmp_path / "o" / "report.md").read_text().splitlines() if l.startswith("Hardware and versions"))
+    assert "commit abc123def456 | source 0123456789ab" in line
+    assert tables_only(write_run(tmp_path / "r2", [old]), "--no-tensorboard", "--out", tmp_path / "o2") == 0
+    assert "source" not in next(l for l in (tmp_path / "o2" / "report.md").read_text().splitlines()
+                                if l.startswith("Hardware and versions"))

@@ -1,0 +1,48 @@
+# ctest build_info_source_digest: cmake/build_info.cmake's source digest on a tree made here. It names
+# the content: a changed line of a compiled file changes it, a rewrite with the same content, a file of
+# results or tests, and the tree's location do not. Run as `cmake -DBUILD_INFO=... -DWORK=... -P`.
+function(digest_of tree out_var)
+  execute_process(COMMAND ${CMAKE_COMMAND} -DSRC=${tree} -DOUT=${tree}.h -P ${BUILD_INFO} RESULT_VARIABLE rc)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "build_info.cmake failed on ${tree}")
+  endif()
+  file(READ ${tree}.h header)
+  if(NOT header MATCHES "DDPBENCH_BUILD_SOURCE_DIGEST \"([0-9a-f]+)\"")
+    message(FATAL_ERROR "no source digest in ${tree}.h:\n${header}")
+  endif()
+  string(LENGTH "${CMAKE_MATCH_1}" n)
+  if(NOT n EQUAL 12)
+    message(FATAL_ERROR "digest ${CMAKE_MATCH_1} is not 12 hex digits")
+  endif()
+  set(${out_var} ${CMAKE_MATCH_1} PARENT_SCOPE)
+endfunction()
+
+file(REMOVE_RECURSE ${WORK})
+foreach(tree a b)
+  file(WRITE ${WORK}/${tree}/harness/train/model.cpp "int f() { return 1; }\n")
+  file(WRITE ${WORK}/${tree}/kernels/op.cu "__global__ void k() {}\n")
+  file(WRITE ${WORK}/${tree}/CMakeLists.txt "project(x)\n")
+endforeach()
+digest_of(${WORK}/a a0)
+digest_of(${WORK}/b b0)
+if(NOT a0 STREQUAL b0)
+  message(FATAL_ERROR "the same files in two places gave two digests: ${a0} ${b0}")
+endif()
+file(WRITE ${WORK}/a/harness/train/model.cpp "int f() { return 1; }\n")  # rewritten, same content
+file(WRITE ${WORK}/a/bench/results/x/result.json "{}\n")                   # a result: not source
+file(WRITE ${WORK}/a/tests/test_x.cpp "int t;\n")                          # a test: not the binary's code
+digest_of(${WORK}/a a1)
+if(NOT a1 STREQUAL a0)
+  message(FATAL_ERROR "a rewrite with the same content, a result or a test changed the digest: ${a0} -> ${a1}")
+endif()
+file(WRITE ${WORK}/a/harness/train/model.cpp "int f() { return 2; }\n")
+digest_of(${WORK}/a a2)
+if(a2 STREQUAL a0)
+  message(FATAL_ERROR "a changed source line left the digest at ${a0}")
+endif()
+file(WRITE ${WORK}/b/kernels/extra.cu "\n")  # a new file counts too
+digest_of(${WORK}/b b1)
+if(b1 STREQUAL b0)
+  message(FATAL_ERROR "a new kernel file left the digest at ${b0}")
+endif()
+message(STATUS "source digests: ${a0}, changed ${a2}, new file ${b1}")
