@@ -775,8 +775,8 @@ TEST_F(Cli, RunStatesEachTrainersAaFloorAndJudgesByTheLarger) {
   const auto r = run("run s.toml", dir_);
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("A/A floors (max |loss difference|"), std::string::npos) << r.output;
-  const auto run_dir = fs::directory_iterator(dir_ / "runs")->path();
-  const auto index = nlohmann::json::parse(ddpbench::read_file((run_dir / "run.json").string()));
+  const auto run_dir = only_run();
+  const auto index = load_run_index();
   ASSERT_EQ(index["cells"].size(), 4u);
   std::map<std::string, nlohmann::json> docs;
   for (const auto& e : index["cells"]) {

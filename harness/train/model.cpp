@@ -160,10 +160,6 @@ std::pair<at::Tensor, at::Tensor> LlamaModel::rope(const at::Tensor& q, const at
   return {kernels::reference_rope(q, cos, sin), kernels::reference_rope(k, cos, sin)};
 }
 
-at::Tensor LlamaModel::swiglu(const at::Tensor& gate, const at::Tensor& up) const {
-  return fused_ ? kernels::swiglu(gate, up) : at::silu(gate) * up;
-}
-
 at::Tensor LlamaModel::adapter_input(const at::Tensor& x, std::initializer_list<const Linear*> readers) const {
   // As PEFT does for a bf16 base model: adapters are kept and computed in fp32, the input cast to
   // their dtype. Once per input, not once per adapted linear: three (q, k, v) or two (gate, up)
@@ -199,12 +195,13 @@ at::Tensor LlamaModel::attention(const Layer& L, const at::Tensor& x, const at::
 
 at::Tensor LlamaModel::layer_forward(const Layer& L, const at::Tensor& h_in, const at::Tensor& cos, const at::Tensor& sin) const {
   const auto [h, x] = add_rms_norm(attention(L, rms_norm(h_in, L.input_norm), cos, sin), h_in, L.post_attention_norm);
+  // Under fused the whole MLP is one op (kernels/mlp): the activation is recomputed, not saved.
   if (fused_) {
     const auto proj = [](const Linear& lin) { return kernels::Projection{lin.weight, lin.lora_a, lin.lora_b, lin.lora_scale}; };
     return kernels::swiglu_mlp(x, h, proj(L.gate), proj(L.up), proj(L.down));
   }
   const auto xa = adapter_input(x, {&L.gate, &L.up});
-  const auto act = swiglu(linear(L.gate, x, xa), linear(L.up, x, xa));
+  const auto act = at::silu(linear(L.gate, x, xa)) * linear(L.up, x, xa);
   return h + linear(L.down, act, adapter_input(act, {&L.down}));
 }
 

@@ -64,10 +64,9 @@ class LlamaModel {
                                                  const at::Tensor& weight) const;
   std::pair<at::Tensor, at::Tensor> rope(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cos,
                                          const at::Tensor& sin) const;
-  at::Tensor swiglu(const at::Tensor& gate, const at::Tensor& up) const;
   // x_adapter: x in the adapters' dtype, made once by adapter_input for all the linears that read x
-  // (the baseline's autograd saves it; undefined under fused, whose LoRA linear recomputes it, and
-  // where none of the readers has an adapter).
+  // (the baseline's autograd saves it; undefined under fused, whose LoRA linear multiplies the
+  // adapters in x's dtype, and where none of the readers has an adapter).
   at::Tensor linear(const Linear& lin, const at::Tensor& x, const at::Tensor& x_adapter) const;
   at::Tensor adapter_input(const at::Tensor& x, std::initializer_list<const Linear*> readers) const;
   at::Tensor head_loss_sum(const at::Tensor& h, const at::Tensor& labels) const;

@@ -2,6 +2,9 @@
 // LoRA linear and the fused MLP (kernels/mlp) share, the stock composition the fused ops are checked
 // against (the built-in trainer's baseline), and the registry entry. Included by LibTorch units only.
 #pragma once
+#include <cstdint>
+#include <string>
+
 #include <ATen/ATen.h>
 
 #include "kernels/ops.h"
@@ -19,7 +22,7 @@ at::Tensor lora_linear_reference(const at::Tensor& x, const at::Tensor& x_adapte
 // fine-tuning). The adapters are kept in their own dtype (fp32 masters for the optimizer) but
 // multiplied in the activations' dtype, on the tensor cores, as Unsloth does: PEFT's fp32 path
 // runs them on CUDA cores and casts every adapted activation to fp32 and back, which on lora-1b
-// cost more time than the frozen GEMMs themselves (bench/results/2026-11-29-h200x1-fused-profile).
+// cost more time than the frozen GEMMs themselves (bench/results/2026-11-29-h200x1-fused-mlp).
 struct Projection {
   at::Tensor weight;          // [out, in]
   at::Tensor lora_a, lora_b;  // [r, in], [out, r], or undefined
@@ -27,9 +30,17 @@ struct Projection {
   bool has_lora() const { return lora_a.defined(); }
 };
 
+// Refuses, naming `op`, adapters that do not fit the weight and a trainable weight under adapters.
+void check_projection(const Projection& p, const std::string& op);
+
+// The stock composition of one projection: at::linear, or PEFT's LoRA arithmetic
+// (lora_linear_reference with x cast to the adapters' dtype).
+at::Tensor project_reference(const Projection& p, const at::Tensor& x);
+
 // Forward of a projection on x [tokens, in]. `residual` [tokens, out], when given, is added in the
-// GEMM's epilogue without adapters (y = residual + x W^T), and after the adapters' update with them. Returns y and x A^T [tokens, r] in x's dtype (undefined
-// without adapters): the one intermediate that backward keeps rather than recomputes (r columns).
+// GEMM's epilogue without adapters (y = residual + x W^T), and after the adapters' update with them.
+// Returns y and x A^T [tokens, r] in x's dtype (undefined without adapters): the one intermediate
+// that backward keeps rather than recomputes (r columns).
 struct ProjectionOutput {
   at::Tensor y, xa;
 };
@@ -44,12 +55,25 @@ struct ProjectionGrads {
 ProjectionGrads project_backward(const Projection& p, const at::Tensor& x, const at::Tensor& xa, const at::Tensor& grad_y,
                                  at::Tensor& grad_x, bool want_grad_x);
 
+// x [..., features] as rows [tokens, features]; undefined stays undefined.
+inline at::Tensor as_rows(const at::Tensor& x) { return x.defined() ? x.reshape({-1, x.size(-1)}) : x; }
+
 // y [tokens, out] viewed with the leading dimensions of x [..., in]: [..., out].
 inline at::Tensor with_leading_dims_of(const at::Tensor& y, const at::Tensor& x) {
   auto sizes = x.sizes().vec();
   sizes.back() = y.size(-1);
   return y.view(sizes);
 }
+
+// The registry's LoRA scale: alpha 32 / rank 16, the suites' setting.
+constexpr double kRegistryLoraScale = 2.0;
+
+// A registry op's inputs for one projection [out, in], appended to `in`: the weight ~ N(0, 0.02^2)
+// as initialised, in `dtype` (differentiable in full fine-tuning); with `lora`, then A ~ N(0, 1/in),
+// about PEFT's kaiming-uniform scale, and B ~ N(0, 0.02^2), non-zero unlike at initialisation so
+// that every gradient path carries something, both fp32 as the trainer keeps them.
+void append_projection_inputs(OpInputs& in, std::int64_t out, std::int64_t inp, std::int64_t rank, bool lora,
+                              at::ScalarType dtype, at::Device device, at::Generator& gen);
 
 OpSpec lora_linear_op();
 

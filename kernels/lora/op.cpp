@@ -25,8 +25,7 @@ at::Tensor in_dtype_of(const at::Tensor& adapter, const at::Tensor& x) { return 
 struct LoraLinear : public torch::autograd::Function<LoraLinear> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& lora_a,
                             const at::Tensor& lora_b, double scale) {
-    const auto x2 = x.reshape({-1, x.size(-1)});
-    auto out = project({weight, lora_a, lora_b, scale}, x2);
+    auto out = project({weight, lora_a, lora_b, scale}, as_rows(x));
     ctx->save_for_backward({x, weight, lora_a, lora_b, out.xa});
     ctx->saved_data["scale"] = scale;
     return with_leading_dims_of(out.y, x);
@@ -36,9 +35,8 @@ struct LoraLinear : public torch::autograd::Function<LoraLinear> {
     const auto saved = ctx->get_saved_variables();
     const auto& x = saved[0];
     const Projection p{saved[1], saved[2], saved[3], ctx->saved_data["scale"].toDouble()};
-    const auto gy = grads[0].reshape({-1, grads[0].size(-1)});
     at::Tensor grad_x;
-    const auto g = project_backward(p, x.reshape({-1, x.size(-1)}), saved[4], gy, grad_x, ctx->needs_input_grad(0));
+    const auto g = project_backward(p, as_rows(x), saved[4], as_rows(grads[0]), grad_x, ctx->needs_input_grad(0));
     return {grad_x.defined() ? grad_x.view(x.sizes()) : grad_x, at::Tensor(), ctx->needs_input_grad(2) ? g.lora_a : at::Tensor(),
             ctx->needs_input_grad(3) ? g.lora_b : at::Tensor(), at::Tensor()};
   }
@@ -86,15 +84,35 @@ at::Tensor lora_linear_reference(const at::Tensor& x, const at::Tensor& x_adapte
   return y + update.to(y.scalar_type());
 }
 
+void check_projection(const Projection& p, const std::string& op) {
+  if (!p.has_lora()) return;
+  if (p.weight.requires_grad())
+    throw RunError(op + ": the base weight " + c10::str(p.weight.sizes()) + " must be frozen under adapters (it has requires_grad set)");
+  if (p.lora_a.size(1) != p.weight.size(1) || p.lora_b.size(0) != p.weight.size(0) || p.lora_b.size(1) != p.lora_a.size(0))
+    throw RunError(op + ": adapters lora_a " + c10::str(p.lora_a.sizes()) + ", lora_b " + c10::str(p.lora_b.sizes()) +
+                   " do not fit weight " + c10::str(p.weight.sizes()));
+}
+
+at::Tensor project_reference(const Projection& p, const at::Tensor& x) {
+  if (!p.has_lora()) return at::linear(x, p.weight);
+  return lora_linear_reference(x, x.to(p.lora_a.scalar_type()), p.weight, p.lora_a, p.lora_b, p.scale);
+}
+
+void append_projection_inputs(OpInputs& in, std::int64_t out, std::int64_t inp, std::int64_t rank, bool lora,
+                              at::ScalarType dtype, at::Device device, at::Generator& gen) {
+  in.inputs.push_back((random_tensor({out, inp}, at::kFloat, device, gen) * 0.02).to(dtype));
+  in.differentiable.push_back(!lora);
+  if (!lora) return;
+  in.inputs.push_back(random_tensor({rank, inp}, at::kFloat, device, gen) / std::sqrt(static_cast<double>(inp)));
+  in.inputs.push_back(random_tensor({out, rank}, at::kFloat, device, gen) * 0.02);
+  in.differentiable.insert(in.differentiable.end(), {true, true});
+}
+
 at::Tensor lora_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& lora_a, const at::Tensor& lora_b,
                        double scale) {
-  if (weight.requires_grad())
-    throw RunError("lora_linear: the base weight must be frozen (it has requires_grad set)");
-  if (x.size(-1) != weight.size(1) || lora_a.size(1) != weight.size(1) || lora_b.size(0) != weight.size(0) ||
-      lora_b.size(1) != lora_a.size(0))
-    throw RunError("lora_linear: shapes do not chain: x " + c10::str(x.sizes()) + ", weight " +
-                   c10::str(weight.sizes()) + ", lora_a " + c10::str(lora_a.sizes()) + ", lora_b " +
-                   c10::str(lora_b.sizes()));
+  if (x.size(-1) != weight.size(1))
+    throw RunError("lora_linear: x " + c10::str(x.sizes()) + " does not fit weight " + c10::str(weight.sizes()));
+  check_projection({weight, lora_a, lora_b, scale}, "lora_linear");
   return LoraLinear::apply(x, weight, lora_a, lora_b, scale);
 }
 
@@ -106,24 +124,18 @@ OpSpec lora_linear_op() {
   // The gate/up projection: x [tokens, hidden] to [tokens, intermediate], the widest adapted input
   // being the down projection's, the widest output these.
   op.make_inputs = [](const OpShape& s, at::ScalarType dtype, at::Device device, at::Generator& gen) {
-    // x ~ N(0, 1); weight ~ N(0, 0.02^2) as initialised; A ~ N(0, 1/hidden), about PEFT's
-    // kaiming-uniform scale; B non-zero (unlike at initialisation), so every gradient path carries something.
-    OpInputs in;
-    // The adapters stay fp32 as the trainer keeps them; x and the frozen weight take `dtype`.
-    in.inputs = {random_tensor({s.tokens, s.hidden}, dtype, device, gen),
-                 (random_tensor({s.intermediate, s.hidden}, at::kFloat, device, gen) * 0.02).to(dtype),
-                 random_tensor({s.lora_rank, s.hidden}, at::kFloat, device, gen) / std::sqrt(static_cast<double>(s.hidden)),
-                 random_tensor({s.intermediate, s.lora_rank}, at::kFloat, device, gen) * 0.02};
-    in.differentiable = {true, false, true, true};
+    OpInputs in;  // x ~ N(0, 1), then the projection's weight and adapters
+    in.inputs = {random_tensor({s.tokens, s.hidden}, dtype, device, gen)};
+    in.differentiable = {true};
+    append_projection_inputs(in, s.intermediate, s.hidden, s.lora_rank, /*lora=*/true, dtype, device, gen);
     in.grad_outputs = {random_tensor({s.tokens, s.intermediate}, dtype, device, gen)};
     return in;
   };
-  constexpr double kScale = 2.0;  // alpha 32 / rank 16, the suites' setting
   op.reference = [](const std::vector<at::Tensor>& in) {
-    return std::vector<at::Tensor>{lora_linear_reference(in[0], in[0].to(in[2].scalar_type()), in[1], in[2], in[3], kScale)};
+    return std::vector<at::Tensor>{project_reference({in[1], in[2], in[3], kRegistryLoraScale}, in[0])};
   };
   op.fused = [](const std::vector<at::Tensor>& in) {
-    return std::vector<at::Tensor>{lora_linear(in[0], in[1], in[2], in[3], kScale)};
+    return std::vector<at::Tensor>{lora_linear(in[0], in[1], in[2], in[3], kRegistryLoraScale)};
   };
   // x, weight, adapters read and y written in forward; backward reads grad_y, x, weight and writes
   // grad_x (the adapters' gradients are r/hidden of that).

@@ -3,7 +3,6 @@
 #include "kernels/mlp/mlp.h"
 
 #include <array>
-#include <cmath>
 
 #include <torch/csrc/autograd/custom_function.h>
 
@@ -18,8 +17,6 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-at::Tensor rows(const at::Tensor& t) { return t.defined() ? t.reshape({-1, t.size(-1)}) : t; }
-
 // Autograd's apply takes defined tensors only: an absent residual or adapter travels as an empty
 // tensor and is undefined again inside.
 at::Tensor absent_as_empty(const at::Tensor& t, const at::Tensor& like) { return t.defined() ? t : at::empty({0}, like.options()); }
@@ -31,11 +28,11 @@ struct SwigluMlp : public torch::autograd::Function<SwigluMlp> {
                             const at::Tensor& up_w, const at::Tensor& up_a, const at::Tensor& up_b,
                             const at::Tensor& down_w, const at::Tensor& down_a, const at::Tensor& down_b,
                             double gate_scale, double up_scale, double down_scale) {
-    const auto x2 = rows(x);
+    const auto x2 = as_rows(x);
     const auto a = empty_as_absent;
     const auto g = project({gate_w, a(gate_a), a(gate_b), gate_scale}, x2);
     const auto u = project({up_w, a(up_a), a(up_b), up_scale}, x2);
-    const auto d = project({down_w, a(down_a), a(down_b), down_scale}, swiglu_values(g.y, u.y), rows(a(residual)));
+    const auto d = project({down_w, a(down_a), a(down_b), down_scale}, swiglu_values(g.y, u.y), as_rows(a(residual)));
     ctx->save_for_backward({x, g.y, u.y, g.xa, u.xa, d.xa, gate_w, a(gate_a), a(gate_b), up_w, a(up_a), a(up_b), down_w,
                             a(down_a), a(down_b)});
     ctx->saved_data["gate_scale"] = gate_scale;
@@ -50,12 +47,12 @@ struct SwigluMlp : public torch::autograd::Function<SwigluMlp> {
     const Projection gate{s[6], s[7], s[8], ctx->saved_data["gate_scale"].toDouble()};
     const Projection up{s[9], s[10], s[11], ctx->saved_data["up_scale"].toDouble()};
     const Projection down{s[12], s[13], s[14], ctx->saved_data["down_scale"].toDouble()};
-    const auto gy = rows(grads[0]);
+    const auto gy = as_rows(grads[0]);
     at::Tensor grad_act;
     const auto gd = project_backward(down, swiglu_values(g, u), s[5], gy, grad_act, true);
     auto [d_gate, d_up] = swiglu_grads(grad_act, g, u);
     grad_act.reset();
-    const auto x2 = rows(x);
+    const auto x2 = as_rows(x);
     at::Tensor grad_x;
     const auto gg = project_backward(gate, x2, s[3], d_gate, grad_x, ctx->needs_input_grad(0));
     d_gate.reset();
@@ -69,50 +66,22 @@ struct SwigluMlp : public torch::autograd::Function<SwigluMlp> {
 
 void check_chain(const at::Tensor& x, const at::Tensor& residual, const Projection& gate, const Projection& up,
                  const Projection& down) {
-  const auto shapes = [&] {
-    return "x " + c10::str(x.sizes()) + ", gate " + c10::str(gate.weight.sizes()) + ", up " + c10::str(up.weight.sizes()) +
-           ", down " + c10::str(down.weight.sizes()) + (residual.defined() ? ", residual " + c10::str(residual.sizes()) : "");
-  };
   const auto hidden = x.size(-1), inter = gate.weight.size(0);
   if (gate.weight.size(1) != hidden || up.weight.sizes() != gate.weight.sizes() || down.weight.size(1) != inter ||
       (residual.defined() && (residual.size(-1) != down.weight.size(0) || residual.numel() / residual.size(-1) != x.numel() / hidden)))
-    throw RunError("swiglu_mlp: shapes do not chain: " + shapes());
-  for (const auto* p : {&gate, &up, &down}) {
-    if (!p->has_lora()) continue;
-    if (p->weight.requires_grad())
-      throw RunError("swiglu_mlp: a projection with adapters must have a frozen weight: " + shapes());
-    if (p->lora_a.size(1) != p->weight.size(1) || p->lora_b.size(0) != p->weight.size(0) || p->lora_b.size(1) != p->lora_a.size(0))
-      throw RunError("swiglu_mlp: adapters " + c10::str(p->lora_a.sizes()) + ", " + c10::str(p->lora_b.sizes()) +
-                     " do not fit weight " + c10::str(p->weight.sizes()));
-  }
+    throw RunError("swiglu_mlp: shapes do not chain: x " + c10::str(x.sizes()) + ", gate " + c10::str(gate.weight.sizes()) +
+                   ", up " + c10::str(up.weight.sizes()) + ", down " + c10::str(down.weight.sizes()) +
+                   (residual.defined() ? ", residual " + c10::str(residual.sizes()) : ""));
+  for (const auto* p : {&gate, &up, &down}) check_projection(*p, "swiglu_mlp");
 }
 
-at::Tensor reference_projection(const Projection& p, const at::Tensor& x) {
-  if (!p.has_lora()) return at::linear(x, p.weight);
-  return lora_linear_reference(x, x.to(p.lora_a.scalar_type()), p.weight, p.lora_a, p.lora_b, p.scale);
-}
-
-constexpr double kLoraScale = 2.0;  // alpha 32 / rank 16, the suites' setting
-
-// x and residual ~ N(0, 1), weights ~ N(0, 0.02^2) as initialised; A ~ N(0, 1/in) (about PEFT's
-// kaiming-uniform scale) and B ~ N(0, 0.02^2), non-zero unlike at initialisation, so that every
-// gradient path carries something. The adapters stay fp32, as the trainer keeps them.
+// x and residual ~ N(0, 1), then each projection's weight and adapters (append_projection_inputs).
 OpInputs mlp_inputs(const OpShape& s, at::ScalarType dtype, at::Device device, at::Generator& gen, bool lora) {
   OpInputs in;
-  const auto weight = [&](std::int64_t out, std::int64_t inp) {
-    return (random_tensor({out, inp}, at::kFloat, device, gen) * 0.02).to(dtype);
-  };
   in.inputs = {random_tensor({s.tokens, s.hidden}, dtype, device, gen), random_tensor({s.tokens, s.hidden}, dtype, device, gen)};
   in.differentiable = {true, true};
   const std::int64_t shapes[3][2] = {{s.intermediate, s.hidden}, {s.intermediate, s.hidden}, {s.hidden, s.intermediate}};
-  for (const auto& [out, inp] : shapes) {
-    in.inputs.push_back(weight(out, inp));
-    in.differentiable.push_back(!lora);
-    if (!lora) continue;
-    in.inputs.push_back(random_tensor({s.lora_rank, inp}, at::kFloat, device, gen) / std::sqrt(static_cast<double>(inp)));
-    in.inputs.push_back(random_tensor({out, s.lora_rank}, at::kFloat, device, gen) * 0.02);
-    in.differentiable.insert(in.differentiable.end(), {true, true});
-  }
+  for (const auto& [out, inp] : shapes) append_projection_inputs(in, out, inp, s.lora_rank, lora, dtype, device, gen);
   in.grad_outputs = {random_tensor({s.tokens, s.hidden}, dtype, device, gen)};
   return in;
 }
@@ -126,7 +95,7 @@ std::array<Projection, 3> projections_of(const std::vector<at::Tensor>& in, bool
     if (!lora) continue;
     proj.lora_a = in[i++];
     proj.lora_b = in[i++];
-    proj.scale = kLoraScale;
+    proj.scale = kRegistryLoraScale;
   }
   return p;
 }
@@ -174,7 +143,7 @@ at::Tensor swiglu_mlp(const at::Tensor& x, const at::Tensor& residual, const Pro
 
 at::Tensor swiglu_mlp_reference(const at::Tensor& x, const at::Tensor& residual, const Projection& gate,
                                 const Projection& up, const Projection& down) {
-  const auto y = reference_projection(down, at::silu(reference_projection(gate, x)) * reference_projection(up, x));
+  const auto y = project_reference(down, at::silu(project_reference(gate, x)) * project_reference(up, x));
   return residual.defined() ? residual + y : y;
 }
 
