@@ -1,5 +1,5 @@
-// RMSNorm forward and backward. A row is handled by a row group of TPR threads (one warp wherever the
-// row allows), each thread owning PPT packs of VEC elements (16-byte packs where the row and the
+// RMSNorm forward and backward. A row is handled by a row group of TPR threads (4 warps for the
+// forward pass without the residual, else one warp wherever the row allows), each thread owning PPT packs of VEC elements (16-byte packs where the row and the
 // pointers allow, else single elements). Every load of a row is issued before the first of its
 // values is used, and the packs are held as loaded (bf16 stays bf16 in registers) between the
 // statistics and the output, so every tensor is read and written once and a thread waits on memory
@@ -27,16 +27,23 @@ namespace {
 // of 16-byte packs takes at most this many threads.
 constexpr int kBlockThreads = 256;
 // The backward pass's blocks, one per multiprocessor: each writes one row of fp32 partial sums of
-// the weight gradient, so fewer, larger blocks leave less for the second kernel to reduce.
+// the weight gradient, so fewer, larger blocks leave less for the second kernel to reduce. 512
+// threads is also the most a backward block may have (its launch bounds and shared memory).
 constexpr int kBackwardBlockThreads = 512;
+constexpr int kBackwardBlocksPerMultiprocessor = 1;
 // A row of single elements (sizes not a multiple of the pack) may take up to this many threads.
 constexpr int kMaxScalarRowThreads = 1024;
-// Packs per thread the launchers prefer at most: forward keeps one (or, with the residual, two)
-// tensor's packs in registers; backward two or three plus fp32 weight-gradient sums for its columns,
-// so it takes fewer packs per thread and more threads per row, staying under 128 registers (512
-// threads per multiprocessor).
-constexpr int kForwardPacks = 16;
+// Packs per thread the launchers prefer at most: forward with the residual keeps two tensors' packs
+// in registers; backward two or three plus fp32 weight-gradient sums for its columns, so it takes
+// few packs per thread and more threads per row, staying under 128 registers (512 threads per
+// multiprocessor). bench/kernels/launch_sweep.cu found no configuration of either more than 2%
+// faster at the 1b and 8b shapes, save 7% for the residual's backward at 1b (not at 8b).
 constexpr int kForwardResidualPacks = 4;
+// Without the residual, a row is spread over this many threads (4 warps): 2 packs a thread at the
+// 1b shape, 4 at 8b, 13-18% faster than a warp a row on an H200, L2-cold (bench/kernels/
+// launch_sweep.cu; bench/results/2026-11-29-h200x1-launch-sweep): more threads per row shorten the
+// wait of a row's loads, and two rows a block of 256 keep as many loads in flight.
+constexpr int kForwardThreadsPerRow = 128;
 constexpr int kBackwardPacks = 4;
 
 struct Layout {
@@ -344,22 +351,29 @@ int pack_width(std::int64_t hidden, std::initializer_list<const void*> pointers)
   return ok ? kPackElems<T> : 1;
 }
 
-std::int64_t backward_blocks(std::int64_t rows, std::int64_t hidden) {
-  // One block of 512 threads per multiprocessor (the backward kernel's launch bounds guarantee it
-  // fits): 16 warps keep enough loads in flight; more blocks would add partial rows.
-  (void)hidden;
-  return std::max<std::int64_t>(1, std::min<std::int64_t>(rows, multiprocessor_count()));
+// The packs per thread that spread a row of `hidden` over kForwardThreadsPerRow threads (at most 16).
+int forward_packs(std::int64_t hidden, int vec) {
+  const std::int64_t packs = (hidden + vec - 1) / vec;
+  int ppt = 1;
+  while (ppt < 16 && static_cast<std::int64_t>(ppt) * kForwardThreadsPerRow < packs) ppt *= 2;
+  return ppt;
 }
 
-}  // namespace
+std::int64_t backward_blocks(std::int64_t rows, int blocks_per_multiprocessor) {
+  return std::max<std::int64_t>(1, std::min<std::int64_t>(rows, static_cast<std::int64_t>(blocks_per_multiprocessor) *
+                                                                     multiprocessor_count()));
+}
 
-void rms_norm_forward(DType dtype, const void* x, const void* residual, const void* weight, void* h_out, void* y,
-                      float* rstd, std::int64_t rows, std::int64_t hidden, float eps, cudaStream_t stream) {
+// The launchers at a given configuration: packs per thread preferred, threads per block and, for
+// backward, blocks per multiprocessor (the public launchers below use the defaults above;
+// bench/kernels/launch_sweep.cu times the alternatives).
+void launch_forward(DType dtype, const void* x, const void* residual, const void* weight, void* h_out, void* y,
+                    float* rstd, std::int64_t rows, std::int64_t hidden, float eps, int packs, int block_threads,
+                    cudaStream_t stream) {
   if (rows == 0) return;
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    const Layout l = layout_for(hidden, pack_width<T>(hidden, {x, residual, weight, h_out, y}),
-                                residual ? kForwardResidualPacks : kForwardPacks, kBlockThreads);
+    const Layout l = layout_for(hidden, pack_width<T>(hidden, {x, residual, weight, h_out, y}), packs, block_threads);
     dispatch_layout<T>(l, [&](auto vec, auto ppt) {
       const dim3 block(l.tpr, l.rows_per_block);
       const auto grid = static_cast<unsigned>((rows + l.rows_per_block - 1) / l.rows_per_block);
@@ -375,33 +389,29 @@ void rms_norm_forward(DType dtype, const void* x, const void* residual, const vo
   });
 }
 
-std::int64_t rms_norm_backward_partials(std::int64_t rows, std::int64_t hidden) { return backward_blocks(rows, hidden); }
-
-void rms_norm_backward(DType dtype, const void* dy, const void* dh, const void* h, const void* weight,
-                       const float* rstd, void* dx, float* dw_partials, void* dweight, std::int64_t rows,
-                       std::int64_t hidden, cudaStream_t stream) {
+// dw_partials holds backward_blocks(rows, blocks_per_multiprocessor) rows of `hidden` floats.
+void launch_backward(DType dtype, const void* dy, const void* dh, const void* h, const void* weight, const float* rstd,
+                     void* dx, float* dw_partials, void* dweight, std::int64_t rows, std::int64_t hidden, int packs,
+                     int block_threads, int blocks_per_multiprocessor, cudaStream_t stream) {
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    const std::int64_t parts = rows == 0 ? 0 : backward_blocks(rows, hidden);
-    if (parts > 0) {
-      const Layout l = layout_for(hidden, pack_width<T>(hidden, {dy, dh, h, weight, dx}), kBackwardPacks,
-                                  kBackwardBlockThreads);
-      dispatch_layout<T>(l, [&](auto vec, auto ppt) {
-        const dim3 block(l.tpr, l.rows_per_block);
-        auto launch = [&](auto kernel) {
-          kernel<<<static_cast<unsigned>(parts), block, 0, stream>>>(
-              static_cast<const T*>(dy), static_cast<const T*>(dh), static_cast<const T*>(h),
-              static_cast<const T*>(weight), rstd, static_cast<T*>(dx), dw_partials, rows, static_cast<int>(hidden));
-        };
-        if (dh) launch(rms_norm_backward_kernel<T, vec.value, ppt.value, true>);
-        else launch(rms_norm_backward_kernel<T, vec.value, ppt.value, false>);
-        DDPBENCH_LAUNCH_CHECK("rms_norm_backward_kernel");
-      });
-    }
+    const std::int64_t parts = rows == 0 ? 0 : backward_blocks(rows, blocks_per_multiprocessor);
     if (parts == 0) {
       DDPBENCH_CUDA_CHECK(cudaMemsetAsync(dweight, 0, hidden * sizeof(T), stream));
       return;
     }
+    const Layout l = layout_for(hidden, pack_width<T>(hidden, {dy, dh, h, weight, dx}), packs, block_threads);
+    dispatch_layout<T>(l, [&](auto vec, auto ppt) {
+      const dim3 block(l.tpr, l.rows_per_block);
+      auto launch = [&](auto kernel) {
+        kernel<<<static_cast<unsigned>(parts), block, 0, stream>>>(
+            static_cast<const T*>(dy), static_cast<const T*>(dh), static_cast<const T*>(h), static_cast<const T*>(weight),
+            rstd, static_cast<T*>(dx), dw_partials, rows, static_cast<int>(hidden));
+      };
+      if (dh) launch(rms_norm_backward_kernel<T, vec.value, ppt.value, true>);
+      else launch(rms_norm_backward_kernel<T, vec.value, ppt.value, false>);
+      DDPBENCH_LAUNCH_CHECK("rms_norm_backward_kernel");
+    });
     // Launched as a programmatic dependent of the backward kernel (sm_90; elsewhere the attribute
     // is ignored and this is an ordinary launch in stream order).
     cudaLaunchConfig_t config{};
@@ -416,6 +426,26 @@ void rms_norm_backward(DType dtype, const void* dy, const void* dh, const void* 
     DDPBENCH_CUDA_CHECK(cudaLaunchKernelEx(&config, reduce_partials_kernel<T>, static_cast<const float*>(dw_partials),
                                            static_cast<T*>(dweight), static_cast<int>(parts), static_cast<int>(hidden)));
   });
+}
+
+}  // namespace
+
+void rms_norm_forward(DType dtype, const void* x, const void* residual, const void* weight, void* h_out, void* y,
+                      float* rstd, std::int64_t rows, std::int64_t hidden, float eps, cudaStream_t stream) {
+  const int vec = dtype == DType::bf16 ? kPackElems<__nv_bfloat16> : kPackElems<float>;
+  launch_forward(dtype, x, residual, weight, h_out, y, rstd, rows, hidden, eps,
+                 residual ? kForwardResidualPacks : forward_packs(hidden, vec), kBlockThreads, stream);
+}
+
+std::int64_t rms_norm_backward_partials(std::int64_t rows, std::int64_t /*hidden*/) {
+  return backward_blocks(rows, kBackwardBlocksPerMultiprocessor);
+}
+
+void rms_norm_backward(DType dtype, const void* dy, const void* dh, const void* h, const void* weight,
+                       const float* rstd, void* dx, float* dw_partials, void* dweight, std::int64_t rows,
+                       std::int64_t hidden, cudaStream_t stream) {
+  launch_backward(dtype, dy, dh, h, weight, rstd, dx, dw_partials, dweight, rows, hidden, kBackwardPacks,
+                  kBackwardBlockThreads, kBackwardBlocksPerMultiprocessor, stream);
 }
 
 }  // namespace ddpbench::kernels
