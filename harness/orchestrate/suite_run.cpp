@@ -242,8 +242,8 @@ void print_loss_floors(const nlohmann::json& f) {
                 format_loss_difference(number(x["floor"])).c_str(), format_loss_difference(number(x["bias_floor"])).c_str(),
                 x["cell"].get<std::string>().c_str(), x["twin"].get<std::string>().c_str());
   if (f["against_builtin"].empty()) return;
-  std::printf("loss curves against builtin, medians over pairs of repeats: max |loss difference| by the larger trainer's A/A "
-              "floor; mean loss difference (trainer minus builtin) by the largest A/A bias of the workload's twins:\n");
+  std::printf("loss curves against builtin (medians over pairs of repeats): max |loss difference| by the larger A/A floor, "
+              "mean difference (trainer - builtin) by the workload's largest A/A bias:\n");
   for (const auto& x : f["against_builtin"]) {
     std::string verdict = x["verdict"].get<std::string>();
     if (x["floor"].is_number())
