@@ -791,10 +791,13 @@ TEST_F(Cli, RunStatesEachTrainersAaFloorAndJudgesByTheLarger) {
   }
   const auto& f = index["loss_floors"];
   ASSERT_EQ(f["floors"].size(), 2u) << f.dump();
-  std::map<std::string, double> floor;
+  std::map<std::string, double> floor, bias_floor;
   for (const auto& x : f["floors"]) {
     ASSERT_TRUE(x["floor"].is_number()) << x.dump();
+    ASSERT_TRUE(x["bias_floor"].is_number()) << x.dump();
     floor[x["trainer"].get<std::string>()] = x["floor"].get<double>();
+    bias_floor[x["trainer"].get<std::string>()] = x["bias_floor"].get<double>();
+    EXPECT_LE(x["bias_floor"].get<double>(), x["floor"].get<double>()) << x.dump();  // a mean is at most the max
     // Equal work to rounding: another token or weight would move a loss by far more.
     EXPECT_LT(x["floor"].get<double>(), 1e-4) << x.dump();
     EXPECT_EQ(x["twin"], "w-aa/" + x["trainer"].get<std::string>() + "/n1/b1/g2/s16");
@@ -809,7 +812,13 @@ TEST_F(Cli, RunStatesEachTrainersAaFloorAndJudgesByTheLarger) {
   EXPECT_EQ(j["floor_of"], floor["hf"] > floor["builtin"] ? "hf" : "builtin");
   EXPECT_EQ(j["verdict"], j["distance"].get<double>() <= larger ? "within A/A floor" : "beyond A/A floor");
   EXPECT_LT(j["distance"].get<double>(), 1e-4);
-  EXPECT_NE(r.output.find("w/hf/n1/b2/g1/s16"), std::string::npos);
+  // The bias is judged by the workload's A/A bias: the largest of every twinned trainer's.
+  const double bias_larger = std::max(bias_floor["builtin"], bias_floor["hf"]);
+  EXPECT_DOUBLE_EQ(j["bias_floor"].get<double>(), bias_larger);
+  EXPECT_LE(std::fabs(j["bias"].get<double>()), j["distance"].get<double>());
+  EXPECT_EQ(j["bias_verdict"], std::fabs(j["bias"].get<double>()) <= bias_larger ? "no bias beyond A/A" : "biased");
+  EXPECT_NE(r.output.find("w/hf/n1/b2/g1/s16  max "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("; mean "), std::string::npos) << r.output;
 }
 
 // A suite with a Python trainer makes its equal-work inputs once per run for the widest world of

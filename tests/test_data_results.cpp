@@ -792,5 +792,30 @@ TEST(LossCurves, FloorAndDistanceOverMeasuredSteps) {
   EXPECT_FALSE(results::loss_curve_distance({{4.0, 3.0}}, {}));
 }
 
+// The bias test beside the floor: the signed mean difference, which noise (flipping sign from step
+// to step) averages out of and a curve lying below another at every step keeps.
+TEST(LossCurves, BiasIsTheSignedMeanDifference) {
+  EXPECT_NEAR(*results::mean_loss_difference(std::vector<double>{4.0, 3.0}, std::vector<double>{3.9, 3.25}), -0.075, 1e-12);
+  EXPECT_NEAR(*results::mean_loss_difference(std::vector<double>{3.9, 3.25}, std::vector<double>{4.0, 3.0}), 0.075, 1e-12);
+  // Noise that flips sign: a large max, no bias.
+  EXPECT_NEAR(*results::mean_loss_difference(std::vector<double>{4.1, 2.9}, std::vector<double>{4.0, 3.0}), 0.0, 1e-12);
+  EXPECT_FALSE(results::mean_loss_difference(std::vector<double>{4.0}, std::vector<double>{4.0, 3.0}));
+  EXPECT_FALSE(results::mean_loss_difference(std::vector<double>{}, std::vector<double>{}));
+
+  // Means, cell minus twin: repeat 1 -0.01, repeat 2 +0.02; repeat 1 minus repeat 2: -0.03, the largest.
+  const results::LossCurves cell{{4.0, 3.0}, {4.0, 3.06}}, twin{{4.02, 3.0}};
+  EXPECT_NEAR(*results::aa_bias(cell, twin), 0.03, 1e-12);
+  EXPECT_NEAR(*results::aa_bias({{4.0, 3.0}}, twin), 0.01, 1e-12);                    // the twin alone
+  EXPECT_NEAR(*results::aa_bias({{4.1, 2.9}}, {{4.0, 3.0}}), 0.0, 1e-12);             // a max floor of 0.1, no bias
+  EXPECT_FALSE(results::aa_bias({{4.0, 3.0}}, {}));
+  EXPECT_FALSE(results::aa_bias({{4.0, 3.0}}, {{4.0}}));
+
+  // Pairs, a minus b: -0.05, -0.15, +0.1, 0 -> median -0.025.
+  EXPECT_NEAR(*results::loss_curve_bias({{3.9, 3.0}, {4.2, 3.0}}, {{4.0, 3.0}, {4.1, 3.1}}), -0.025, 1e-12);
+  EXPECT_NEAR(*results::loss_curve_bias({{4.0, 3.0}, {4.1, 3.1}}, {{3.9, 3.0}, {4.2, 3.0}}), 0.025, 1e-12);  // signed
+  EXPECT_FALSE(results::loss_curve_bias({{4.0, 3.0}}, {}));
+  EXPECT_FALSE(results::loss_curve_bias({{4.0, 3.0}}, {{4.0}}));
+}
+
 }  // namespace
 }  // namespace ddpbench

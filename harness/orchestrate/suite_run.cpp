@@ -2,6 +2,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <ctime>
@@ -162,20 +163,31 @@ std::string equal_work_key(const suite::Cell& c) {
 // other trainer's loss curve against the built-in trainer's in the cell of equal work, judged by
 // the larger of the two trainers' floors, which is named: a trainer whose kernels round
 // differently has a floor of its own (issue 10). A pair lacking either floor gets no verdict.
+// The largest difference is noisy (a maximum over steps of one pair), so the curves' signed mean
+// difference (bias) is judged too: noise flips sign from step to step and averages out, a curve
+// that lies below another at every step (other numerics) does not.
 nlohmann::json loss_floors(const std::vector<PlannedCell>& cells) {
   std::map<std::string, const PlannedCell*> by_name;
   for (const auto& p : cells) by_name[p.cell->name] = &p;
   nlohmann::json floors = nlohmann::json::array(), judged = nlohmann::json::array();
   std::map<std::string, std::map<std::string, std::optional<double>>> floor_of;  // work key -> trainer -> floor
+  // work key -> the largest A/A bias of the trainers twinned there: each twin is a sample of the
+  // same rounding noise of the workload, whatever its trainer, so the bias floor is the workload's.
+  std::map<std::string, std::optional<double>> bias_floor_of;
   for (const auto& twin : cells) {
     const auto base = by_name.find(twin.cell->aa_of);
     if (twin.cell->aa_of.empty() || base == by_name.end()) continue;
     const auto& cell = *base->second;
     const auto label = results::trainer_label(cell.config.trainer, cell.config.impl);
     const auto floor = results::aa_floor(cell.ok_losses, twin.ok_losses);
-    floor_of[equal_work_key(*cell.cell)][label] = floor;
+    const auto bias = results::aa_bias(cell.ok_losses, twin.ok_losses);
+    const auto key = equal_work_key(*cell.cell);
+    floor_of[key][label] = floor;
+    auto& bias_floor = bias_floor_of[key];
+    if (bias) bias_floor = std::max(bias_floor.value_or(0.0), *bias);
     floors.push_back({{"trainer", label}, {"cell", cell.cell->name}, {"twin", twin.cell->name},
-                      {"floor", floor ? nlohmann::json(*floor) : nlohmann::json(nullptr)}});
+                      {"floor", floor ? nlohmann::json(*floor) : nlohmann::json(nullptr)},
+                      {"bias_floor", bias ? nlohmann::json(*bias) : nlohmann::json(nullptr)}});
   }
   std::map<std::string, const PlannedCell*> builtin;  // work key -> the built-in cell
   for (const auto& p : cells)
@@ -188,9 +200,16 @@ nlohmann::json loss_floors(const std::vector<PlannedCell>& cells) {
     const auto known = floor_of.find(key);
     if (!p.cell->aa_of.empty() || label == "builtin" || base == builtin.end() || known == floor_of.end()) continue;
     const auto distance = results::loss_curve_distance(p.ok_losses, base->second->ok_losses);
-    if (!distance) continue;
+    const auto bias = results::loss_curve_bias(p.ok_losses, base->second->ok_losses);
+    if (!distance || !bias) continue;  // both or neither: the same pairs of curves
     nlohmann::json j = {{"cell", p.cell->name}, {"baseline_cell", base->second->cell->name}, {"distance", *distance},
-                        {"floor", nullptr}, {"floor_of", nullptr}};
+                        {"floor", nullptr}, {"floor_of", nullptr}, {"bias", *bias}, {"bias_floor", nullptr}};
+    if (const auto& bias_floor = bias_floor_of[key]) {
+      j["bias_floor"] = *bias_floor;
+      j["bias_verdict"] = std::fabs(*bias) <= *bias_floor ? "no bias beyond A/A" : "biased";
+    } else {
+      j["bias_verdict"] = "no A/A floor";
+    }
     const auto floor = [&](const std::string& t) {
       auto f = known->second.find(t);
       return f == known->second.end() ? std::optional<double>() : f->second;
@@ -215,19 +234,26 @@ nlohmann::json loss_floors(const std::vector<PlannedCell>& cells) {
 
 void print_loss_floors(const nlohmann::json& f) {
   if (f["floors"].empty()) return;
-  std::printf("\nA/A floors (max |loss difference| over the measured steps, one-rank cell against its A/A twin):\n");
+  const auto number = [](const nlohmann::json& v) { return v.is_number() ? std::optional<double>(v.get<double>()) : std::nullopt; };
+  std::printf("\nA/A floors (max |loss difference| and bias |mean loss difference| over the measured steps, one-rank cell "
+              "against its A/A twin):\n");
   for (const auto& x : f["floors"])
-    std::printf("  %-10s %-9s %s vs %s\n", x["trainer"].get<std::string>().c_str(),
-                format_loss_difference(x["floor"].is_number() ? std::optional<double>(x["floor"].get<double>()) : std::nullopt).c_str(),
+    std::printf("  %-10s max %-9s bias %-9s %s vs %s\n", x["trainer"].get<std::string>().c_str(),
+                format_loss_difference(number(x["floor"])).c_str(), format_loss_difference(number(x["bias_floor"])).c_str(),
                 x["cell"].get<std::string>().c_str(), x["twin"].get<std::string>().c_str());
   if (f["against_builtin"].empty()) return;
-  std::printf("loss curves against builtin (max |loss difference|, median over pairs of repeats), by the larger floor:\n");
+  std::printf("loss curves against builtin (medians over pairs of repeats): max |loss difference| by the larger A/A floor, "
+              "mean difference (trainer - builtin) by the workload's largest A/A bias:\n");
   for (const auto& x : f["against_builtin"]) {
     std::string verdict = x["verdict"].get<std::string>();
     if (x["floor"].is_number())
       verdict += " " + format_loss_difference(x["floor"].get<double>()) + " (" + x["floor_of"].get<std::string>() + "'s)";
-    std::printf("  %s  %s  %s\n", x["cell"].get<std::string>().c_str(), format_loss_difference(x["distance"].get<double>()).c_str(),
-                verdict.c_str());
+    char mean[32];
+    std::snprintf(mean, sizeof mean, "%+.1e", x["bias"].get<double>());
+    std::string bias_verdict = x["bias_verdict"].get<std::string>();
+    if (x["bias_floor"].is_number()) bias_verdict += " (" + format_loss_difference(x["bias_floor"].get<double>()) + ")";
+    std::printf("  %s  max %s %s; mean %s: %s\n", x["cell"].get<std::string>().c_str(),
+                format_loss_difference(x["distance"].get<double>()).c_str(), verdict.c_str(), mean, bias_verdict.c_str());
   }
 }
 

@@ -125,25 +125,60 @@ std::optional<double> max_loss_difference(std::span<const double> a, std::span<c
   return m;
 }
 
-std::optional<double> aa_floor(const LossCurves& cell, const LossCurves& twin) {
-  std::optional<double> floor;
-  const auto take = [&](const std::vector<double>& a, const std::vector<double>& b) {
-    if (auto d = max_loss_difference(a, b)) floor = std::max(floor.value_or(0.0), *d);
+std::optional<double> mean_loss_difference(std::span<const double> a, std::span<const double> b) {
+  if (a.empty() || a.size() != b.size()) return std::nullopt;
+  double sum = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) sum += a[i] - b[i];
+  return sum / static_cast<double>(a.size());
+}
+
+namespace {
+
+using CurveStatistic = std::optional<double> (*)(std::span<const double>, std::span<const double>);
+
+// `statistic` of every pair of a repeat of `a` and one of `b` that cover the same steps and, with
+// `and_within_a`, of every two repeats of `a` too (the pairs of an A/A floor).
+std::vector<double> over_pairs(const LossCurves& a, const LossCurves& b, bool and_within_a, CurveStatistic statistic) {
+  std::vector<double> out;
+  const auto take = [&](const std::vector<double>& x, const std::vector<double>& y) {
+    if (auto v = statistic(x, y)) out.push_back(*v);
   };
-  for (std::size_t i = 0; i < cell.size(); ++i) {
-    for (const auto& t : twin) take(cell[i], t);
-    for (std::size_t j = i + 1; j < cell.size(); ++j) take(cell[i], cell[j]);
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    for (const auto& y : b) take(a[i], y);
+    if (and_within_a)
+      for (std::size_t j = i + 1; j < a.size(); ++j) take(a[i], a[j]);
   }
-  return floor;
+  return out;
+}
+
+std::optional<double> largest_magnitude(const std::vector<double>& v) {
+  if (v.empty()) return std::nullopt;
+  double m = 0;
+  for (double x : v) m = std::max(m, std::fabs(x));
+  return m;
+}
+
+std::optional<double> median_of(const std::vector<double>& v) {
+  if (v.empty()) return std::nullopt;
+  return median(v);
+}
+
+}  // namespace
+
+std::optional<double> aa_floor(const LossCurves& cell, const LossCurves& twin) {
+  return largest_magnitude(over_pairs(cell, twin, true, max_loss_difference));
+}
+
+std::optional<double> aa_bias(const LossCurves& cell, const LossCurves& twin) {
+  return largest_magnitude(over_pairs(cell, twin, true, mean_loss_difference));
 }
 
 std::optional<double> loss_curve_distance(const LossCurves& a, const LossCurves& b) {
-  std::vector<double> d;
-  for (const auto& x : a)
-    for (const auto& y : b)
-      if (auto m = max_loss_difference(x, y)) d.push_back(*m);
-  if (d.empty()) return std::nullopt;
-  return median(d);
+  return median_of(over_pairs(a, b, false, max_loss_difference));
+}
+
+std::optional<double> loss_curve_bias(const LossCurves& a, const LossCurves& b) {
+  return median_of(over_pairs(a, b, false, mean_loss_difference));
 }
 
 }  // namespace ddpbench::results

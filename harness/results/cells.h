@@ -79,11 +79,18 @@ using LossCurves = std::vector<std::vector<double>>;
 std::vector<double> measured_losses(const nlohmann::json& run_document);
 // Largest |a[i] - b[i]| over the steps; nullopt when the curves do not cover the same steps.
 std::optional<double> max_loss_difference(std::span<const double> a, std::span<const double> b);
+// Mean of a[i] - b[i] over the steps (signed: a curve lying below another has a negative mean,
+// where rounding noise flips sign from step to step and averages out); nullopt as above.
+std::optional<double> mean_loss_difference(std::span<const double> a, std::span<const double> b);
 // A trainer's A/A floor: the largest max_loss_difference between any repeat of its cell and any of
 // the cell's A/A twin, and between any two repeats of the cell (runs of identical work). nullopt:
 // no pair of curves covering the same steps.
 std::optional<double> aa_floor(const LossCurves& cell, const LossCurves& twin);
+// A trainer's A/A bias: the largest |mean_loss_difference| over the pairs aa_floor takes.
+std::optional<double> aa_bias(const LossCurves& cell, const LossCurves& twin);
 // Two cells' curve distance: the median over pairs of their repeats of max_loss_difference.
 std::optional<double> loss_curve_distance(const LossCurves& a, const LossCurves& b);
+// Two cells' curve bias, a minus b: the median over pairs of their repeats of mean_loss_difference.
+std::optional<double> loss_curve_bias(const LossCurves& a, const LossCurves& b);
 
 }  // namespace ddpbench::results

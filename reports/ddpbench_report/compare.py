@@ -200,13 +200,33 @@ def twins_of(model: Model, cell: Cell) -> list:
             and (aa.key[0], aa.key[1], aa.key[4]) == (w, n, s) and aa.key[2] * aa.key[3] == b * g]
 
 
-def trainer_floor(model: Model, cell: Cell) -> float | None:
-    """A trainer's A/A floor in a cell: the largest distance between the cell and its A/A twins, and
-    between the cell's own repeats (runs of identical work). None: neither was measured."""
-    dists = stats.within_distances(cell.measured_curves)
+def _aa_pairs(model: Model, cell: Cell, measure) -> list:
+    """`measure` between the cell and its A/A twins, and between the cell's own repeats (runs of
+    identical work)."""
+    out = stats.within_pairs(cell.measured_curves, measure)
     for aa in twins_of(model, cell):
-        dists += stats.pairwise_distances(aa.measured_curves, cell.measured_curves)
+        out += stats.over_pairs(aa.measured_curves, cell.measured_curves, measure)
+    return out
+
+
+def trainer_floor(model: Model, cell: Cell) -> float | None:
+    """A trainer's A/A floor in a cell: the largest distance over its A/A pairs. None: none measured."""
+    dists = _aa_pairs(model, cell, stats.curve_distance)
     return max(dists) if dists else None
+
+
+def trainer_bias(model: Model, cell: Cell) -> float | None:
+    """A trainer's A/A bias in a cell: the largest |mean difference| over its A/A pairs."""
+    biases = _aa_pairs(model, cell, stats.curve_bias)
+    return max(abs(b) for b in biases) if biases else None
+
+
+def bias_floor(model: Model, pair: Pair) -> float | None:
+    """The floor a pair's bias is judged by: the largest A/A bias of any trainer at the pair's cells of
+    equal work. Every twin samples the same rounding noise of the workload, whatever its trainer."""
+    biases = [trainer_bias(model, c) for c in model.cells if c.key in (pair.candidate.key, pair.baseline.key)]
+    biases = [b for b in biases if b is not None]
+    return max(biases) if biases else None
 
 
 @dataclass
@@ -227,17 +247,23 @@ def loss_floor(model: Model, pair: Pair) -> LossFloor:
 
 
 def loss_distance(pair: Pair) -> float | None:
-    d = stats.pairwise_distances(pair.candidate.measured_curves, pair.baseline.measured_curves)
+    d = stats.over_pairs(pair.candidate.measured_curves, pair.baseline.measured_curves)
     return stats.agg(d).median if d else None
 
 
+def loss_bias(pair: Pair) -> float | None:
+    """Candidate minus baseline: the median over pairs of repeats of the mean loss difference."""
+    b = stats.over_pairs(pair.candidate.measured_curves, pair.baseline.measured_curves, stats.curve_bias)
+    return stats.agg(b).median if b else None
+
+
 def floor_rows(model: Model) -> list:
-    """(cell, twins, floor) for every cell with an A/A twin: each trainer's stated floor."""
+    """(cell, twins, floor, bias) for every cell with an A/A twin: each trainer's stated floors."""
     out = []
     for c in model.cells:
         twins = twins_of(model, c)
         if twins:
-            out.append((c, twins, trainer_floor(model, c)))
+            out.append((c, twins, trainer_floor(model, c), trainer_bias(model, c)))
     return out
 
 

@@ -31,6 +31,7 @@ FORMATS = {
     "loss": lambda v: f"{v:.4f}",
     "ratio": lambda v: f"{v:.3f}x",
     "distance": lambda v: f"{v:.2e}",
+    "bias": lambda v: f"{v:+.2e}",
     "count": lambda v: f"{v:g}",
 }
 
@@ -71,12 +72,17 @@ def comparison_table(model, pairs) -> tuple:
             rows.append(["", "loss curve distance (A/A floor)", fmt(dist, "distance"),
                          f"floor {fmt(floor.value, 'distance')} ({floor.note})" if floor.value is not None else floor.note,
                          "-", stats.loss_verdict(dist, floor.value)])
+        bias, bias_floor = compare.loss_bias(p), compare.bias_floor(model, p)
+        if bias is not None:
+            rows.append(["", "loss curve bias (mean difference)", fmt(bias, "bias"),
+                         f"floor {fmt(bias_floor, 'distance')} (largest A/A bias)" if bias_floor is not None else "no A/A floor",
+                         "-", stats.bias_verdict(bias, bias_floor)])
     return header, rows
 
 
 def summary_table(model) -> tuple:
     """One line per compared cell: the ratios that decide, each with its verdict."""
-    header = ["comparison", "cell", "tokens/s per GPU", "time to target loss", "peak memory", "loss curves"]
+    header = ["comparison", "cell", "tokens/s per GPU", "time to target loss", "peak memory", "loss curves", "loss bias"]
     rows = []
     for title, pairs in model.pairs:
         for p in pairs:
@@ -87,6 +93,7 @@ def summary_table(model) -> tuple:
                 r = stats.ratio(c, b)
                 line.append("-" if r is None else f"{fmt(r, 'ratio')}, {stats.verdict(c, b, direction)}")
             line.append(stats.loss_verdict(compare.loss_distance(p), compare.loss_floor(model, p).value))
+            line.append(stats.bias_verdict(compare.loss_bias(p), compare.bias_floor(model, p)))
             rows.append(line)
     return header, rows
 
@@ -135,10 +142,11 @@ def blocks_for(model, docs, figures, sources: str) -> list:
     if floors:
         out.append(("h3", "A/A floors"))
         out.append(("p", "Each trainer's floor: the largest |loss difference| over the measured steps between its cell "
-                         "and the cell's A/A twin (or between the cell's repeats)."))
-        out.append(("table", ["cell", "trainer", "A/A twin", "floor"],
+                         "and the cell's A/A twin (or between the cell's repeats); its bias: the largest |mean loss "
+                         "difference| over the same pairs."))
+        out.append(("table", ["cell", "trainer", "A/A twin", "floor", "bias"],
                     [[key_name(c.key), c.label, ", ".join(f"b{t.key[2]} g{t.key[3]} ({len(t.docs)} runs)" for t in twins),
-                      fmt(f, "distance")] for c, twins, f in floors]))
+                      fmt(f, "distance"), fmt(b, "distance")] for c, twins, f, b in floors]))
     for title, pairs in model.pairs:
         out.append(("h2", title))
         header, rows = comparison_table(model, pairs)
@@ -217,7 +225,7 @@ def _html_cell(text: str) -> str:
     t = html.escape(str(text))
     if str(text).endswith(stats.BETTER):
         return f'<td class="better">{t}</td>'
-    if str(text).endswith((stats.WORSE, "beyond A/A floor")):
+    if str(text).endswith((stats.WORSE, "beyond A/A floor", "biased")):
         return f'<td class="worse">{t}</td>'
     return f"<td>{t}</td>"
 

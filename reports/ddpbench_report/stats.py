@@ -32,7 +32,11 @@ VERDICT_RULE = (
     "floor it is named: a trainer's floor is the largest distance between its cell and the cell's A/A twin "
     "(the same trainer with the same global batch as accumulated half micro-batches: rounding alone) and "
     "between repeats of its cell. Each trainer's floor is measured, none assumed (kernels round "
-    "differently): where either trainer has none, there is no verdict.")
+    "differently): where either trainer has none, there is no verdict. A largest difference is noisy, so the "
+    "bias is judged too: the mean signed difference L_a - L_b over the measured steps (median over pairs of "
+    "repeats), which rounding noise averages out of and a curve lying below another does not, is 'biased' "
+    "when its magnitude is larger than the largest A/A bias (|mean difference| over the same pairs as the "
+    "floors) of any trainer of the workload: every twin samples the same rounding noise.")
 
 
 @dataclass
@@ -97,23 +101,32 @@ def curve_distance(a: list, b: list) -> float | None:
     return max(abs(x - y) for x, y in zip(a, b))
 
 
-def pairwise_distances(curves_a: list, curves_b: list) -> list:
+def curve_bias(a: list, b: list) -> float | None:
+    """Mean of a - b over the steps, signed (results::mean_loss_difference): rounding noise flips
+    sign from step to step and averages out, a curve lying below another does not; None as above."""
+    if not a or len(a) != len(b):
+        return None
+    return sum(x - y for x, y in zip(a, b)) / len(a)
+
+
+def over_pairs(curves_a: list, curves_b: list, measure=curve_distance) -> list:
+    """`measure` of every curve of curves_a against every one of curves_b that covers the same steps."""
     out = []
     for a in curves_a:
         for b in curves_b:
             if a is not b:
-                d = curve_distance(a, b)
+                d = measure(a, b)
                 if d is not None:
                     out.append(d)
     return out
 
 
-def within_distances(curves: list) -> list:
-    """Distances between every two repeats of one cell: what runs of identical work differ by."""
+def within_pairs(curves: list, measure=curve_distance) -> list:
+    """`measure` between every two repeats of one cell: what runs of identical work differ by."""
     out = []
     for i in range(len(curves)):
         for j in range(i + 1, len(curves)):
-            d = curve_distance(curves[i], curves[j])
+            d = measure(curves[i], curves[j])
             if d is not None:
                 out.append(d)
     return out
@@ -125,6 +138,14 @@ def loss_verdict(distance: float | None, floor: float | None) -> str:
     if floor is None:
         return "no A/A floor"
     return "within A/A floor" if distance <= floor else "beyond A/A floor"
+
+
+def bias_verdict(bias: float | None, floor: float | None) -> str:
+    if bias is None:
+        return "n/a"
+    if floor is None:
+        return "no A/A floor"
+    return "no bias beyond A/A" if abs(bias) <= floor else "biased"
 
 
 def smoothed(losses: list, window: int = LOSS_WINDOW) -> list:

@@ -74,6 +74,9 @@ def test_within_run_table_equals_documents(report_a):
     # both floors 0, the baseline's named on a tie.
     dist = rows[("", "loss curve distance (A/A floor)")] if ("", "loss curve distance (A/A floor)") in rows else rows[(w1, "loss curve distance (A/A floor)")]
     assert dist["candidate"] == "2.00e+00" and dist["baseline"] == "floor 0.00e+00 (hf's)" and dist["verdict"] == "beyond A/A floor"
+    # Bias: FAST - SLOW over the measured steps is -0.5, -1, -1.5, -2, -1.5: mean -1.3, beyond the A/A bias 0.
+    bias = rows[(w1, "loss curve bias (mean difference)")]
+    assert (bias["candidate"], bias["baseline"], bias["verdict"]) == ("-1.30e+00", "floor 0.00e+00 (largest A/A bias)", "biased")
     w2 = rows[("w n2 b4 g1 s64", "tokens/s per GPU")]
     assert (w2["candidate"], w2["baseline"], w2["ratio"], w2["verdict"]) == ("950", "400", "2.375x", "one run: no verdict")
 
@@ -224,7 +227,12 @@ def test_older_documents_and_aa_floor(tmp_path):
     assert dist["baseline"] == "no A/A floor for hf" and dist["verdict"] == "no A/A floor"
     # The built-in floor is stated: A/A against the built-in repeats |4.04 - 4| (repeats: 0.03).
     assert tables(md)["A/A floors"] == [{"cell": "w n1 b4 g1 s64", "trainer": "builtin", "A/A twin": "b2 g2 (1 runs)",
-                                         "floor": "4.00e-02"}]
+                                         "floor": "4.00e-02", "bias": "2.00e-02"}]
+    # Bias, builtin minus hf: r1 (-0.02 + 0) / 2, r2 (-0.02 + 0.03) / 2; median -0.0025. The bias floor is the
+    # workload's: the built-in A/A bias (twin minus r1: 0.04 / 2), though hf has no floor of its own.
+    bias = [r for k, r in rows.items() if k[1] == "loss curve bias (mean difference)"][0]
+    assert (bias["candidate"], bias["baseline"], bias["verdict"]) == ("-2.50e-03", "floor 2.00e-02 (largest A/A bias)",
+                                                                     "no bias beyond A/A")
     # The A/A cell sets the floor only: it is not a trainer of the tables.
     assert "A/A" not in "".join(r["trainer"] for r in tables(md)["All cells"])
 
@@ -253,6 +261,41 @@ def test_each_trainer_has_its_own_floor_and_the_larger_judges(tmp_path):
     # liger has no twin: no verdict, and it says whose floor is missing.
     liger = [r for k, r in comparison(md, "liger against builtin").items() if k[1] == "loss curve distance (A/A floor)"][0]
     assert (liger["baseline"], liger["verdict"]) == ("no A/A floor for liger", "no A/A floor")
+
+
+def test_bias_tells_a_lower_curve_from_noise(tmp_path):
+    """Issue 10's two cases: hf differs from the built-in by noise that flips sign (beyond the max floor,
+    no bias); unsloth lies below it at every step by less than the max floor (within it, biased)."""
+    cid = lambda w, t, b, g: f"{w}/{t}/n1/b{b}/g{g}/s64#0000{b}{g}{len(t)}"
+    curves = {  # after the warm-up step
+        ("w", "builtin"): [4.0, 3.0, 2.0, 1.0],
+        ("w-aa", "builtin"): [4.02, 3.0, 2.0, 1.0],    # max 0.02, mean +0.005: the workload's A/A bias
+        ("w", "hf"): [4.03, 2.97, 2.03, 0.97],          # against builtin: max 0.03, mean 0
+        ("w-aa", "hf"): [4.01, 2.99, 2.01, 0.99],       # max 0.02, mean 0
+        ("w", "unsloth"): [3.99, 2.99, 1.99, 0.99],     # against builtin: max 0.01, mean -0.01
+        ("w-aa", "unsloth"): [3.98, 3.0, 1.98, 1.0],    # max 0.01, mean 0
+    }
+    docs = [cell_doc(w, t, 1, 1000, 0.1, [5.0] + c, repeat=1, cell_id=cid(w, t, 2 if w == "w-aa" else 4, 2 if w == "w-aa" else 1),
+                     **({"micro_batch": 2, "grad_accum": 2} if w == "w-aa" else {}))
+            for (w, t), c in curves.items()]
+    run = write_run(tmp_path / "runs" / "20261129-000000-eeee", docs)
+    assert tables_only(run, "--no-tensorboard", "--baseline", "builtin", "--candidate", "hf") == 0
+    md = (run / "report" / "report.md").read_text()
+    floors = {r["trainer"]: r for r in tables(md)["A/A floors"]}
+    assert {t: r["floor"] for t, r in floors.items()} == {"builtin": "2.00e-02", "hf": "2.00e-02", "unsloth": "1.00e-02"}
+    assert floors["builtin"]["bias"] == "5.00e-03"
+    assert float(floors["hf"]["bias"]) < 1e-12 and float(floors["unsloth"]["bias"]) < 1e-12  # 0 but for rounding
+    figures = lambda title: {k[1]: r for k, r in comparison(md, title).items()}
+    hf, unsloth = figures("hf against builtin"), figures("unsloth against builtin")
+    assert hf["loss curve distance (A/A floor)"]["verdict"] == "beyond A/A floor"
+    assert (hf["loss curve bias (mean difference)"]["baseline"], hf["loss curve bias (mean difference)"]["verdict"]) == (
+        "floor 5.00e-03 (largest A/A bias)", "no bias beyond A/A")
+    assert unsloth["loss curve distance (A/A floor)"]["verdict"] == "within A/A floor"
+    assert (unsloth["loss curve bias (mean difference)"]["candidate"], unsloth["loss curve bias (mean difference)"]["verdict"]) == (
+        "-1.00e-02", "biased")
+    summary = {r["comparison"]: (r["loss curves"], r["loss bias"]) for r in tables(md)["Summary"]}
+    assert summary == {"hf against builtin": ("beyond A/A floor", "no bias beyond A/A"),
+                       "unsloth against builtin": ("within A/A floor", "biased")}
 
 
 @pytest.mark.parametrize("args, message", [
