@@ -152,7 +152,7 @@ struct Case {
 
 void print_row(const Case& c, const std::string& config, bool is_default, double ms, double error) {
   const double gbps = c.bytes / (ms * 1e-3) / 1e9;
-  std::printf("%-26s %-34s %s %9.4f %8.0f %7.1f %10s\n", c.op.c_str(), config.c_str(), is_default ? "*" : " ", ms, gbps,
+  std::printf("%-22s %-58s %s %9.4f %8.0f %7.1f %10s\n", c.op.c_str(), config.c_str(), is_default ? "*" : " ", ms, gbps,
               100.0 * c.copy_ms / ms, error < 0 ? "NaN-LEFT" : (error > 1e-2 ? "MISMATCH" : "ok"));
   std::fflush(stdout);
 }
@@ -189,10 +189,11 @@ std::string config_name(std::initializer_list<std::pair<const char*, int>> field
 
 // Named by the layout a request resolves to (layout_for may widen packs or threads), so that
 // requests that resolve alike are swept once.
-std::string rms_config(std::int64_t hidden, int packs, int threads, int per_sm = 0) {
+std::string rms_config(std::int64_t hidden, int packs, int threads, int per_sm = 0, bool prefetch = false) {
   const Layout l = layout_for(hidden, kPackElems<bf16>, packs, threads);
   auto name = config_name({{"packs", l.ppt}, {"threads/row", l.tpr}, {"rows/block", l.rows_per_block}});
-  return per_sm > 0 ? name + " blocks/SM=" + std::to_string(per_sm) : name;
+  if (per_sm > 0) name += " blocks/SM=" + std::to_string(per_sm);
+  return prefetch ? name + " prefetch" : name;
 }
 
 void add_unique(std::vector<std::pair<std::string, std::function<void()>>>& configs, const std::string& name,
@@ -232,12 +233,13 @@ void sweep_rms_norm(Device& dev, const Shape& s) {
     for (int packs : {1, 2, 4, 8})
       for (int threads : {256, 512})
         for (int per_sm : {1, 2, 4})
-          add_unique(configs, rms_config(hidden, packs, threads, per_sm), [=] {
-            launch_backward(DType::bf16, dy.p, with_residual ? dh.p : nullptr, x.p, w.p, rstd, dx.p, partials, dw.p, rows,
-                            hidden, packs, threads, per_sm, nullptr);
-          });
+          for (bool prefetch : {false, true})
+            add_unique(configs, rms_config(hidden, packs, threads, per_sm, prefetch), [=] {
+              launch_backward(DType::bf16, dy.p, with_residual ? dh.p : nullptr, x.p, w.p, rstd, dx.p, partials, dw.p,
+                              rows, hidden, packs, threads, per_sm, prefetch, nullptr);
+            });
     sweep(dev, {op + "/bwd", bwd_bytes, dev.copy_ms(static_cast<std::size_t>(bwd_bytes))}, {dx, dw}, configs,
-          rms_config(hidden, kBackwardPacks, kBackwardBlockThreads, kBackwardBlocksPerMultiprocessor));
+          rms_config(hidden, kBackwardPacks, kBackwardBlockThreads, kBackwardBlocksPerMultiprocessor, kBackwardPrefetch));
   }
 }
 
@@ -315,7 +317,7 @@ int main(int argc, char** argv) {
     DDPBENCH_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     std::printf("device %s, %d multiprocessors, L2 %d MiB; L2-cold median of 25 calls; * = the launchers' default\n",
                 prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
-    std::printf("%-26s %-34s %s %9s %8s %7s %10s\n", "op/preset/pass", "configuration", " ", "ms", "GB/s", "% copy", "check");
+    std::printf("%-22s %-58s %s %9s %8s %7s %10s\n", "op/preset/pass", "configuration", " ", "ms", "GB/s", "% copy", "check");
     for (const auto& s : kShapes) {
       if (!only.empty() && only != s.preset && only != "rms_norm" && only != "rope" && only != "swiglu") {
         std::fprintf(stderr, "launch_sweep: unknown filter '%s' (a preset: 1b, 8b; or an op: rms_norm, rope, swiglu)\n", only.c_str());

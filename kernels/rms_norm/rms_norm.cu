@@ -31,6 +31,9 @@ constexpr int kBlockThreads = 256;
 // threads is also the most a backward block may have (its launch bounds and shared memory).
 constexpr int kBackwardBlockThreads = 512;
 constexpr int kBackwardBlocksPerMultiprocessor = 1;
+// Whether a backward row group loads its next row before it works on the current one (to be
+// measured: bench/kernels/launch_sweep.cu sweeps both).
+constexpr bool kBackwardPrefetch = false;
 // A row of single elements (sizes not a multiple of the pack) may take up to this many threads.
 constexpr int kMaxScalarRowThreads = 1024;
 // Packs per thread the launchers prefer at most: forward with the residual keeps two tensors' packs
@@ -182,7 +185,7 @@ __global__ void __launch_bounds__(max_threads_of<T, VEC, PPT>()) rms_norm_forwar
   if (threadIdx.x == 0) rstd_out[row] = rstd;
 }
 
-template <typename T, int VEC, int PPT, bool DH>
+template <typename T, int VEC, int PPT, bool DH, bool PREFETCH = false>
 __global__ void __launch_bounds__(VEC == 1 ? kMaxScalarRowThreads : kBackwardBlockThreads, 1) rms_norm_backward_kernel(
     const T* __restrict__ dy, const T* __restrict__ dh, const T* __restrict__ h, const T* __restrict__ weight,
     const float* __restrict__ rstd, T* __restrict__ dx, float* __restrict__ dw_partials, std::int64_t rows, int hidden) {
@@ -203,25 +206,47 @@ __global__ void __launch_bounds__(VEC == 1 ? kMaxScalarRowThreads : kBackwardBlo
     for (int e = 0; e < VEC; ++e) dw[j][e] = 0.f;
   const float inv_hidden = 1.f / static_cast<float>(hidden);
   int slot = 0;
-  for (std::int64_t row = static_cast<std::int64_t>(blockIdx.x) * blockDim.y + threadIdx.y; row < rows;
-       row += static_cast<std::int64_t>(gridDim.x) * blockDim.y) {
-    const std::int64_t base = row * hidden;
-    const float r = rstd[row];
-    // The weight is read per row from L1 rather than hoisted out of the loop into registers (as
-    // fp32, that would be as many registers again as the weight-gradient sums).
-    const T* w_row = weight;
-    asm volatile("" : "+l"(w_row));
+  // A row's inputs as loaded, and its rstd. With PREFETCH the next row's are loaded before the
+  // current row is worked on, so a row group always has loads in flight (twice the registers).
+  struct RowInputs {
     P hs[PPT], ds[PPT];
     [[maybe_unused]] P extra[DH ? PPT : 1];
+    float r;
+  };
+  auto load_row = [&](std::int64_t row, RowInputs& in) {
+    const std::int64_t base = row * hidden;
+    in.r = rstd[row];
 #pragma unroll
     for (int j = 0; j < PPT; ++j) {
       const int col = (j * blockDim.x + threadIdx.x) * VEC;
       if (col < hidden) {
-        hs[j] = load_raw<T, VEC>(h + base + col);
-        ds[j] = load_raw<T, VEC>(dy + base + col);
-        if constexpr (DH) extra[j] = load_raw<T, VEC>(dh + base + col);
+        in.hs[j] = load_raw<T, VEC>(h + base + col);
+        in.ds[j] = load_raw<T, VEC>(dy + base + col);
+        if constexpr (DH) in.extra[j] = load_raw<T, VEC>(dh + base + col);
       }
     }
+  };
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.y;
+  std::int64_t row = static_cast<std::int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
+  RowInputs cur;
+  if constexpr (PREFETCH) {
+    if (row < rows) load_row(row, cur);
+  }
+  for (; row < rows; row += stride) {
+    const std::int64_t base = row * hidden;
+    if constexpr (!PREFETCH) load_row(row, cur);
+    [[maybe_unused]] RowInputs next;
+    if constexpr (PREFETCH) {
+      if (row + stride < rows) load_row(row + stride, next);
+    }
+    auto& hs = cur.hs;
+    auto& ds = cur.ds;
+    [[maybe_unused]] auto& extra = cur.extra;
+    const float r = cur.r;
+    // The weight is read per row from L1 rather than hoisted out of the loop into registers (as
+    // fp32, that would be as many registers again as the weight-gradient sums).
+    const T* w_row = weight;
+    asm volatile("" : "+l"(w_row));
     float dot = 0;
 #pragma unroll
     for (int j = 0; j < PPT; ++j) {
@@ -271,6 +296,7 @@ __global__ void __launch_bounds__(VEC == 1 ? kMaxScalarRowThreads : kBackwardBlo
       const int col = (j * blockDim.x + threadIdx.x) * VEC;
       if (col < hidden) store_raw(dx + base + col, hs[j]);
     }
+    if constexpr (PREFETCH) cur = next;
   }
   // The block's rows summed into one partial row: pack by pack through shared memory (one pack of
   // every thread; a block of several rows has at most kBackwardBlockThreads threads).
@@ -365,7 +391,7 @@ std::int64_t backward_blocks(std::int64_t rows, int blocks_per_multiprocessor) {
 }
 
 // The launchers at a given configuration: packs per thread preferred, threads per block and, for
-// backward, blocks per multiprocessor (the public launchers below use the defaults above;
+// backward, blocks per multiprocessor and the next row's prefetch (the public launchers below use the defaults above;
 // bench/kernels/launch_sweep.cu times the alternatives).
 void launch_forward(DType dtype, const void* x, const void* residual, const void* weight, void* h_out, void* y,
                     float* rstd, std::int64_t rows, std::int64_t hidden, float eps, int packs, int block_threads,
@@ -392,7 +418,7 @@ void launch_forward(DType dtype, const void* x, const void* residual, const void
 // dw_partials holds backward_blocks(rows, blocks_per_multiprocessor) rows of `hidden` floats.
 void launch_backward(DType dtype, const void* dy, const void* dh, const void* h, const void* weight, const float* rstd,
                      void* dx, float* dw_partials, void* dweight, std::int64_t rows, std::int64_t hidden, int packs,
-                     int block_threads, int blocks_per_multiprocessor, cudaStream_t stream) {
+                     int block_threads, int blocks_per_multiprocessor, bool prefetch, cudaStream_t stream) {
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     const std::int64_t parts = rows == 0 ? 0 : backward_blocks(rows, blocks_per_multiprocessor);
@@ -408,8 +434,13 @@ void launch_backward(DType dtype, const void* dy, const void* dh, const void* h,
             static_cast<const T*>(dy), static_cast<const T*>(dh), static_cast<const T*>(h), static_cast<const T*>(weight),
             rstd, static_cast<T*>(dx), dw_partials, rows, static_cast<int>(hidden));
       };
-      if (dh) launch(rms_norm_backward_kernel<T, vec.value, ppt.value, true>);
-      else launch(rms_norm_backward_kernel<T, vec.value, ppt.value, false>);
+      if (prefetch) {
+        if (dh) launch(rms_norm_backward_kernel<T, vec.value, ppt.value, true, true>);
+        else launch(rms_norm_backward_kernel<T, vec.value, ppt.value, false, true>);
+      } else {
+        if (dh) launch(rms_norm_backward_kernel<T, vec.value, ppt.value, true, false>);
+        else launch(rms_norm_backward_kernel<T, vec.value, ppt.value, false, false>);
+      }
       DDPBENCH_LAUNCH_CHECK("rms_norm_backward_kernel");
     });
     // Launched as a programmatic dependent of the backward kernel (sm_90; elsewhere the attribute
@@ -445,7 +476,7 @@ void rms_norm_backward(DType dtype, const void* dy, const void* dh, const void* 
                        const float* rstd, void* dx, float* dw_partials, void* dweight, std::int64_t rows,
                        std::int64_t hidden, cudaStream_t stream) {
   launch_backward(dtype, dy, dh, h, weight, rstd, dx, dw_partials, dweight, rows, hidden, kBackwardPacks,
-                  kBackwardBlockThreads, kBackwardBlocksPerMultiprocessor, stream);
+                  kBackwardBlockThreads, kBackwardBlocksPerMultiprocessor, kBackwardPrefetch, stream);
 }
 
 }  // namespace ddpbench::kernels
