@@ -172,6 +172,23 @@ TEST_F(Cli, NonFiniteLossFailsTheRunNamingTheStep) {
   EXPECT_NE(r.err.find("failed in " + phase), std::string::npos) << r.err;
 }
 
+// --env reaches every rank: an interface that does not exist, named for Gloo, fails the ranks'
+// rendezvous with that name in the reason, and the cell's configuration records the variable.
+TEST_F(Cli, EnvReachesEveryRankAndIsRecordedInTheConfiguration) {
+  const auto r = run("train --nproc 2 --seq-len 32 --warmup 0 --steps 1 --env GLOO_SOCKET_IFNAME=ddpbench-no-if "
+                     "--out out.json",
+                     dir_);
+  EXPECT_EQ(r.status, 1) << r.output;
+  const auto doc = load("out.json");
+  EXPECT_EQ(doc["status"]["state"], "failed") << doc["status"].dump();
+  EXPECT_NE(doc["status"].dump().find("ddpbench-no-if"), std::string::npos) << doc["status"].dump();
+  EXPECT_EQ(doc["config"]["env"], nlohmann::json::array({"GLOO_SOCKET_IFNAME=ddpbench-no-if"})) << doc["config"].dump();
+  // The loopback named the same way: the ranks meet.
+  const auto ok = run("train --nproc 2 --seq-len 32 --warmup 0 --steps 1 --env GLOO_SOCKET_IFNAME=lo --out ok.json", dir_);
+  EXPECT_EQ(ok.status, 0) << ok.output;
+  EXPECT_EQ(load("ok.json")["status"]["state"], "ok");
+}
+
 TEST_F(Cli, UnwritableOutputsAreRefusedBeforeTheRun) {
   fs::create_directories(dir_ / "a_folder");
   const std::vector<std::pair<std::string, std::string>> cases{

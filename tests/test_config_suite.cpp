@@ -406,6 +406,33 @@ TEST(Settings, BucketCapKibAloneAndOnlyForTheBuiltinTrainer) {
   EXPECT_TRUE(contains(message_of<UsageError>([&] { train::validate(negative); }), "--bucket-cap-kib: must not be negative"));
 }
 
+// A cell's environment variables: part of its configuration and identity when set, absent (and the
+// ids of configurations without them unchanged) when not; names checked, the launcher's refused.
+TEST(Settings, EnvIsACellsOwnAndLeftOutUnset) {
+  Config c;
+  EXPECT_FALSE(train::to_json(c).contains("env"));
+  const std::string id = results::cell_id("w", train::to_json(c));
+  train::apply_settings(c, {{"env", "NCCL_ALGO=Ring;PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True,max_split_size_mb:128"}});
+  EXPECT_NO_THROW(train::validate(c));
+  EXPECT_EQ(c.env, (std::vector<std::string>{"NCCL_ALGO=Ring", "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True,max_split_size_mb:128"}));
+  EXPECT_EQ(train::config_from_json(train::to_json(c)).env, c.env);
+  EXPECT_NE(results::cell_id("w", train::to_json(c)), id);
+  for (const auto& [value, message] : std::vector<std::pair<std::string, std::string>>{
+           {"NCCL_ALGO", "--env: 'NCCL_ALGO' is not NAME=value"},
+           {"1X=2", "--env: '1X=2' is not NAME=value"},
+           {"A-B=2", "--env: 'A-B=2' is not NAME=value"},
+           {"=2", "--env: '=2' is not NAME=value"},
+           {"MASTER_PORT=1234", "--env: MASTER_PORT is set by the launcher for each rank"},
+           {"A=1;A=2", "--env: A is given twice"}}) {
+    Config bad;
+    train::apply_settings(bad, {{"env", value}});
+    EXPECT_TRUE(contains(message_of<UsageError>([&] { train::validate(bad); }), message)) << value;
+  }
+  Config empty_value;  // an empty value is a value (NAME= unsets nothing, it sets "")
+  train::apply_settings(empty_value, {{"env", "NCCL_DEBUG="}});
+  EXPECT_NO_THROW(train::validate(empty_value));
+}
+
 TEST(ConfigJson, CarriesGlobalBatch) {
   const auto j = train::to_json(unusual_config());
   EXPECT_EQ(j.at("global_batch_sequences").get<int>(), 4 * 3 * 5);
@@ -575,6 +602,29 @@ micro_batch = [1, 3]
 // The UsageError of parse_suite(text, "s.toml").
 std::string suite_error(const std::string& text) {
   return message_of<UsageError>([&] { suite::parse_suite(text, "s.toml"); });
+}
+
+TEST(Suite, EnvIsAListOfOneCellSetting) {
+  const auto s = suite::parse_suite(R"(
+name = "env"
+[defaults]
+preset = "tiny"
+env = ["NCCL_ALGO=Ring"]
+[[workload]]
+name = "plain"
+[[workload]]
+name = "tuned"
+env = ["NCCL_ALGO=Tree", "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True,max_split_size_mb:128"]
+)",
+                                    "env.toml");
+  ASSERT_EQ(s.cells.size(), 2u);
+  EXPECT_EQ(cell_named(s, "plain/builtin/n1/b2/g1/s128").config.env, (std::vector<std::string>{"NCCL_ALGO=Ring"}));
+  EXPECT_EQ(cell_named(s, "tuned/builtin/n1/b2/g1/s128").config.env,
+            (std::vector<std::string>{"NCCL_ALGO=Tree", "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True,max_split_size_mb:128"}));
+  EXPECT_TRUE(contains(message_of<UsageError>([] {
+                         suite::parse_suite("name = \"e\"\n[[workload]]\nname = \"w\"\nenv = [\"RANK=3\"]\n", "e.toml");
+                       }),
+                       "RANK is set by the launcher"));
 }
 
 TEST(SuiteErrors, UnknownSettingAtItsLine) {

@@ -166,6 +166,10 @@ CellResult run_cell(const CellRequest& req) {
   spec.topology = req.topology;
   spec.topology.nproc_per_node = config.nproc;
   spec.argv = rank_command(config, config_path, ranks_dir);
+  for (const auto& e : config.env) {  // the cell's own first: what ddpbench sets below must hold
+    const auto eq = e.find('=');
+    spec.extra_env[e.substr(0, eq)] = e.substr(eq + 1);
+  }
   // Python holds its output back otherwise, and the live log and the heartbeat need it.
   spec.extra_env["PYTHONUNBUFFERED"] = "1";
   spec.log_dir = req.dir + "/logs";

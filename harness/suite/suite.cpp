@@ -52,10 +52,12 @@ Values read_settings(const toml::table& table, const std::string& source, const 
     if (std::none_of(known.begin(), known.end(), [&](const train::Setting& s) { return s.key == key; }))
       throw UsageError(at + ": unknown setting '" + key + "'");
     if (auto arr = node.as_array()) {
-      // lora_targets is a list by nature, not a matrix dimension.
-      if (key == "lora_targets") {
+      // lora_targets and env are lists by nature, not matrix dimensions: one value, joined as
+      // their flags take them.
+      if (key == "lora_targets" || key == "env") {
+        const char* sep = key == "env" ? ";" : ",";
         std::string joined;
-        for (const auto& item : *arr) joined += (joined.empty() ? "" : ",") + scalar_text(item, at, key);
+        for (const auto& item : *arr) joined += (joined.empty() ? "" : sep) + scalar_text(item, at, key);
         out[key] = {joined};
         continue;
       }

@@ -1,8 +1,10 @@
 #include "train/config.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <limits>
+#include <set>
 #include <type_traits>
 
 #include "common/error.h"
@@ -163,6 +165,17 @@ void validate(const Config& c) {
   require(c.global_batch == 0 || c.global_batch == c.global_batch_sequences(),
           "--global-batch: " + std::to_string(c.global_batch) + " sequences is not micro-batch x grad-accum x nproc = " +
               std::to_string(c.global_batch_sequences()));
+  std::set<std::string> env_names;
+  for (const auto& e : c.env) {
+    const auto name = e.substr(0, e.find('='));
+    const bool identifier = !name.empty() && !std::isdigit(static_cast<unsigned char>(name[0])) &&
+                            std::all_of(name.begin(), name.end(), [](char ch) { return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_'; });
+    require(e.find('=') != std::string::npos && identifier, "--env: '" + e + "' is not NAME=value");
+    // The launcher's rendezvous variables: a cell that moved them would not meet its own ranks.
+    for (const char* owned : {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT"})
+      require(name != owned, "--env: " + name + " is set by the launcher for each rank");
+    require(env_names.insert(name).second, "--env: " + name + " is given twice");
+  }
   require(c.debug_step_delay_ms >= 0, "--debug-step-delay-ms: must not be negative, got " + std::to_string(c.debug_step_delay_ms));
   require(c.debug_step_delay_ms == 0 || c.trainer == "builtin", "--debug-step-delay-ms: only the built-in trainer has it");
   if (c.mode == Mode::lora) {
@@ -205,6 +218,7 @@ nlohmann::json to_json(const Config& c) {
   };
   // Only when set, so that the documents and cell ids of configurations without it stay as they were.
   if (c.bucket_cap_kib > 0) j["bucket_cap_kib"] = c.bucket_cap_kib;
+  if (!c.env.empty()) j["env"] = c.env;
   return j;
 }
 
@@ -234,6 +248,7 @@ Config config_from_json(const nlohmann::json& j) {
     c.loss_norm = parse_loss_norm(j.at("loss_norm").get<std::string>());
     c.bucket_cap_mb = j.at("bucket_cap_mb").get<int>();
     c.bucket_cap_kib = j.value("bucket_cap_kib", 0);
+    c.env = j.value("env", std::vector<std::string>{});
     c.timeout_s = j.at("timeout_s").get<int>();
     c.data = j.at("data").get<std::string>();
     c.markov_states = j.value("markov_states", c.markov_states);
@@ -361,6 +376,12 @@ const std::vector<Setting>& settings() {
        [](Config& c, const std::string& v) { c.loss_norm = parse_loss_norm(v); }},
       DDPBENCH_NUMBER("bucket_cap_mb", bucket_cap_mb, "gradient bucket size in MiB"),
       DDPBENCH_NUMBER("bucket_cap_kib", bucket_cap_kib, "gradient bucket size in KiB instead of MiB (built-in trainer; 0: off)"),
+      {"env", "environment variables for every rank, NAME=value;NAME=value (a suite: a list of NAME=value)",
+       [](Config& c, const std::string& v) {
+         c.env.clear();
+         for (auto& e : split(v, ';'))
+           if (!e.empty()) c.env.push_back(e);
+       }},
       DDPBENCH_NUMBER("timeout_s", timeout_s, "seconds before every rank is torn down"),
       {"data", "synthetic data: markov (learnable sparse Markov chain) or random (uniform tokens)",
        [](Config& c, const std::string& v) { c.data = v; }},

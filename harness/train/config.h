@@ -92,6 +92,9 @@ struct Config {
   // > 0: the bucket cap in KiB instead (built-in trainer), for buckets below 1 MiB: tests and small
   // models that would otherwise fit one bucket.
   int bucket_cap_kib = 0;
+  // Environment variables (NAME=value) for every rank, set after the launcher's own: an NCCL or
+  // allocator setting, or a peer's switch, as one cell's configuration (part of its identity).
+  std::vector<std::string> env;
   int timeout_s = 1800;
   std::string data = "markov";  // markov (learnable) | random (uniform tokens, for pure speed runs)
   int markov_states = kMarkovStates;  // distinct tokens of the Markov chain (each with 4 successors)
