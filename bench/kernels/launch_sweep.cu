@@ -125,6 +125,9 @@ class Device {
     return ms[ms.size() / 2];
   }
 
+  void count_failed_check() { ++failed_checks_; }
+  int failed_checks() const { return failed_checks_; }
+
   // A device-to-device copy moving `bytes` (read + written), timed as the kernels are.
   double copy_ms(std::size_t bytes) {
     const std::size_t half = bytes / 2;
@@ -139,9 +142,14 @@ class Device {
   std::size_t flush_bytes_ = 0;
   unsigned* stats_ = nullptr;
   unsigned seed_ = 0;
+  int failed_checks_ = 0;
   cudaEvent_t start_{}, stop_{};
   std::vector<void*> owned_;
 };
+
+// A configuration's outputs against the default's: the relative error of bf16 results whose
+// reductions may run in another order (the tests' bf16 tolerance).
+constexpr double kCheckTolerance = 1e-2;
 
 // One row per configuration: its time, bandwidth, share of the copy and check against the default.
 struct Case {
@@ -153,7 +161,7 @@ struct Case {
 void print_row(const Case& c, const std::string& config, bool is_default, double ms, double error) {
   const double gbps = c.bytes / (ms * 1e-3) / 1e9;
   std::printf("%-22s %-58s %s %9.4f %8.0f %7.1f %10s\n", c.op.c_str(), config.c_str(), is_default ? "*" : " ", ms, gbps,
-              100.0 * c.copy_ms / ms, error < 0 ? "NaN-LEFT" : (error > 1e-2 ? "MISMATCH" : "ok"));
+              100.0 * c.copy_ms / ms, error < 0 ? "NaN-LEFT" : (error > kCheckTolerance ? "MISMATCH" : "ok"));
   std::fflush(stdout);
 }
 
@@ -177,6 +185,7 @@ void sweep(Device& dev, const Case& c, const std::vector<Tensor>& outputs,
       const double e = dev.relative_error(outputs[i], reference[i]);
       error = e < 0 || error < 0 ? -1 : std::max(error, e);
     }
+    if (error < 0 || error > kCheckTolerance) dev.count_failed_check();
     print_row(c, name, name == default_config, dev.time_ms(run), error);
   }
 }
@@ -312,6 +321,7 @@ void sweep_swiglu(Device& dev, const Shape& s) {
 int main(int argc, char** argv) {
   using namespace ddpbench::kernels::sweep;
   const std::string only = argc > 1 ? argv[1] : "";  // a preset (1b, 8b) or an op (rms_norm, rope, swiglu)
+  int failed = 0;
   try {
     cudaDeviceProp prop{};
     DDPBENCH_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
@@ -328,6 +338,11 @@ int main(int argc, char** argv) {
       if (only.empty() || only == s.preset || only == "rms_norm") sweep_rms_norm(dev, s);
       if (only.empty() || only == s.preset || only == "rope") sweep_rope(dev, s);
       if (only.empty() || only == s.preset || only == "swiglu") sweep_swiglu(dev, s);
+      failed += dev.failed_checks();
+    }
+    if (failed > 0) {
+      std::fprintf(stderr, "launch_sweep: %d configuration(s) failed their check (MISMATCH or NaN-LEFT above)\n", failed);
+      return 1;
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "launch_sweep: %s\n", e.what());
