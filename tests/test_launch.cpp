@@ -12,6 +12,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -102,6 +103,17 @@ TEST(RankEnvironment, TwoNodesSecondNode) {
   EXPECT_EQ(env.at("OMP_NUM_THREADS"), "3");
   auto env0 = ddpbench::launch::rank_environment(s, 0, 29500);
   EXPECT_EQ(env0.at("RANK"), "2");
+}
+
+TEST(RankEnvironment, SetsEveryRendezvousVariable) {
+  Spec s;
+  s.topology.nproc_per_node = 2;
+  std::set<std::string> set_names;
+  for (const auto& [name, value] : ddpbench::launch::rank_environment(s, 0, 29500)) set_names.insert(name);
+  for (const auto& name : ddpbench::launch::rendezvous_variables()) EXPECT_EQ(set_names.count(name), 1u) << name;
+  // and nothing else but the threads (extra_env is empty here)
+  EXPECT_EQ(set_names.size(), ddpbench::launch::rendezvous_variables().size() + 1);
+  EXPECT_EQ(set_names.count("OMP_NUM_THREADS"), 1u);
 }
 
 TEST(RankEnvironment, ExtraEnvWinsAndThreadsDefault) {

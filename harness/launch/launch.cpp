@@ -794,6 +794,12 @@ std::vector<int> cpu_share(const std::vector<int>& cpus, int nproc, int local_ra
   return {cpus.begin() + first, cpus.begin() + first + count};
 }
 
+const std::vector<std::string>& rendezvous_variables() {
+  static const std::vector<std::string> names{"RANK",       "LOCAL_RANK", "WORLD_SIZE",  "LOCAL_WORLD_SIZE",
+                                              "GROUP_RANK", "NODE_RANK",  "MASTER_ADDR", "MASTER_PORT"};
+  return names;
+}
+
 std::map<std::string, std::string> rank_environment(const Spec& spec, int local_rank, int master_port) {
   const Topology& t = spec.topology;
   int threads = spec.threads_per_rank > 0 ? spec.threads_per_rank

@@ -110,6 +110,10 @@ class HeartbeatWriter {
   std::unique_ptr<State> state_;
 };
 
+// The variables by which the ranks of a run find each other (RANK ... MASTER_PORT), which
+// rank_environment sets for each rank: a run's own environment (train::Config::env) may not move them.
+const std::vector<std::string>& rendezvous_variables();
+
 // The environment one rank sees, beyond the launcher's own: RANK, LOCAL_RANK, WORLD_SIZE,
 // LOCAL_WORLD_SIZE, GROUP_RANK, NODE_RANK, MASTER_ADDR, MASTER_PORT, OMP_NUM_THREADS, plus extra_env.
 std::map<std::string, std::string> rank_environment(const Spec& spec, int local_rank, int master_port);

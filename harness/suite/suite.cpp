@@ -49,15 +49,13 @@ Values read_settings(const toml::table& table, const std::string& source, const 
     const std::string key(k.str());
     if (skip.count(key)) continue;
     const auto at = where(source, node);
-    if (std::none_of(known.begin(), known.end(), [&](const train::Setting& s) { return s.key == key; }))
-      throw UsageError(at + ": unknown setting '" + key + "'");
+    const auto setting = std::find_if(known.begin(), known.end(), [&](const train::Setting& s) { return s.key == key; });
+    if (setting == known.end()) throw UsageError(at + ": unknown setting '" + key + "'");
     if (auto arr = node.as_array()) {
-      // lora_targets and env are lists by nature, not matrix dimensions: one value, joined as
-      // their flags take them.
-      if (key == "lora_targets" || key == "env") {
-        const char* sep = key == "env" ? ";" : ",";
+      if (setting->list_separator != 0) {  // one value, joined as its flag takes it
         std::string joined;
-        for (const auto& item : *arr) joined += (joined.empty() ? "" : sep) + scalar_text(item, at, key);
+        for (const auto& item : *arr)
+          joined += (joined.empty() ? "" : std::string(1, setting->list_separator)) + scalar_text(item, at, key);
         out[key] = {joined};
         continue;
       }

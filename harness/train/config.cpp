@@ -9,6 +9,7 @@
 
 #include "common/error.h"
 #include "common/strings.h"
+#include "launch/launch.h"
 
 namespace ddpbench::train {
 
@@ -171,9 +172,9 @@ void validate(const Config& c) {
     const bool identifier = !name.empty() && !std::isdigit(static_cast<unsigned char>(name[0])) &&
                             std::all_of(name.begin(), name.end(), [](char ch) { return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_'; });
     require(e.find('=') != std::string::npos && identifier, "--env: '" + e + "' is not NAME=value");
-    // The launcher's rendezvous variables: a cell that moved them would not meet its own ranks.
-    for (const char* owned : {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT"})
-      require(name != owned, "--env: " + name + " is set by the launcher for each rank");
+    // A cell that moved the launcher's rendezvous variables would not meet its own ranks.
+    const auto& owned = launch::rendezvous_variables();
+    require(std::find(owned.begin(), owned.end(), name) == owned.end(), "--env: " + name + " is set by the launcher for each rank");
     require(env_names.insert(name).second, "--env: " + name + " is given twice");
   }
   require(c.debug_step_delay_ms >= 0, "--debug-step-delay-ms: must not be negative, got " + std::to_string(c.debug_step_delay_ms));
@@ -371,7 +372,8 @@ const std::vector<Setting>& settings() {
        [](Config& c, const std::string& v) {
          if (v.empty()) throw UsageError("--lora-targets: empty; name at least one module (q_proj,...,down_proj)");
          c.lora_targets = split(v, ',');
-       }},
+       },
+       false, ','},
       {"loss_norm", "global-tokens (right), mean-of-micro-means or local-tokens (the wrong variants)",
        [](Config& c, const std::string& v) { c.loss_norm = parse_loss_norm(v); }},
       DDPBENCH_NUMBER("bucket_cap_mb", bucket_cap_mb, "gradient bucket size in MiB"),
@@ -381,7 +383,8 @@ const std::vector<Setting>& settings() {
          c.env.clear();
          for (auto& e : split(v, ';'))
            if (!e.empty()) c.env.push_back(e);
-       }},
+       },
+       false, ';'},
       DDPBENCH_NUMBER("timeout_s", timeout_s, "seconds before every rank is torn down"),
       {"data", "synthetic data: markov (learnable sparse Markov chain) or random (uniform tokens)",
        [](Config& c, const std::string& v) { c.data = v; }},

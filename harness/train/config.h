@@ -138,6 +138,9 @@ struct Setting {
   std::string help;
   void (*apply)(Config&, const std::string& value);
   bool is_switch = false;  // a flag without a value on the command line ("true" when given)
+  // A list by nature, not a matrix dimension: its items in one value, joined by this (a suite's
+  // TOML list is joined so); 0 for a single value.
+  char list_separator = 0;
 };
 const std::vector<Setting>& settings();
 std::string flag_of(const std::string& key);  // micro_batch -> --micro-batch
