@@ -321,6 +321,13 @@ void sweep_swiglu(Device& dev, const Shape& s) {
 int main(int argc, char** argv) {
   using namespace ddpbench::kernels::sweep;
   const std::string only = argc > 1 ? argv[1] : "";  // a preset (1b, 8b) or an op (rms_norm, rope, swiglu)
+  const bool preset_filter = std::any_of(std::begin(kShapes), std::end(kShapes), [&](const Shape& s) { return only == s.preset; });
+  if (!only.empty() && !preset_filter && only != "rms_norm" && only != "rope" && only != "swiglu") {
+    std::fprintf(stderr, "launch_sweep: unknown filter '%s' (a preset: 1b, 8b; or an op: rms_norm, rope, swiglu)\n", only.c_str());
+    return 2;
+  }
+  // Every op of a shape runs unless one op is named.
+  const auto runs = [&](const char* op) { return only.empty() || preset_filter || only == op; };
   int failed = 0;
   try {
     cudaDeviceProp prop{};
@@ -329,15 +336,11 @@ int main(int argc, char** argv) {
                 prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
     std::printf("%-22s %-58s %s %9s %8s %7s %10s\n", "op/preset/pass", "configuration", " ", "ms", "GB/s", "% copy", "check");
     for (const auto& s : kShapes) {
-      if (!only.empty() && only != s.preset && only != "rms_norm" && only != "rope" && only != "swiglu") {
-        std::fprintf(stderr, "launch_sweep: unknown filter '%s' (a preset: 1b, 8b; or an op: rms_norm, rope, swiglu)\n", only.c_str());
-        return 2;
-      }
-      if (!only.empty() && (only == "1b" || only == "8b") && only != s.preset) continue;
+      if (preset_filter && only != s.preset) continue;
       Device dev;  // one per shape: its buffers are freed before the next shape's
-      if (only.empty() || only == s.preset || only == "rms_norm") sweep_rms_norm(dev, s);
-      if (only.empty() || only == s.preset || only == "rope") sweep_rope(dev, s);
-      if (only.empty() || only == s.preset || only == "swiglu") sweep_swiglu(dev, s);
+      if (runs("rms_norm")) sweep_rms_norm(dev, s);
+      if (runs("rope")) sweep_rope(dev, s);
+      if (runs("swiglu")) sweep_swiglu(dev, s);
       failed += dev.failed_checks();
     }
     if (failed > 0) {
