@@ -58,6 +58,25 @@ TEST(FusedLinearCrossEntropy, ChunkedMatchesReferenceWithIgnoredLabels) {
   }
 }
 
+TEST(FusedLinearCrossEntropy, WeightGradientAccumulatesInItsDtypeOrInFp32) {
+  // bf16 inputs in chunks of one token: 37 roundings of the weight's gradient in its own dtype, one
+  // in fp32. Both against the fp64 gradient of the same rounded inputs: the fp32 accumulation is
+  // the closer, and the bf16 one stays within bf16's tolerance.
+  const auto c = linear_ce_case(37, 16, 50, 5);
+  const auto h16 = c.hidden.to(at::kBFloat16), w16 = c.weight.to(at::kBFloat16);
+  LinearCeCase rounded{h16.to(at::kDouble), w16.to(at::kDouble), c.labels};
+  const auto ref = loss_and_grads(rounded, 1.0, false, 0)[2];
+  double err[2];
+  for (const bool fp32 : {false, true}) {
+    auto h = h16.clone().requires_grad_(true), w = w16.clone().requires_grad_(true);
+    kernels::linear_cross_entropy_sum_chunked(h, w, c.labels, -100, 1, fp32).backward();
+    EXPECT_EQ(w.grad().scalar_type(), at::kBFloat16);
+    err[fp32] = rel_err(w.grad(), ref);
+  }
+  EXPECT_LT(err[1], err[0]);
+  EXPECT_LT(err[0], 1e-2);
+}
+
 TEST(FusedLinearCrossEntropy, FrozenWeightGetsNoGradientAndIgnoredRowsNone) {
   auto c = linear_ce_case(20, 8, 30, 11);
   c.labels.narrow(0, 0, 5).fill_(-100);

@@ -198,11 +198,13 @@ std::string config_name(std::initializer_list<std::pair<const char*, int>> field
 
 // Named by the layout a request resolves to (layout_for may widen packs or threads), so that
 // requests that resolve alike are swept once.
-std::string rms_config(std::int64_t hidden, int packs, int threads, int per_sm = 0, bool prefetch = false) {
+// Backward requests (per_sm > 0) also by the ring depth they resolve to (backward_stages).
+std::string rms_config(std::int64_t hidden, int packs, int threads, int per_sm = 0, int stages = 0, bool with_dh = false) {
   const Layout l = layout_for(hidden, kPackElems<bf16>, packs, threads);
   auto name = config_name({{"packs", l.ppt}, {"threads/row", l.tpr}, {"rows/block", l.rows_per_block}});
-  if (per_sm > 0) name += " blocks/SM=" + std::to_string(per_sm);
-  return prefetch ? name + " prefetch" : name;
+  if (per_sm == 0) return name;
+  return name + " " + config_name({{"blocks/SM", per_sm},
+                                   {"stages", backward_stages(l, sizeof(bf16), with_dh, stages, max_shared_bytes_per_block())}});
 }
 
 void add_unique(std::vector<std::pair<std::string, std::function<void()>>>& configs, const std::string& name,
@@ -242,13 +244,14 @@ void sweep_rms_norm(Device& dev, const Shape& s) {
     for (int packs : {1, 2, 4, 8})
       for (int threads : {256, 512})
         for (int per_sm : {1, 2, 4})
-          for (bool prefetch : {false, true})
-            add_unique(configs, rms_config(hidden, packs, threads, per_sm, prefetch), [=] {
+          for (int stages : {0, 2, 3, 4})
+            add_unique(configs, rms_config(hidden, packs, threads, per_sm, stages, with_residual), [=] {
               launch_backward(DType::bf16, dy.p, with_residual ? dh.p : nullptr, x.p, w.p, rstd, dx.p, partials, dw.p,
-                              rows, hidden, packs, threads, per_sm, prefetch, nullptr);
+                              rows, hidden, packs, threads, per_sm, stages, nullptr);
             });
     sweep(dev, {op + "/bwd", bwd_bytes, dev.copy_ms(static_cast<std::size_t>(bwd_bytes))}, {dx, dw}, configs,
-          rms_config(hidden, kBackwardPacks, kBackwardBlockThreads, kBackwardBlocksPerMultiprocessor, kBackwardPrefetch));
+          rms_config(hidden, kBackwardPacks, kBackwardBlockThreads, kBackwardBlocksPerMultiprocessor, kBackwardStages,
+                     with_residual));
   }
 }
 

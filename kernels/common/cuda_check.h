@@ -16,6 +16,8 @@ inline void cuda_check(cudaError_t status, const char* what, const char* file, i
 
 // Multiprocessors of the current device (cached per device by the CUDA runtime's attribute query).
 int multiprocessor_count();
+// The shared memory a block may have on the current device once it opts in (dynamic + static).
+int max_shared_bytes_per_block();
 
 }  // namespace ddpbench::kernels
 

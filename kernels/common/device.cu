@@ -10,4 +10,12 @@ int multiprocessor_count() {
   return count;
 }
 
+int max_shared_bytes_per_block() {
+  int device = 0;
+  DDPBENCH_CUDA_CHECK(cudaGetDevice(&device));
+  int bytes = 0;
+  DDPBENCH_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  return bytes;
+}
+
 }  // namespace ddpbench::kernels

@@ -34,6 +34,23 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { re
 template <typename T>
 __device__ __forceinline__ float round_to(float x) { return to_float(from_float<T>(x)); }
 
+// Every x[i] rounded to T and back; bf16 pairs take one conversion each (cvt.rn.bf16x2.f32).
+template <typename T, int N>
+__device__ __forceinline__ void round_all_to(float (&x)[N]) {
+  if constexpr (sizeof(T) == 2 && N % 2 == 0) {
+#pragma unroll
+    for (int i = 0; i < N; i += 2) {
+      const __nv_bfloat162 pair = __floats2bfloat162_rn(x[i], x[i + 1]);  // .x, the low half, first
+      const unsigned u = *reinterpret_cast<const unsigned*>(&pair);
+      x[i] = __uint_as_float(u << 16);
+      x[i + 1] = __uint_as_float(u & 0xffff0000u);
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < N; ++i) x[i] = round_to<T>(x[i]);
+  }
+}
+
 template <typename T, int N>
 __device__ __forceinline__ void load_floats(const T* p, float (&out)[N]) {
   const Pack<T, N> pack = *reinterpret_cast<const Pack<T, N>*>(p);
@@ -125,6 +142,33 @@ __device__ __forceinline__ void forget_widened(RawPack<T, N>& r) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) asm volatile("" : "+r"(r.w[i]));
   }
+}
+
+// Copies of 16 bytes from global to shared memory that bypass the registers (cp.async, sm_80 on;
+// earlier architectures copy through registers). A thread's copies complete in the order of its
+// commit groups: wait_copies<N> returns once at most N of its groups are still in flight, and the
+// thread may then read what the others copied in its own words of shared memory.
+__device__ __forceinline__ void copy_async_16(void* shared, const void* global) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(static_cast<unsigned>(__cvta_generic_to_shared(shared))),
+               "l"(global)
+               : "memory");
+#else
+  *static_cast<uint4*>(shared) = *static_cast<const uint4*>(global);
+#endif
+}
+
+__device__ __forceinline__ void commit_copies() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+
+template <int N>
+__device__ __forceinline__ void wait_copies() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
 }
 
 __device__ __forceinline__ float warp_sum(float v) {

@@ -16,9 +16,12 @@ std::int64_t linear_ce_chunk_rows(std::int64_t tokens, std::int64_t vocab, std::
 
 // linear_cross_entropy_sum with chunks of `chunk_rows` tokens. CUDA tensors run the row kernel of
 // softmax_ce.cu; CPU tensors an ATen composition of the same step, so that the chunking, the
-// gradient accumulation and the ignore index are testable without a GPU.
+// gradient accumulation and the ignore index are testable without a GPU. The weight's gradient is
+// accumulated over chunks in the weight's dtype (rounded once per chunk), or in fp32 with
+// fp32_weight_grad (rounded once; an fp32 accumulator more of memory, and a copy at the end).
 at::Tensor linear_cross_entropy_sum_chunked(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& labels,
-                                            std::int64_t ignore_index, std::int64_t chunk_rows);
+                                            std::int64_t ignore_index, std::int64_t chunk_rows,
+                                            bool fp32_weight_grad = false);
 
 OpSpec linear_cross_entropy_op();
 

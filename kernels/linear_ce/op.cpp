@@ -1,7 +1,7 @@
 // Fused linear + cross-entropy: per chunk of tokens, the logits by one GEMM (cuBLAS through ATen),
 // the row kernel (softmax_ce.cu) turning them into their gradient in place, and the two gradient
 // GEMMs, all in forward; backward only scales the stored gradients by the incoming one. Peak extra
-// memory: one chunk of logits, grad_hidden, and for a trainable weight its fp32 accumulator.
+// memory: one chunk of logits, grad_hidden, and for a trainable weight its gradient.
 #include "kernels/linear_ce/linear_ce.h"
 
 #include <algorithm>
@@ -60,12 +60,15 @@ at::Tensor new_buffer(at::IntArrayRef sizes, const at::TensorOptions& options) {
   return at::empty(sizes, options);
 }
 
-// grad_weight accumulated over chunks in fp32: cuBLAS's bf16 GEMM with an fp32 output on the GPU
-// (the rounding to bf16 happens once, at the end, as in the unfused path), fp32 copies on the CPU.
-void accumulate_weight_grad(at::Tensor& acc, const at::Tensor& dlogits, const at::Tensor& hidden) {
-  const bool mixed = at::isReducedFloatingType(dlogits.scalar_type());
+// grad_weight accumulated over chunks. In the weight's dtype by default: each chunk's product is
+// added by one GEMM (cuBLAS with beta = 1, accumulating in fp32) and rounded once per chunk, as
+// Liger-Kernel's accumulation does; that keeps the extra memory at one gradient (8b: an fp32
+// accumulator and its final bf16 copy took 3.2 GB, 31% of the unfused path's peak). In fp32 when
+// asked (in_fp32): the rounding happens once, at the end, as in the unfused path.
+void accumulate_weight_grad(at::Tensor& acc, const at::Tensor& dlogits, const at::Tensor& hidden, bool in_fp32) {
+  const bool mixed = in_fp32 && at::isReducedFloatingType(dlogits.scalar_type());
   if (!acc.defined()) {
-    acc = mm_fp32_out(dlogits.t(), hidden);
+    acc = mixed ? mm_fp32_out(dlogits.t(), hidden) : at::mm(dlogits.t(), hidden);
   } else if (!mixed) {
     acc.addmm_(dlogits.t(), hidden);
   } else if (dlogits.is_cuda()) {
@@ -80,7 +83,7 @@ struct LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy>
   // inside forward the node has no edges yet where no input requires a gradient.
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& hidden, const at::Tensor& weight,
                             const at::Tensor& labels, std::int64_t ignore_index, std::int64_t chunk_rows,
-                            bool grad_hidden_needed, bool grad_weight_needed) {
+                            bool grad_hidden_needed, bool grad_weight_needed, bool fp32_weight_grad) {
     const auto tokens = hidden.size(0), vocab = weight.size(0);
     auto row_loss = new_buffer({tokens}, hidden.options().dtype(at::promote_types(hidden.scalar_type(), at::kFloat)));
     const auto grad_hidden = grad_hidden_needed ? new_buffer(hidden.sizes(), hidden.options()) : at::Tensor();
@@ -97,7 +100,7 @@ struct LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy>
         auto gh = grad_hidden.narrow(0, start, rows);
         at::mm_out(gh, logits, weight);
       }
-      if (grad_weight_needed) accumulate_weight_grad(grad_weight_acc, logits, h);
+      if (grad_weight_needed) accumulate_weight_grad(grad_weight_acc, logits, h, fp32_weight_grad);
     }
     logits_buffer.reset();
     // Kept as plain saved data (not save_for_backward): backward scales them in place, once.
@@ -117,7 +120,7 @@ struct LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy>
     const auto& grad_loss = grads[0];
     return {grad_hidden.defined() ? grad_hidden * grad_loss : at::Tensor(),
             grad_weight.defined() ? grad_weight * grad_loss : at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -145,12 +148,13 @@ std::int64_t linear_ce_chunk_rows(std::int64_t tokens, std::int64_t vocab, std::
 }
 
 at::Tensor linear_cross_entropy_sum_chunked(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& labels,
-                                            std::int64_t ignore_index, std::int64_t chunk_rows) {
+                                            std::int64_t ignore_index, std::int64_t chunk_rows, bool fp32_weight_grad) {
   check_inputs(hidden, weight, labels);
   if (chunk_rows < 1) throw RunError("linear_cross_entropy: chunk_rows must be at least 1");
   const bool grad_mode = at::GradMode::is_enabled();
   return LinearCrossEntropy::apply(hidden.contiguous(), weight.contiguous(), labels.contiguous(), ignore_index,
-                                   chunk_rows, grad_mode && hidden.requires_grad(), grad_mode && weight.requires_grad());
+                                   chunk_rows, grad_mode && hidden.requires_grad(), grad_mode && weight.requires_grad(),
+                                   fp32_weight_grad);
 }
 
 at::Tensor linear_cross_entropy_sum(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& labels,

@@ -31,9 +31,11 @@ constexpr int kBlockThreads = 256;
 // threads is also the most a backward block may have (its launch bounds and shared memory).
 constexpr int kBackwardBlockThreads = 512;
 constexpr int kBackwardBlocksPerMultiprocessor = 1;
-// Whether a backward row group loads its next row before it works on the current one (to be
-// measured: bench/kernels/launch_sweep.cu sweeps both).
-constexpr bool kBackwardPrefetch = false;
+// Rows of a backward row group in flight at once: a ring of cp.async copies in shared memory this
+// deep (0: each row loaded into registers and waited for before it is worked on). Holding the next
+// row in registers instead (2x the registers, tried before) was 1-3% slower on an H200.
+constexpr int kBackwardStages = 3;
+constexpr int kMaxBackwardStages = 4;
 // A row of single elements (sizes not a multiple of the pack) may take up to this many threads.
 constexpr int kMaxScalarRowThreads = 1024;
 // Packs per thread the launchers prefer at most: forward with the residual keeps two tensors' packs
@@ -185,11 +187,26 @@ __global__ void __launch_bounds__(max_threads_of<T, VEC, PPT>()) rms_norm_forwar
   if (threadIdx.x == 0) rstd_out[row] = rstd;
 }
 
-template <typename T, int VEC, int PPT, bool DH, bool PREFETCH = false>
+// A row's inputs as loaded, and its rstd.
+template <typename T, int VEC, int PPT, bool DH>
+struct BackwardRow {
+  RawPack<T, VEC> hs[PPT], ds[PPT];
+  [[maybe_unused]] RawPack<T, VEC> extra[DH ? PPT : 1];
+  float r;
+};
+
+// STAGES = 0: a row group loads each row into registers and waits for it before working on it.
+// STAGES >= 2 (16-byte packs only): each thread keeps a ring of STAGES rows of its own packs in
+// shared memory, filled by cp.async STAGES - 1 rows ahead of the row it works on, so that its next
+// rows' loads are in flight while it computes and stores (without the registers that holding them
+// would take). The ring is the block's dynamic shared memory; it is reused at the end for the
+// weight-gradient sums (which alone is what STAGES = 0 asks of it).
+template <typename T, int VEC, int PPT, bool DH, int STAGES>
 __global__ void __launch_bounds__(VEC == 1 ? kMaxScalarRowThreads : kBackwardBlockThreads, 1) rms_norm_backward_kernel(
     const T* __restrict__ dy, const T* __restrict__ dh, const T* __restrict__ h, const T* __restrict__ weight,
     const float* __restrict__ rstd, T* __restrict__ dx, float* __restrict__ dw_partials, std::int64_t rows, int hidden) {
   using P = RawPack<T, VEC>;
+  static_assert(STAGES == 0 || (STAGES >= 2 && sizeof(T) * VEC == 16), "a ring of 16-byte packs, two rows or more");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   // Lets the partial sums' reduction launch now (programmatic dependent launch): its blocks take
   // the places this grid's blocks leave and wait there for this grid's completion, so the second
@@ -197,8 +214,7 @@ __global__ void __launch_bounds__(VEC == 1 ? kMaxScalarRowThreads : kBackwardBlo
   cudaTriggerProgrammaticLaunchCompletion();
 #endif
   __shared__ float scratch[64];
-  // One pack of every thread of a block of several rows (the partial sums' reduction below).
-  __shared__ float dw_rows[kBackwardBlockThreads * VEC];
+  extern __shared__ uint4 dynamic_shared[];
   float dw[PPT][VEC];
 #pragma unroll
   for (int j = 0; j < PPT; ++j)
@@ -206,14 +222,29 @@ __global__ void __launch_bounds__(VEC == 1 ? kMaxScalarRowThreads : kBackwardBlo
     for (int e = 0; e < VEC; ++e) dw[j][e] = 0.f;
   const float inv_hidden = 1.f / static_cast<float>(hidden);
   int slot = 0;
-  // A row's inputs as loaded, and its rstd. With PREFETCH the next row's are loaded before the
-  // current row is worked on, so a row group always has loads in flight (twice the registers).
-  struct RowInputs {
-    P hs[PPT], ds[PPT];
-    [[maybe_unused]] P extra[DH ? PPT : 1];
-    float r;
+  constexpr int kTensors = DH ? 3 : 2;
+  // This thread's packs of the ring: [stage][tensor][pack j], blockDim.x apart (conflict-free).
+  uint4* const ring = dynamic_shared + threadIdx.y * (STAGES * kTensors * PPT) * blockDim.x + threadIdx.x;
+  auto ring_pack = [&](int stage, int tensor, int j) { return ring + ((stage * kTensors + tensor) * PPT + j) * blockDim.x; };
+  auto issue_row = [&](std::int64_t row, int stage) {
+    if (row < rows) {
+      const std::int64_t base = row * hidden;
+#pragma unroll
+      for (int j = 0; j < PPT; ++j) {
+        const int col = (j * blockDim.x + threadIdx.x) * VEC;
+        if (col < hidden) {
+          copy_async_16(ring_pack(stage, 0, j), h + base + col);
+          copy_async_16(ring_pack(stage, 1, j), dy + base + col);
+          if constexpr (DH) copy_async_16(ring_pack(stage, 2, j), dh + base + col);
+        }
+      }
+    }
+    commit_copies();  // a group every time, empty past the last row, so that the waits count rows
   };
-  auto load_row = [&](std::int64_t row, RowInputs& in) {
+  auto unpack = [](const uint4& u, RawPack<T, VEC>& p) {
+    if constexpr (VEC > 1) p.w[0] = u.x, p.w[1] = u.y, p.w[2] = u.z, p.w[3] = u.w;
+  };
+  auto load_row = [&](std::int64_t row, BackwardRow<T, VEC, PPT, DH>& in) {
     const std::int64_t base = row * hidden;
     in.r = rstd[row];
 #pragma unroll
@@ -228,67 +259,82 @@ __global__ void __launch_bounds__(VEC == 1 ? kMaxScalarRowThreads : kBackwardBlo
   };
   const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.y;
   std::int64_t row = static_cast<std::int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
-  RowInputs cur;
-  if constexpr (PREFETCH) {
-    if (row < rows) load_row(row, cur);
+  BackwardRow<T, VEC, PPT, DH> cur;
+  [[maybe_unused]] float next_rstd = 0.f;
+  [[maybe_unused]] int stage = 0;
+  if constexpr (STAGES > 0) {
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) issue_row(row + s * stride, s);
+    if (row < rows) next_rstd = rstd[row];
   }
   for (; row < rows; row += stride) {
     const std::int64_t base = row * hidden;
-    if constexpr (!PREFETCH) load_row(row, cur);
-    [[maybe_unused]] RowInputs next;
-    if constexpr (PREFETCH) {
-      if (row + stride < rows) load_row(row + stride, next);
+    if constexpr (STAGES == 0) {
+      load_row(row, cur);
+    } else {
+      // The stage refilled is the one the previous row was read from (into registers, above).
+      issue_row(row + (STAGES - 1) * stride, stage == 0 ? STAGES - 1 : stage - 1);
+      cur.r = next_rstd;
+      if (row + stride < rows) next_rstd = rstd[row + stride];
+      wait_copies<STAGES - 1>();
+#pragma unroll
+      for (int j = 0; j < PPT; ++j) {
+        if ((j * blockDim.x + threadIdx.x) * VEC < hidden) {
+          unpack(*ring_pack(stage, 0, j), cur.hs[j]);
+          unpack(*ring_pack(stage, 1, j), cur.ds[j]);
+          if constexpr (DH) unpack(*ring_pack(stage, 2, j), cur.extra[j]);
+        }
+      }
+      stage = stage + 1 == STAGES ? 0 : stage + 1;
     }
     auto& hs = cur.hs;
     auto& ds = cur.ds;
     [[maybe_unused]] auto& extra = cur.extra;
     const float r = cur.r;
-    // The weight is read per row from L1 rather than hoisted out of the loop into registers (as
-    // fp32, that would be as many registers again as the weight-gradient sums).
-    const T* w_row = weight;
-    asm volatile("" : "+l"(w_row));
+    // With n = h * r and p = dy * w, a row needs dot = r * sum(p h) and, per element, the sums
+    // dw += dy * to_dtype(n) and dx = r p - h (r^2 mean(dot)): p is kept from the first pass to the
+    // second (in fp32, the registers dy's packs free), so the second reads neither dy nor the
+    // weight, and r multiplies the row's sum once rather than every element.
+    float p[PPT][VEC];
     float dot = 0;
 #pragma unroll
     for (int j = 0; j < PPT; ++j) {
       const int col = (j * blockDim.x + threadIdx.x) * VEC;
       if (col < hidden) {
-        float n[VEC], d[VEC], w[VEC];
-        widen(hs[j], n);
+        float hv[VEC], d[VEC], w[VEC], n[VEC];
+        widen(hs[j], hv);
         widen(ds[j], d);
-        widen(load_raw<T, VEC>(w_row + col), w);
+        widen(load_raw<T, VEC>(weight + col), w);  // from L1 after the first row
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
-          n[e] *= r;
-          dot += d[e] * w[e] * n[e];
-          dw[j][e] += d[e] * round_to<T>(n[e]);
+          p[j][e] = d[e] * w[e];
+          dot = fmaf(p[j][e], hv[e], dot);
+          n[e] = hv[e] * r;
         }
+        round_all_to<T>(n);
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) dw[j][e] = fmaf(d[e], n[e], dw[j][e]);
       }
     }
-    const float mean_dot = row_sum(dot, scratch, slot) * inv_hidden;
+    const float c = r * r * r * row_sum(dot, scratch, slot) * inv_hidden;
     slot ^= 1;
 #pragma unroll
-    for (int j = 0; j < PPT; ++j) forget_widened(hs[j]), forget_widened(ds[j]);
-    asm volatile("" : "+l"(w_row));
+    for (int j = 0; j < PPT; ++j) forget_widened(hs[j]);
 #pragma unroll
     for (int j = 0; j < PPT; ++j) {
       const int col = (j * blockDim.x + threadIdx.x) * VEC;
       if (col < hidden) {
-        float n[VEC], d[VEC], w[VEC], out[VEC];
-        widen(hs[j], n);
-        widen(ds[j], d);
-        widen(load_raw<T, VEC>(w_row + col), w);
+        float hv[VEC], out[VEC];
+        widen(hs[j], hv);
 #pragma unroll
-        for (int e = 0; e < VEC; ++e) {
-          n[e] *= r;
-          out[e] = r * (d[e] * w[e] - n[e] * mean_dot);
-        }
+        for (int e = 0; e < VEC; ++e) out[e] = fmaf(p[j][e], r, -hv[e] * c);
         if constexpr (DH) {
           float g[VEC];
           widen(extra[j], g);
 #pragma unroll
           for (int e = 0; e < VEC; ++e) out[e] += g[e];
         }
-        hs[j] = narrow<T, VEC>(out);  // stored below, after every weight load of the row (as forward)
+        hs[j] = narrow<T, VEC>(out);
       }
     }
 #pragma unroll
@@ -296,10 +342,11 @@ __global__ void __launch_bounds__(VEC == 1 ? kMaxScalarRowThreads : kBackwardBlo
       const int col = (j * blockDim.x + threadIdx.x) * VEC;
       if (col < hidden) store_raw(dx + base + col, hs[j]);
     }
-    if constexpr (PREFETCH) cur = next;
   }
   // The block's rows summed into one partial row: pack by pack through shared memory (one pack of
   // every thread; a block of several rows has at most kBackwardBlockThreads threads).
+  if constexpr (STAGES > 0) wait_copies<0>();  // (only empty groups are left) before the ring is reused
+  float* const dw_rows = reinterpret_cast<float*>(dynamic_shared);
 #pragma unroll
   for (int j = 0; j < PPT; ++j) {
     const int col = (j * blockDim.x + threadIdx.x) * VEC;
@@ -391,7 +438,7 @@ std::int64_t backward_blocks(std::int64_t rows, int blocks_per_multiprocessor) {
 }
 
 // The launchers at a given configuration: packs per thread preferred, threads per block and, for
-// backward, blocks per multiprocessor and the next row's prefetch (the public launchers below use the defaults above;
+// backward, blocks per multiprocessor and the ring's depth (the public launchers below use the defaults above;
 // bench/kernels/launch_sweep.cu times the alternatives).
 void launch_forward(DType dtype, const void* x, const void* residual, const void* weight, void* h_out, void* y,
                     float* rstd, std::int64_t rows, std::int64_t hidden, float eps, int packs, int block_threads,
@@ -415,10 +462,22 @@ void launch_forward(DType dtype, const void* x, const void* residual, const void
   });
 }
 
+// The ring depth a backward launch gets for a requested one: 0 (loads into registers) for rows of
+// single elements, else the deepest of 2..requested whose ring fits the block's shared memory (0
+// where not even 2 does).
+int backward_stages(const Layout& l, int element_size, bool with_dh, int requested, int max_shared_bytes) {
+  if (requested < 2 || l.vec * element_size != 16) return 0;
+  const std::int64_t stage_bytes = std::int64_t{16} * l.ppt * l.tpr * l.rows_per_block * (with_dh ? 3 : 2);
+  const int reserved = 64 * static_cast<int>(sizeof(float));  // the row sums' scratch (static)
+  for (int stages = std::min(requested, kMaxBackwardStages); stages >= 2; --stages)
+    if (stages * stage_bytes + reserved <= max_shared_bytes) return stages;
+  return 0;
+}
+
 // dw_partials holds backward_blocks(rows, blocks_per_multiprocessor) rows of `hidden` floats.
 void launch_backward(DType dtype, const void* dy, const void* dh, const void* h, const void* weight, const float* rstd,
                      void* dx, float* dw_partials, void* dweight, std::int64_t rows, std::int64_t hidden, int packs,
-                     int block_threads, int blocks_per_multiprocessor, bool prefetch, cudaStream_t stream) {
+                     int block_threads, int blocks_per_multiprocessor, int stages, cudaStream_t stream) {
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     const std::int64_t parts = rows == 0 ? 0 : backward_blocks(rows, blocks_per_multiprocessor);
@@ -427,19 +486,33 @@ void launch_backward(DType dtype, const void* dy, const void* dh, const void* h,
       return;
     }
     const Layout l = layout_for(hidden, pack_width<T>(hidden, {dy, dh, h, weight, dx}), packs, block_threads);
+    const int ring = backward_stages(l, sizeof(T), dh != nullptr, stages, max_shared_bytes_per_block());
+    // The ring, or (with none) the weight-gradient sums of the block's end alone.
+    const std::size_t shared = std::max<std::size_t>(
+        std::size_t{16} * ring * l.ppt * l.tpr * l.rows_per_block * (dh ? 3 : 2),
+        sizeof(float) * l.vec * l.tpr * l.rows_per_block);
     dispatch_layout<T>(l, [&](auto vec, auto ppt) {
       const dim3 block(l.tpr, l.rows_per_block);
       auto launch = [&](auto kernel) {
-        kernel<<<static_cast<unsigned>(parts), block, 0, stream>>>(
+        // Always: 48 KiB without it is the limit of dynamic and static shared memory together.
+        DDPBENCH_CUDA_CHECK(
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)));
+        kernel<<<static_cast<unsigned>(parts), block, shared, stream>>>(
             static_cast<const T*>(dy), static_cast<const T*>(dh), static_cast<const T*>(h), static_cast<const T*>(weight),
             rstd, static_cast<T*>(dx), dw_partials, rows, static_cast<int>(hidden));
       };
-      if (prefetch) {
-        if (dh) launch(rms_norm_backward_kernel<T, vec.value, ppt.value, true, true>);
-        else launch(rms_norm_backward_kernel<T, vec.value, ppt.value, false, true>);
-      } else {
-        if (dh) launch(rms_norm_backward_kernel<T, vec.value, ppt.value, true, false>);
-        else launch(rms_norm_backward_kernel<T, vec.value, ppt.value, false, false>);
+      auto with_stages = [&](auto depth) {
+        if constexpr (depth.value == 0 || sizeof(T) * vec.value == 16) {
+          if (dh) launch(rms_norm_backward_kernel<T, vec.value, ppt.value, true, depth.value>);
+          else launch(rms_norm_backward_kernel<T, vec.value, ppt.value, false, depth.value>);
+        }
+      };
+      using std::integral_constant;
+      switch (ring) {
+        case 0: with_stages(integral_constant<int, 0>{}); break;
+        case 2: with_stages(integral_constant<int, 2>{}); break;
+        case 3: with_stages(integral_constant<int, 3>{}); break;
+        default: with_stages(integral_constant<int, 4>{}); break;
       }
       DDPBENCH_LAUNCH_CHECK("rms_norm_backward_kernel");
     });
@@ -476,7 +549,7 @@ void rms_norm_backward(DType dtype, const void* dy, const void* dh, const void* 
                        const float* rstd, void* dx, float* dw_partials, void* dweight, std::int64_t rows,
                        std::int64_t hidden, cudaStream_t stream) {
   launch_backward(dtype, dy, dh, h, weight, rstd, dx, dw_partials, dweight, rows, hidden, kBackwardPacks,
-                  kBackwardBlockThreads, kBackwardBlocksPerMultiprocessor, kBackwardPrefetch, stream);
+                  kBackwardBlockThreads, kBackwardBlocksPerMultiprocessor, kBackwardStages, stream);
 }
 
 }  // namespace ddpbench::kernels
