@@ -6,8 +6,9 @@
 // once per row with up to 16 x 16 bytes in flight. Row groups of a block share no barrier: a group
 // wider than a warp sums across its warps through shared memory and its own named barrier, so the
 // groups of a multiprocessor drift apart and keep its loads in flight while others compute.
-// The backward blocks stride over rows, keeping the weight gradient of their columns in registers;
-// per-block fp32 partial sums are then reduced by a second small kernel.
+// The backward blocks stride over rows, keeping the weight gradient of their columns in registers
+// and (by default) the next rows' inputs in a ring of shared memory filled by cp.async; per-block
+// fp32 partial sums are then reduced by a second small kernel.
 #include "kernels/rms_norm/rms_norm.h"
 
 #include <algorithm>
@@ -32,24 +33,27 @@ constexpr int kBlockThreads = 256;
 constexpr int kBackwardBlockThreads = 512;
 constexpr int kBackwardBlocksPerMultiprocessor = 1;
 // Rows of a backward row group in flight at once: a ring of cp.async copies in shared memory this
-// deep (0: each row loaded into registers and waited for before it is worked on). Holding the next
-// row in registers instead (2x the registers, tried before) was 1-3% slower on an H200.
-constexpr int kBackwardStages = 3;
+// deep (0: each row loaded into registers and waited for before it is worked on). On an H200,
+// L2-cold, two rows (the next one copied while this one is worked on) with 2 packs a thread were
+// 73-81% of the copy bandwidth at the 1b and 8b shapes, against 61-79% for the best configuration
+// without the ring; deeper rings were no faster (bench/results/2026-11-29-h200x1-rms-norm-backward).
+// Holding the next row in registers instead (2x the registers) was 1-3% slower than no ring.
+constexpr int kBackwardStages = 2;
 constexpr int kMaxBackwardStages = 4;
 // A row of single elements (sizes not a multiple of the pack) may take up to this many threads.
 constexpr int kMaxScalarRowThreads = 1024;
 // Packs per thread the launchers prefer at most: forward with the residual keeps two tensors' packs
-// in registers; backward two or three plus fp32 weight-gradient sums for its columns, so it takes
-// few packs per thread and more threads per row, staying under 128 registers (512 threads per
-// multiprocessor). bench/kernels/launch_sweep.cu found no configuration of either more than 2%
-// faster at the 1b and 8b shapes, save 7% for the residual's backward at 1b (not at 8b).
+// in registers; backward h's (and dh's) packs plus fp32 dy * w and weight-gradient sums for its
+// columns, so it takes few packs per thread and more threads per row (2: 128 threads a row at the
+// 1b shape, 256 at 8b; 80-90 registers). bench/kernels/launch_sweep.cu found no forward
+// configuration more than 2% faster at the 1b and 8b shapes.
 constexpr int kForwardResidualPacks = 4;
 // Without the residual, a row is spread over this many threads (4 warps): 2 packs a thread at the
 // 1b shape, 4 at 8b, 13-18% faster than a warp a row on an H200, L2-cold (bench/kernels/
 // launch_sweep.cu; bench/results/2026-11-29-h200x1-launch-sweep): more threads per row shorten the
 // wait of a row's loads, and two rows a block of 256 keep as many loads in flight.
 constexpr int kForwardThreadsPerRow = 128;
-constexpr int kBackwardPacks = 4;
+constexpr int kBackwardPacks = 2;
 
 struct Layout {
   int vec = 1;   // elements per pack
