@@ -92,8 +92,15 @@ def key_name(key: tuple) -> str:
     return f"{workload} n{n} b{b} g{g} s{s}"
 
 
+# Cell documents of other commands that share the cell format but are not training runs: the kernel
+# table reads a kernels run's kernels.json; collectives runs have no section in the report.
+NOT_TRAINING_KINDS = ("kernels", "collectives")
+
+
 def is_cell_document(j) -> bool:
-    return isinstance(j, dict) and "config" in j and "status" in j and ("summary" in j or "steps" in j)
+    """A training cell's result document (not a kernels or collectives cell of the same format)."""
+    return (isinstance(j, dict) and "config" in j and "status" in j and ("summary" in j or "steps" in j)
+            and j.get("kind") not in NOT_TRAINING_KINDS)
 
 
 def is_kernel_document(j) -> bool:
@@ -204,7 +211,7 @@ def load_path(path: str):
                 if not os.path.isfile(doc_path):
                     raise InputError(f"{index_path}: cell {entry.get('name')} names {file}, which does not exist")
                 j = read_json(doc_path)
-                if isinstance(j, dict) and j.get("kind") == "kernels":
+                if isinstance(j, dict) and j.get("kind") in NOT_TRAINING_KINDS:
                     continue  # `ddpbench bench kernels` cells: the kernel table reads the run's kernels.json
                 if not is_cell_document(j):
                     raise InputError(f"{doc_path}: not a ddpbench result document")

@@ -191,6 +191,23 @@ def test_a_results_folder_reads_its_run_folders_through_their_index(tmp_path):
     assert (tps["ratio"], tps["verdict"]) == ("2.000x", "one run: no verdict")
 
 
+def test_a_collectives_run_beside_the_training_runs_is_not_read_as_cells(tmp_path):
+    """`ddpbench bench collectives` writes run folders of the same cell format (kind "collectives"): a results
+    folder holding one beside a training run gives the training run's cells only."""
+    write_run(tmp_path / "results" / "runs" / "r1", [
+        cell_doc("w", "builtin", 1, 1000, 0.1, FAST, repeat=1, cell_id="w/builtin/n1/b4/g1/s64#1a2b3c4d"),
+        cell_doc("w", "hf", 1, 500, 0.2, SLOW, repeat=1, cell_id="w/hf/n1/b4/g1/s64#5e6f7a8b")])
+    coll = tmp_path / "results" / "collectives"
+    (coll / "cells").mkdir(parents=True)
+    cell = {"kind": "collectives", "cell_id": "collectives/all_reduce/bf16/in-place/n2#0", "config": {"nproc": 2},
+            "status": "ok", "summary": {"busbw_GBps": 332.0}, "rows": []}
+    (coll / "cells" / "all_reduce.json").write_text(json.dumps(cell))
+    (coll / "run.json").write_text(json.dumps({"kind": "collectives", "cells": [
+        {"cell_id": cell["cell_id"], "file": "cells/all_reduce.json", "name": "collectives/all_reduce", "status": "ok"}]}))
+    assert tables_only(tmp_path / "results", "--no-tensorboard", "--out", tmp_path / "o") == 0
+    assert "(2 cell documents)" in (tmp_path / "o" / "report.md").read_text()
+
+
 def test_workload_names_with_a_slash_and_skipped_repeats_of_run_json():
     """A cell_id ends in trainer/nN/bB/gG/sS; all before them, '/' included, is the workload."""
     from ddpbench_report.load import _skipped_from_index, make_doc
