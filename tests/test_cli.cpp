@@ -838,37 +838,55 @@ TEST_F(Cli, RunStatesEachTrainersAaFloorAndJudgesByTheLarger) {
   EXPECT_NE(r.output.find("; mean "), std::string::npos) << r.output;
 }
 
-// A suite with a Python trainer makes its equal-work inputs once per run for the widest world of
-// the cells that differ only in trainer and rank count, and every one of those cells reads them.
+// A suite with a Python trainer makes its equal-work inputs once per run for the cells that differ
+// only in trainer and rank count (one checkpoint, a token file per rank count), and every one of
+// those cells reads them. A cell's tokens do not depend on the other rank counts of its run: the
+// 1-GPU cells of a run with 2-GPU cells train as those of a run without them.
 TEST_F(Cli, RunMakesEqualWorkInputsOncePerWorkload) {
   if (!python_has_hf()) GTEST_SKIP() << "transformers and peft are not importable by python3; scripts/setup installs them";
-  std::ofstream(dir_ / "s.toml") << "name = \"shared\"\n[defaults]\npreset = \"tiny\"\ndevice = \"cpu\"\nmode = \"full\"\n"
-                                    "micro_batch = 2\nseq_len = 16\nwarmup = 0\nsteps = 2\n"
-                                    "trainer = [\"builtin\", \"hf-loop\"]\nnproc = [1, 2]\n[[workload]]\nname = \"w\"\n";
-  const auto r = run("run s.toml", dir_);
-  ASSERT_EQ(r.status, 0) << r.output;
-  const auto run_dir = fs::directory_iterator(dir_ / "runs")->path();
-  std::vector<fs::path> inputs;
-  for (const auto& e : fs::directory_iterator(run_dir / "inputs")) inputs.push_back(e.path());
-  ASSERT_EQ(inputs.size(), 1u);
-  const auto index = nlohmann::json::parse(ddpbench::read_file((run_dir / "run.json").string()));
-  ASSERT_EQ(index["cells"].size(), 4u);
-  std::map<std::string, std::vector<double>> losses;
-  for (const auto& e : index["cells"]) {
-    const auto doc = nlohmann::json::parse(ddpbench::read_file((run_dir / e["file"].get<std::string>()).string()));
-    ASSERT_EQ(doc["status"]["state"], "ok") << doc["status"].dump();
-    const auto shared = fs::relative(inputs[0], dir_);  // run gives paths as relative as its --runs-dir
-    EXPECT_EQ(doc["config"]["checkpoint"], (shared / "checkpoint").string());
-    EXPECT_EQ(doc["config"]["data_file"], (shared / "tokens.bin").string());
-    for (const auto& step : doc["steps"]) losses[e["name"].get<std::string>()].push_back(step["loss"].get<double>());
+  auto suite = [&](const std::string& file, const std::string& nproc) {
+    std::ofstream(dir_ / file) << "name = \"shared\"\n[defaults]\npreset = \"tiny\"\ndevice = \"cpu\"\nmode = \"full\"\n"
+                                  "micro_batch = 2\nseq_len = 16\nwarmup = 0\nsteps = 2\n"
+                                  "trainer = [\"builtin\", \"hf-loop\"]\nnproc = ["
+                               << nproc << "]\n[[workload]]\nname = \"w\"\n";
+  };
+  suite("s.toml", "1, 2");
+  suite("s1.toml", "1");
+  std::map<std::string, std::map<std::string, std::vector<double>>> losses;  // runs dir -> cell -> losses
+  for (const auto& [file, runs] : {std::pair{"s.toml", "runs"}, std::pair{"s1.toml", "runs1"}}) {
+    const auto r = run(std::string("run ") + file + " --runs-dir " + runs, dir_);
+    ASSERT_EQ(r.status, 0) << r.output;
+    const auto run_dir = fs::directory_iterator(dir_ / runs)->path();
+    std::vector<fs::path> inputs;
+    for (const auto& e : fs::directory_iterator(run_dir / "inputs")) inputs.push_back(e.path());
+    ASSERT_EQ(inputs.size(), 1u);
+    const auto index = nlohmann::json::parse(ddpbench::read_file((run_dir / "run.json").string()));
+    ASSERT_EQ(index["cells"].size(), std::string(file) == "s.toml" ? 4u : 2u);
+    for (const auto& e : index["cells"]) {
+      const auto doc = nlohmann::json::parse(ddpbench::read_file((run_dir / e["file"].get<std::string>()).string()));
+      ASSERT_EQ(doc["status"]["state"], "ok") << doc["status"].dump();
+      const auto shared = fs::relative(inputs[0], dir_);  // run gives paths as relative as its --runs-dir
+      EXPECT_EQ(doc["config"]["checkpoint"], (shared / "checkpoint").string());
+      const auto nproc = doc["config"]["nproc"].get<int>();
+      EXPECT_EQ(doc["config"]["data_file"], (shared / ("tokens-n" + std::to_string(nproc) + ".bin")).string());
+      for (const auto& step : doc["steps"]) losses[runs][e["name"].get<std::string>()].push_back(step["loss"].get<double>());
+    }
   }
+  auto& both = losses["runs"];
   // Equal work across trainers at each rank count, from the one set of inputs.
   for (const char* n : {"n1", "n2"}) {
-    const auto& a = losses[std::string("w/builtin/") + n + "/b2/g1/s16"];
-    const auto& b = losses[std::string("w/hf-loop/") + n + "/b2/g1/s16"];
+    const auto& a = both[std::string("w/builtin/") + n + "/b2/g1/s16"];
+    const auto& b = both[std::string("w/hf-loop/") + n + "/b2/g1/s16"];
     ASSERT_EQ(a.size(), 2u);
     ASSERT_EQ(b.size(), 2u);
     for (std::size_t i = 0; i < a.size(); ++i) EXPECT_LT(std::fabs(a[i] - b[i]) / b[i], 1e-5) << n << " step " << i;
+  }
+  // The 1-GPU cells of both runs: the same tokens, so the same curves.
+  for (const char* cell : {"w/builtin/n1/b2/g1/s16", "w/hf-loop/n1/b2/g1/s16"}) {
+    const auto& a = both[cell];
+    const auto& b = losses["runs1"][cell];
+    ASSERT_EQ(b.size(), a.size()) << cell;
+    for (std::size_t i = 0; i < a.size(); ++i) EXPECT_LT(std::fabs(a[i] - b[i]) / b[i], 1e-6) << cell << " step " << i;
   }
 }
 

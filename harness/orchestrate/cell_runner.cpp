@@ -35,6 +35,18 @@ EqualWorkInputs prepare_equal_work_inputs(const train::Config& cfg, const std::s
   return in;
 }
 
+EqualWorkInputsByWorld prepare_equal_work_inputs(const train::Config& cfg, const std::string& dir,
+                                                 const std::set<int>& world_sizes) {
+  make_dirs(dir);
+  EqualWorkInputsByWorld in{dir + "/checkpoint", {}};
+  train::write_initial_checkpoint(cfg, in.checkpoint);
+  for (const int world : world_sizes) {
+    in.data_file[world] = dir + "/tokens-n" + std::to_string(world) + ".bin";
+    train::dump_synthetic_data(cfg, train::preset_shape(cfg.preset).vocab, world, in.data_file[world]);
+  }
+  return in;
+}
+
 std::string injection_library() {
   const std::string path = getenv_or("DDPBENCH_INJECTION", DDPBENCH_INJECTION_LIBRARY);
   if (path.empty() || !std::filesystem::exists(path))

@@ -3,7 +3,9 @@
 // (launch/, train/, results/, profile/). A cell is one configuration run as a DDP job: its config
 // written, its ranks launched through the launcher, their reports merged into one run document.
 #pragma once
+#include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -59,6 +61,16 @@ struct EqualWorkInputs {
 // The built-in trainer's initial weights for cfg as a Hugging Face checkpoint, and the synthetic
 // batches of the whole run as a token file, under dir.
 EqualWorkInputs prepare_equal_work_inputs(const train::Config& cfg, const std::string& dir, int world_size);
+// The same for cells that differ in rank count: one checkpoint, and a token file per world size
+// (tokens-n<W>.bin), each holding its world's rows of every step, which are the rows the built-in
+// trainer's own generator gives that world. A world so reads the same tokens whichever other worlds
+// share the run (read as a prefix of the widest world's file, a step's rows came from other steps).
+struct EqualWorkInputsByWorld {
+  std::string checkpoint;
+  std::map<int, std::string> data_file;  // world size -> token file
+};
+EqualWorkInputsByWorld prepare_equal_work_inputs(const train::Config& cfg, const std::string& dir,
+                                                 const std::set<int>& world_sizes);
 
 // The CUPTI collector as an injection library (CUDA_INJECTION64_PATH), for profiling trainers other
 // than the built-in one: $DDPBENCH_INJECTION or the one built beside ddpbench; UsageError when absent.

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <map>
 #include <optional>
+#include <set>
 
 #include "common/error.h"
 #include "common/strings.h"
@@ -109,11 +110,13 @@ void print_summary(const std::vector<nlohmann::json>& rows, int repeats) {
   }
 }
 
-// Equal-work inputs (the initial weights as a checkpoint, the batches as a token file) are made
+// Equal-work inputs (the initial weights as a checkpoint, the batches as token files) are made
 // once per run for each set of cells that differ only in trainer, implementation and rank count,
-// for the largest world among them (a smaller world reads a prefix of the same documents), where a
-// Python trainer of the set needs them; every cell of the set then reads them, the built-in trainer
-// too. Made per cell, a 1b checkpoint would be written again for every Python cell and repeat.
+// where a Python trainer of the set needs them; every cell of the set then reads them, the built-in
+// trainer too. One checkpoint for the set; a token file per rank count, so that a cell reads the
+// same tokens whichever other rank counts share its run (a 1-GPU cell reading a prefix of the
+// 2-GPU file trained on other tokens than in a 1-GPU-only run: bench/results/2026-11-29-h200x2-scaling).
+// Made per cell, a 1b checkpoint would be written again for every Python cell and repeat.
 void share_equal_work_inputs(std::vector<PlannedCell>& cells, const std::string& dir) {
   std::map<std::string, const suite::Cell*> by_name;
   for (const auto& p : cells) by_name[p.cell->name] = p.cell;
@@ -132,16 +135,16 @@ void share_equal_work_inputs(std::vector<PlannedCell>& cells, const std::string&
   for (const auto& [key, members] : sets) {
     if (std::none_of(members.begin(), members.end(), [](const PlannedCell* p) { return train::is_python_trainer(p->config.trainer); }))
       continue;
-    const auto* widest = *std::max_element(members.begin(), members.end(), [](const PlannedCell* a, const PlannedCell* b) {
-      return a->config.nproc < b->config.nproc;
-    });
+    std::set<int> worlds;
+    for (const auto* p : members) worlds.insert(p->config.nproc);
     const std::string folder = dir + "/" + results::short_hash(key);
-    std::printf("equal-work inputs for %zu cell(s) of %s: %s\n", members.size(), widest->cell->workload.c_str(), folder.c_str());
+    std::printf("equal-work inputs for %zu cell(s) of %s: %s\n", members.size(), members.front()->cell->workload.c_str(),
+                folder.c_str());
     std::fflush(stdout);
-    const auto in = prepare_equal_work_inputs(widest->config, folder, widest->config.nproc);
+    const auto in = prepare_equal_work_inputs(members.front()->config, folder, worlds);
     for (auto* p : members) {
       p->config.checkpoint = in.checkpoint;
-      p->config.data_file = in.data_file;
+      p->config.data_file = in.data_file.at(p->config.nproc);
     }
   }
 }
