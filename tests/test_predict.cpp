@@ -175,6 +175,34 @@ TEST(PredictModel, KnownAlphaAndBandwidthGiveKnownStepTimes) {
   EXPECT_NEAR(pp.efficiency, 0.1 / (2 * pp.step_s), 1e-12);
 }
 
+TEST(PredictModel, ExpectedMaximumOfDrawsFromMeasuredSteps) {
+  // {1, 2, 3, 4}: the maximum of two draws is 1, 2, 3, 4 in 1, 3, 5, 7 of the 16 pairs.
+  EXPECT_DOUBLE_EQ(expected_max({4, 2, 1, 3}, 2), 50.0 / 16);
+  EXPECT_DOUBLE_EQ(expected_max({4, 2, 1, 3}, 1), 2.5);
+  EXPECT_DOUBLE_EQ(expected_max({7, 7, 7}, 64), 7.0);
+  EXPECT_EQ(expected_max({}, 8), 0.0);
+}
+
+TEST(PredictModel, AStepOfMoreGpusWaitsForTheSlowest) {
+  // One rank, one step in four 20 ms slow: with n ranks a step is slow unless all n are fast.
+  auto m = hand_made();
+  m.grad_bytes = 0;
+  m.step_times = {0.1, 0.1, 0.1, 0.12};
+  const auto ps = predict(make_model(m, node(1e-6, 100e9)), {1, 2, 8});
+  EXPECT_DOUBLE_EQ(find(ps, "ddp", 1).straggler_s, 0.0);
+  for (const int n : {2, 8}) {
+    const double slow = 1 - std::pow(0.75, n);  // P(at least one of n is slow)
+    EXPECT_NEAR(find(ps, "ddp", n).straggler_s, 0.1 + 0.02 * slow - 0.105, 1e-12) << n;
+    EXPECT_NEAR(find(ps, "ddp", n).step_s, 0.1 + 0.1 + 0.02 * slow - 0.105, 1e-12) << n;
+    EXPECT_LT(find(ps, "ddp", n).efficiency, 1.0);
+  }
+  // Measured on 2 ranks, the steps already wait for the slower of 2: at 8, for the slowest of 4 such.
+  m.ranks = 2;
+  const auto at8 = predict(make_model(m, node(1e-6, 100e9)), {2, 8});
+  EXPECT_DOUBLE_EQ(find(at8, "ddp", 2).straggler_s, 0.0);
+  EXPECT_NEAR(find(at8, "ddp", 8).straggler_s, 0.02 * (1 - std::pow(0.75, 4)) - 0.005, 1e-12);
+}
+
 TEST(PredictModel, WithoutAProfileTheModelSubtractsItsOwnExposedCommunication) {
   auto m = hand_made();
   m.has_profile = false;

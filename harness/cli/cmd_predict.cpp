@@ -152,12 +152,13 @@ int predict_main(const PredictArgs& a) {
     }
     std::printf("assumptions:\n");
     for (const auto& n : notes) std::printf("  - %s\n", n.c_str());
-    std::printf("%-6s %6s %4s %3s %3s %10s %10s %12s %7s %8s %8s %8s %8s %8s\n", "", "gpus", "dp", "tp", "pp", "step ms", "exposed", "tok/s/GPU",
+    std::printf("%-6s %6s %4s %3s %3s %10s %10s %10s %12s %7s %8s %8s %8s %8s %8s\n", "", "gpus", "dp", "tp", "pp", "step ms", "exposed",
+                "straggler", "tok/s/GPU",
                 "eff", "w GiB", "g GiB", "opt GiB", "act GiB", "tot GiB");
     nlohmann::json rows = nlohmann::json::array();
     for (const auto& p : predict::predict(model, gpus)) {
-      std::printf("%-6s %6d %4d %3d %3d %10.2f %10.2f %12s %6.1f%% %8s %8s %8s %8s %8s\n", p.strategy.c_str(), p.gpus, p.dp, p.tp, p.pp,
-                  p.step_s * 1e3, p.exposed_comm_s * 1e3, format_si(p.tokens_per_s_per_gpu).c_str(), 100 * p.efficiency,
+      std::printf("%-6s %6d %4d %3d %3d %10.2f %10.2f %10.2f %12s %6.1f%% %8s %8s %8s %8s %8s\n", p.strategy.c_str(), p.gpus, p.dp, p.tp,
+                  p.pp, p.step_s * 1e3, p.exposed_comm_s * 1e3, p.straggler_s * 1e3, format_si(p.tokens_per_s_per_gpu).c_str(), 100 * p.efficiency,
                   gib(p.memory.weights).c_str(), gib(p.memory.grads).c_str(), gib(p.memory.optimizer).c_str(),
                   gib(p.memory.activations).c_str(), gib(p.memory.total()).c_str());
       rows.push_back(predict::to_json(p));

@@ -192,6 +192,9 @@ Measured measured_from(const nlohmann::json& doc, const std::string& where) {
                               " x one rank's, the step modelled as if unsharded");
     }
     m.peak_bytes = s.value("peak_allocated_bytes", 0.0);
+    if (doc.contains("steps") && doc["steps"].is_array())
+      for (const auto& step : doc["steps"])
+        if (!step.value("warmup", false) && step.value("step_time_s", 0.0) > 0) m.step_times.push_back(step["step_time_s"].get<double>());
 
     // The profile, where the run has one: medians over measured steps, then over ranks.
     if (doc.contains("profile") && doc["profile"].contains("ranks") && !doc["profile"]["ranks"].empty()) {
@@ -218,6 +221,16 @@ Measured measured_from(const nlohmann::json& doc, const std::string& where) {
     throw UsageError(where + ": not a training result document (" + e.what() + ")");
   }
   return m;
+}
+
+double expected_max(std::vector<double> samples, double q) {
+  if (samples.empty()) return 0;
+  std::sort(samples.begin(), samples.end());
+  const auto m = static_cast<double>(samples.size());
+  double e = 0;
+  for (std::size_t i = 0; i < samples.size(); ++i)
+    e += samples[i] * (std::pow(static_cast<double>(i + 1) / m, q) - std::pow(static_cast<double>(i) / m, q));
+  return e;
 }
 
 double exposed_after_window(const std::vector<double>& comm, double window) {
@@ -266,6 +279,13 @@ Model make_model(const Measured& run, const Fabric& fabric) {
     if (run.ranks > 1) m.assumptions.push_back("no profile: the step without communication = the measured step - the model's exposed communication at " + std::to_string(run.ranks) + " ranks");
   }
   m.compute_s = std::max(m.compute_s, 1e-12);
+  if (run.step_times.size() >= 2)
+    m.assumptions.push_back("stragglers: a step of n GPUs waits for the slowest; the measured " + std::to_string(run.step_times.size()) +
+                            " step times at " + std::to_string(run.ranks) + " rank(s) are taken as independent draws per group of " +
+                            std::to_string(run.ranks) + ", the wait the expected maximum of n/" + std::to_string(run.ranks) +
+                            " draws beyond their mean");
+  else
+    m.assumptions.push_back("stragglers: no per-step times in the document, no wait for the slowest GPU modelled");
   return m;
 }
 
@@ -276,7 +296,13 @@ std::vector<Prediction> predict(const Model& m, const std::vector<int>& gpus) {
   const double window = r.backward_s / r.grad_accum;  // gradients sync in the last micro-step's backward
   const double activation_bytes = static_cast<double>(r.micro_batch) * r.seq_len * r.hidden * r.element_bytes;
   std::vector<Prediction> out;
+  const double mean_step = expected_max(r.step_times, 1);
   auto finish = [&](Prediction p, double gpus_per_replica) {
+    // Every GPU of the step synchronises with every other (the gradients' collectives, or the
+    // activations' for TP and PP): the step waits for the slowest of n, of which the run saw r.
+    if (r.step_times.size() >= 2)
+      p.straggler_s = expected_max(r.step_times, static_cast<double>(p.gpus) / r.ranks) - mean_step;
+    p.step_s += p.straggler_s;
     p.tokens_per_s_per_gpu = r.tokens_per_gpu_step / gpus_per_replica / p.step_s;
     p.efficiency = p.tokens_per_s_per_gpu / (r.tokens_per_gpu_step / m.compute_s);
     out.push_back(p);
@@ -385,6 +411,7 @@ nlohmann::json to_json(const Prediction& p) {
           {"pp", p.pp},
           {"step_s", p.step_s},
           {"exposed_comm_s", p.exposed_comm_s},
+          {"straggler_s", p.straggler_s},
           {"tokens_per_s_per_gpu", p.tokens_per_s_per_gpu},
           {"efficiency", p.efficiency},
           {"memory_bytes",

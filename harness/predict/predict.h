@@ -97,6 +97,7 @@ struct Measured {
   double weight_bytes = 0;
   double optimizer_bytes = 0;
   double peak_bytes = 0;
+  std::vector<double> step_times;  // the measured steps (warm-up left out), seconds
   std::vector<std::string> assumptions;
 };
 Measured measured_from(const nlohmann::json& doc, const std::string& where);
@@ -112,10 +113,16 @@ struct Prediction {
   int dp = 1, tp = 1, pp = 1;
   double step_s = 0;
   double exposed_comm_s = 0;
+  double straggler_s = 0;  // the wait for the slowest GPU of a synchronous step, beyond the measured run's
   double tokens_per_s_per_gpu = 0;
   double efficiency = 0;  // tokens/s per GPU against one GPU running the whole step alone
   Memory memory;
 };
+
+// E[max of q independent draws] from the empirical distribution of `samples`, q >= 1 real:
+// sum over the sorted x_(i) of x_(i) ((i/m)^q - ((i-1)/m)^q); q = 1 gives their mean. A synchronous
+// step ends when its slowest rank does: the step of n ranks is the maximum of n ranks' own times.
+double expected_max(std::vector<double> samples, double q);
 
 // Exposed time of a bucket schedule: n buckets become ready evenly through a window of `window`
 // seconds (bucket i at window x (i+1)/n), each collective starts when its bucket is ready and the
