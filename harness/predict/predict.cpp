@@ -299,9 +299,9 @@ std::vector<Prediction> predict(const Model& m, const std::vector<int>& gpus) {
   const double mean_step = expected_max(r.step_times, 1);
   auto finish = [&](Prediction p, double gpus_per_replica) {
     // Every GPU of the step synchronises with every other (the gradients' collectives, or the
-    // activations' for TP and PP): the step waits for the slowest of n, of which the run saw r.
-    if (r.step_times.size() >= 2)
-      p.straggler_s = expected_max(r.step_times, static_cast<double>(p.gpus) / r.ranks) - mean_step;
+    // activations' for TP and PP): the step waits for the slowest of n, of which the run saw r
+    // (0 without step times, or with one: its maximum is its mean).
+    p.straggler_s = expected_max(r.step_times, static_cast<double>(p.gpus) / r.ranks) - mean_step;
     p.step_s += p.straggler_s;
     p.tokens_per_s_per_gpu = r.tokens_per_gpu_step / gpus_per_replica / p.step_s;
     p.efficiency = p.tokens_per_s_per_gpu / (r.tokens_per_gpu_step / m.compute_s);

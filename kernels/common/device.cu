@@ -2,20 +2,20 @@
 
 namespace ddpbench::kernels {
 
-int multiprocessor_count() {
+namespace {
+
+int current_device_attribute(cudaDeviceAttr attribute) {
   int device = 0;
   DDPBENCH_CUDA_CHECK(cudaGetDevice(&device));
-  int count = 0;
-  DDPBENCH_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  return count;
+  int value = 0;
+  DDPBENCH_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device));
+  return value;
 }
 
-int max_shared_bytes_per_block() {
-  int device = 0;
-  DDPBENCH_CUDA_CHECK(cudaGetDevice(&device));
-  int bytes = 0;
-  DDPBENCH_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  return bytes;
-}
+}  // namespace
+
+int multiprocessor_count() { return current_device_attribute(cudaDevAttrMultiProcessorCount); }
+
+int max_shared_bytes_per_block() { return current_device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin); }
 
 }  // namespace ddpbench::kernels

@@ -34,23 +34,6 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { re
 template <typename T>
 __device__ __forceinline__ float round_to(float x) { return to_float(from_float<T>(x)); }
 
-// Every x[i] rounded to T and back; bf16 pairs take one conversion each (cvt.rn.bf16x2.f32).
-template <typename T, int N>
-__device__ __forceinline__ void round_all_to(float (&x)[N]) {
-  if constexpr (sizeof(T) == 2 && N % 2 == 0) {
-#pragma unroll
-    for (int i = 0; i < N; i += 2) {
-      const __nv_bfloat162 pair = __floats2bfloat162_rn(x[i], x[i + 1]);  // .x, the low half, first
-      const unsigned u = *reinterpret_cast<const unsigned*>(&pair);
-      x[i] = __uint_as_float(u << 16);
-      x[i + 1] = __uint_as_float(u & 0xffff0000u);
-    }
-  } else {
-#pragma unroll
-    for (int i = 0; i < N; ++i) x[i] = round_to<T>(x[i]);
-  }
-}
-
 template <typename T, int N>
 __device__ __forceinline__ void load_floats(const T* p, float (&out)[N]) {
   const Pack<T, N> pack = *reinterpret_cast<const Pack<T, N>*>(p);
@@ -81,16 +64,24 @@ struct RawPack<T, 1> {
   T v;
 };
 
+// 16 bytes as read (from global or shared memory) kept as a raw pack.
+template <typename T, int N>
+__device__ __forceinline__ RawPack<T, N> raw_pack(const uint4& u) {
+  static_assert(N > 1, "a 16-byte pack");
+  RawPack<T, N> r;
+  r.w[0] = u.x, r.w[1] = u.y, r.w[2] = u.z, r.w[3] = u.w;
+  return r;
+}
+
 template <typename T, int N>
 __device__ __forceinline__ RawPack<T, N> load_raw(const T* p) {
-  RawPack<T, N> r;
   if constexpr (N == 1) {
+    RawPack<T, N> r;
     r.v = *p;
+    return r;
   } else {
-    const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
-    r.w[0] = u.x, r.w[1] = u.y, r.w[2] = u.z, r.w[3] = u.w;
+    return raw_pack<T, N>(__ldg(reinterpret_cast<const uint4*>(p)));
   }
-  return r;
 }
 
 template <typename T, int N>
@@ -147,7 +138,7 @@ __device__ __forceinline__ void forget_widened(RawPack<T, N>& r) {
 // Copies of 16 bytes from global to shared memory that bypass the registers (cp.async, sm_80 on;
 // earlier architectures copy through registers). A thread's copies complete in the order of its
 // commit groups: wait_copies<N> returns once at most N of its groups are still in flight, and the
-// thread may then read what the others copied in its own words of shared memory.
+// thread may then read what it copied (other threads' copies only after a barrier).
 __device__ __forceinline__ void copy_async_16(void* shared, const void* global) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(static_cast<unsigned>(__cvta_generic_to_shared(shared))),

@@ -45,7 +45,7 @@ constexpr int kMaxScalarRowThreads = 1024;
 // Packs per thread the launchers prefer at most: forward with the residual keeps two tensors' packs
 // in registers; backward h's (and dh's) packs plus fp32 dy * w and weight-gradient sums for its
 // columns, so it takes few packs per thread and more threads per row (2: 128 threads a row at the
-// 1b shape, 256 at 8b; 80-90 registers). bench/kernels/launch_sweep.cu found no forward
+// 1b shape, 256 at 8b; 95 registers, 121 with dh, no spills on sm_90). bench/kernels/launch_sweep.cu found no forward
 // configuration more than 2% faster at the 1b and 8b shapes.
 constexpr int kForwardResidualPacks = 4;
 // Without the residual, a row is spread over this many threads (4 warps): 2 packs a thread at the
@@ -245,9 +245,6 @@ __global__ void __launch_bounds__(VEC == 1 ? kMaxScalarRowThreads : kBackwardBlo
     }
     commit_copies();  // a group every time, empty past the last row, so that the waits count rows
   };
-  auto unpack = [](const uint4& u, RawPack<T, VEC>& p) {
-    if constexpr (VEC > 1) p.w[0] = u.x, p.w[1] = u.y, p.w[2] = u.z, p.w[3] = u.w;
-  };
   auto load_row = [&](std::int64_t row, BackwardRow<T, VEC, PPT, DH>& in) {
     const std::int64_t base = row * hidden;
     in.r = rstd[row];
@@ -284,9 +281,9 @@ __global__ void __launch_bounds__(VEC == 1 ? kMaxScalarRowThreads : kBackwardBlo
 #pragma unroll
       for (int j = 0; j < PPT; ++j) {
         if ((j * blockDim.x + threadIdx.x) * VEC < hidden) {
-          unpack(*ring_pack(stage, 0, j), cur.hs[j]);
-          unpack(*ring_pack(stage, 1, j), cur.ds[j]);
-          if constexpr (DH) unpack(*ring_pack(stage, 2, j), cur.extra[j]);
+          cur.hs[j] = raw_pack<T, VEC>(*ring_pack(stage, 0, j));
+          cur.ds[j] = raw_pack<T, VEC>(*ring_pack(stage, 1, j));
+          if constexpr (DH) cur.extra[j] = raw_pack<T, VEC>(*ring_pack(stage, 2, j));
         }
       }
       stage = stage + 1 == STAGES ? 0 : stage + 1;
@@ -315,7 +312,7 @@ __global__ void __launch_bounds__(VEC == 1 ? kMaxScalarRowThreads : kBackwardBlo
           dot = fmaf(p[j][e], hv[e], dot);
           n[e] = hv[e] * r;
         }
-        round_all_to<T>(n);
+        widen(narrow<T, VEC>(n), n);  // n rounded to T (bf16: one conversion per pair)
 #pragma unroll
         for (int e = 0; e < VEC; ++e) dw[j][e] = fmaf(d[e], n[e], dw[j][e]);
       }
