@@ -158,12 +158,15 @@ struct Case {
   double copy_ms;
 };
 
-void print_row(const Case& c, const std::string& config, bool is_default, double ms, double error) {
+// `check`: ok, MISMATCH, NaN-LEFT, or what a row timed without a check is.
+void print_row(const Case& c, const std::string& config, bool is_default, double ms, const char* check) {
   const double gbps = c.bytes / (ms * 1e-3) / 1e9;
-  std::printf("%-22s %-58s %s %9.4f %8.0f %7.1f %10s\n", c.op.c_str(), config.c_str(), is_default ? "*" : " ", ms, gbps,
-              100.0 * c.copy_ms / ms, error < 0 ? "NaN-LEFT" : (error > kCheckTolerance ? "MISMATCH" : "ok"));
+  std::printf("%-22s %-66s %s %9.4f %8.0f %7.1f %10s\n", c.op.c_str(), config.c_str(), is_default ? "*" : " ", ms, gbps,
+              100.0 * c.copy_ms / ms, check);
   std::fflush(stdout);
 }
+
+const char* check_text(double error) { return error < 0 ? "NaN-LEFT" : (error > kCheckTolerance ? "MISMATCH" : "ok"); }
 
 // Runs the default first (its outputs are the reference), then each configuration: poison, run,
 // compare every output, time.
@@ -186,7 +189,7 @@ void sweep(Device& dev, const Case& c, const std::vector<Tensor>& outputs,
       error = e < 0 || error < 0 ? -1 : std::max(error, e);
     }
     if (error < 0 || error > kCheckTolerance) dev.count_failed_check();
-    print_row(c, name, name == default_config, dev.time_ms(run), error);
+    print_row(c, name, name == default_config, dev.time_ms(run), check_text(error));
   }
 }
 
@@ -198,13 +201,19 @@ std::string config_name(std::initializer_list<std::pair<const char*, int>> field
 
 // Named by the layout a request resolves to (layout_for may widen packs or threads), so that
 // requests that resolve alike are swept once.
-// Backward requests (per_sm > 0) also by the ring depth they resolve to (backward_stages).
-std::string rms_config(std::int64_t hidden, int packs, int threads, int per_sm = 0, int stages = 0, bool with_dh = false) {
+std::string rms_config(std::int64_t hidden, int packs, int threads) {
   const Layout l = layout_for(hidden, kPackElems<bf16>, packs, threads);
-  auto name = config_name({{"packs", l.ppt}, {"threads/row", l.tpr}, {"rows/block", l.rows_per_block}});
-  if (per_sm == 0) return name;
-  return name + " " + config_name({{"blocks/SM", per_sm},
-                                   {"stages", backward_stages(l, sizeof(bf16), with_dh, stages, max_shared_bytes_per_block())}});
+  return config_name({{"packs", l.ppt}, {"threads/row", l.tpr}, {"rows/block", l.rows_per_block}});
+}
+
+// Backward requests also by the ring depth they resolve to (backward_stages) and whether the weight
+// is held in registers (only compiled for some: launch_backward).
+std::string rms_backward_config(std::int64_t hidden, const BackwardConfig& b, bool with_dh) {
+  const Layout l = layout_for(hidden, kPackElems<bf16>, b.packs, b.block_threads);
+  const int stages = backward_stages(l, sizeof(bf16), with_dh, b.stages, max_shared_bytes_per_block());
+  const bool wreg = b.weight_in_registers && l.ppt <= 2 && stages == kBackwardStages;
+  return rms_config(hidden, b.packs, b.block_threads) + " " +
+         config_name({{"blocks/SM", b.blocks_per_multiprocessor}, {"stages", stages}, {"weight-in-regs", wreg}});
 }
 
 void add_unique(std::vector<std::pair<std::string, std::function<void()>>>& configs, const std::string& name,
@@ -241,17 +250,24 @@ void sweep_rms_norm(Device& dev, const Shape& s) {
     rms_norm_forward(DType::bf16, x.p, nullptr, w.p, nullptr, y.p, rstd, rows, hidden, 1e-5f, nullptr);
     const double bwd_bytes = row_bytes * (with_residual ? 4 : 3) + 4.0 * hidden + 4.0 * rows;
     configs.clear();
+    const void* dh_or_null = with_residual ? dh.p : nullptr;
     for (int packs : {1, 2, 4, 8})
       for (int threads : {256, 512})
         for (int per_sm : {1, 2, 4})
           for (int stages : {0, 2, 3, 4})
-            add_unique(configs, rms_config(hidden, packs, threads, per_sm, stages, with_residual), [=] {
-              launch_backward(DType::bf16, dy.p, with_residual ? dh.p : nullptr, x.p, w.p, rstd, dx.p, partials, dw.p,
-                              rows, hidden, packs, threads, per_sm, stages, nullptr);
-            });
-    sweep(dev, {op + "/bwd", bwd_bytes, dev.copy_ms(static_cast<std::size_t>(bwd_bytes))}, {dx, dw}, configs,
-          rms_config(hidden, kBackwardPacks, kBackwardBlockThreads, kBackwardBlocksPerMultiprocessor, kBackwardStages,
-                     with_residual));
+            for (bool wreg : {false, true}) {
+              const BackwardConfig b{packs, threads, per_sm, stages, wreg};
+              add_unique(configs, rms_backward_config(hidden, b, with_residual), [=] {
+                launch_backward(DType::bf16, dy.p, dh_or_null, x.p, w.p, rstd, dx.p, partials, dw.p, rows, hidden, b, nullptr);
+              });
+            }
+    const Case bwd{op + "/bwd", bwd_bytes, dev.copy_ms(static_cast<std::size_t>(bwd_bytes))};
+    sweep(dev, bwd, {dx, dw}, configs, rms_backward_config(hidden, kBackwardDefault, with_residual));
+    // What the second kernel (the partial sums' reduction) costs: the default's first kernel alone.
+    print_row(bwd, "the default without the partials' reduction", false, dev.time_ms([=] {
+      launch_backward(DType::bf16, dy.p, dh_or_null, x.p, w.p, rstd, dx.p, partials, dw.p, rows, hidden, kBackwardDefault,
+                      nullptr, /*reduce_partials=*/false);
+    }), "timing");
   }
 }
 

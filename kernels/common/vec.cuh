@@ -138,15 +138,28 @@ __device__ __forceinline__ void forget_widened(RawPack<T, N>& r) {
 // Copies of 16 bytes from global to shared memory that bypass the registers (cp.async, sm_80 on;
 // earlier architectures copy through registers). A thread's copies complete in the order of its
 // commit groups: wait_copies<N> returns once at most N of its groups are still in flight, and the
-// thread may then read what it copied (other threads' copies only after a barrier).
-__device__ __forceinline__ void copy_async_16(void* shared, const void* global) {
+// thread may then read what it copied (other threads' copies only after a barrier). Shared memory
+// is addressed by its 32-bit shared-window address (shared_address, taken once): a generic pointer
+// would be converted again at every access.
+__device__ __forceinline__ unsigned shared_address(const void* shared) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(shared));
+}
+
+__device__ __forceinline__ void copy_async_16(unsigned shared, const void* global) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(static_cast<unsigned>(__cvta_generic_to_shared(shared))),
-               "l"(global)
-               : "memory");
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(shared), "l"(global) : "memory");
 #else
-  *static_cast<uint4*>(shared) = *static_cast<const uint4*>(global);
+  asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(shared), "r"(static_cast<const uint4*>(global)->x),
+               "r"(static_cast<const uint4*>(global)->y), "r"(static_cast<const uint4*>(global)->z),
+               "r"(static_cast<const uint4*>(global)->w)
+               : "memory");
 #endif
+}
+
+__device__ __forceinline__ uint4 load_shared_16(unsigned shared) {
+  uint4 u;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(u.x), "=r"(u.y), "=r"(u.z), "=r"(u.w) : "r"(shared) : "memory");
+  return u;
 }
 
 __device__ __forceinline__ void commit_copies() {

@@ -35,9 +35,10 @@ constexpr int kBackwardBlocksPerMultiprocessor = 1;
 // Rows of a backward row group in flight at once: a ring of cp.async copies in shared memory this
 // deep (0: each row loaded into registers and waited for before it is worked on). On an H200,
 // L2-cold, two rows (the next one copied while this one is worked on) with 2 packs a thread were
-// 73-81% of the copy bandwidth at the 1b and 8b shapes, against 61-79% for the best configuration
-// without the ring; deeper rings were no faster (bench/results/2026-11-29-h200x1-rms-norm-backward).
-// Holding the next row in registers instead (2x the registers) was 1-3% slower than no ring.
+// the fastest (82-90% of the copy bandwidth at the 1b and 8b shapes with the weight in registers;
+// 65-79% without the ring); deeper rings were no faster (bench/results/2026-11-29-h200x1-rms-norm-
+// backward, -backward-2). Holding the next row in registers instead (2x the registers) was 1-3%
+// slower than no ring.
 constexpr int kBackwardStages = 2;
 constexpr int kMaxBackwardStages = 4;
 // A row of single elements (sizes not a multiple of the pack) may take up to this many threads.
@@ -45,7 +46,7 @@ constexpr int kMaxScalarRowThreads = 1024;
 // Packs per thread the launchers prefer at most: forward with the residual keeps two tensors' packs
 // in registers; backward h's (and dh's) packs plus fp32 dy * w and weight-gradient sums for its
 // columns, so it takes few packs per thread and more threads per row (2: 128 threads a row at the
-// 1b shape, 256 at 8b; 95 registers, 121 with dh, no spills on sm_90). bench/kernels/launch_sweep.cu found no forward
+// 1b shape, 256 at 8b; 119 registers, 127 with dh, no spills on sm_90). bench/kernels/launch_sweep.cu found no forward
 // configuration more than 2% faster at the 1b and 8b shapes.
 constexpr int kForwardResidualPacks = 4;
 // Without the residual, a row is spread over this many threads (4 warps): 2 packs a thread at the
@@ -54,6 +55,19 @@ constexpr int kForwardResidualPacks = 4;
 // wait of a row's loads, and two rows a block of 256 keep as many loads in flight.
 constexpr int kForwardThreadsPerRow = 128;
 constexpr int kBackwardPacks = 2;
+
+// A backward launch: the public launcher uses kBackwardDefault; bench/kernels/launch_sweep.cu
+// times the alternatives.
+struct BackwardConfig {
+  int packs = kBackwardPacks;
+  int block_threads = kBackwardBlockThreads;
+  int blocks_per_multiprocessor = kBackwardBlocksPerMultiprocessor;
+  int stages = kBackwardStages;
+  // WREG, and EXACT where the row allows (compiled for the default ring and 16-byte packs of up to
+  // 2 a thread): 5-12% faster than neither at the 1b and 8b shapes (the same sweep).
+  bool weight_in_registers = true;
+};
+constexpr BackwardConfig kBackwardDefault{};
 
 struct Layout {
   int vec = 1;   // elements per pack
@@ -91,8 +105,16 @@ Layout layout_for(std::int64_t hidden, int vec, int preferred, int block_threads
 // ids are immediates so that ptxas counts 9 barriers rather than all 16 (a multiprocessor holds
 // 64, so 16 per block would cap it at 4 blocks); groups of a block that share barriers are at
 // most 8 (layout_for: a row wider than a warp leaves room for at most 8 in a block).
+// ANY_ID: the id in a register, one instruction instead of a switch, at the cost of ptxas counting
+// all 16 barriers for the kernel (4 blocks a multiprocessor at most): for the backward kernel, which
+// runs one.
+template <bool ANY_ID>
 __device__ __forceinline__ void sync_row_group() {
   const int threads = static_cast<int>(blockDim.x);
+  if constexpr (ANY_ID) {
+    asm volatile("bar.sync %0, %1;" ::"r"(1 + static_cast<int>(threadIdx.y)), "r"(threads) : "memory");
+    return;
+  }
   switch (threadIdx.y) {
     case 0: asm volatile("bar.sync 1, %0;" ::"r"(threads) : "memory"); break;
     case 1: asm volatile("bar.sync 2, %0;" ::"r"(threads) : "memory"); break;
@@ -107,18 +129,41 @@ __device__ __forceinline__ void sync_row_group() {
 
 // Sum of v over the TPR threads of a row group (threadIdx.y), broadcast to all of them. Every thread
 // of the group calls it; groups of one warp never touch shared memory. `slot` alternates between
-// two halves of the scratch on successive calls of a group: a warp writing call n + 2's value has
-// passed call n + 1's barrier, which every warp of its group reached after reading call n's.
+// two halves of the scratch (16-byte aligned) on successive calls of a group: a warp writing call
+// n + 2's value has passed call n + 1's barrier, which every warp of its group reached after reading
+// call n's. Groups of 4 or 8 warps (the 16-byte packs' rows) read their warps' sums as float4s.
+template <bool ANY_BARRIER_ID = false>
 __device__ __forceinline__ float row_sum(float v, float* scratch, int slot) {
   v = warp_sum(v);
   const int warps_per_row = blockDim.x / 32;
   if (warps_per_row == 1) return v;
   float* mine = scratch + slot * 32 + threadIdx.y * warps_per_row;
   if (threadIdx.x % 32 == 0) mine[threadIdx.x / 32] = v;
-  sync_row_group();
+  sync_row_group<ANY_BARRIER_ID>();
+  if (warps_per_row == 4 || warps_per_row == 8) {
+    const float4 a = *reinterpret_cast<const float4*>(mine);
+    float s = (a.x + a.y) + (a.z + a.w);
+    if (warps_per_row == 8) {
+      const float4 b = *reinterpret_cast<const float4*>(mine + 4);
+      s += (b.x + b.y) + (b.z + b.w);
+    }
+    return s;
+  }
   float s = 0;
   for (int w = 0; w < warps_per_row; ++w) s += mine[w];
   return s;
+}
+
+// N fp32 values to p, as float4 stores where N allows (p then 16-byte aligned).
+template <int N>
+__device__ __forceinline__ void store_f32(float* p, const float (&v)[N]) {
+  if constexpr (N % 4 == 0) {
+#pragma unroll
+    for (int i = 0; i < N; i += 4) *reinterpret_cast<float4*>(p + i) = make_float4(v[i], v[i + 1], v[i + 2], v[i + 3]);
+  } else {
+#pragma unroll
+    for (int i = 0; i < N; ++i) p[i] = v[i];
+  }
 }
 
 template <typename T, int VEC, int PPT>
@@ -131,7 +176,7 @@ __global__ void __launch_bounds__(max_threads_of<T, VEC, PPT>()) rms_norm_forwar
     const T* __restrict__ x, const T* __restrict__ residual, const T* __restrict__ weight, T* __restrict__ h_out,
     T* __restrict__ y, float* __restrict__ rstd_out, std::int64_t rows, int hidden, float eps) {
   using P = RawPack<T, VEC>;
-  __shared__ float scratch[64];
+  __shared__ __align__(16) float scratch[64];
   const std::int64_t row = static_cast<std::int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
   if (row >= rows) return;  // the whole row group: its barrier is its own
   const std::int64_t base = row * hidden;
@@ -191,21 +236,18 @@ __global__ void __launch_bounds__(max_threads_of<T, VEC, PPT>()) rms_norm_forwar
   if (threadIdx.x == 0) rstd_out[row] = rstd;
 }
 
-// A row's inputs as loaded, and its rstd.
-template <typename T, int VEC, int PPT, bool DH>
-struct BackwardRow {
-  RawPack<T, VEC> hs[PPT], ds[PPT];
-  [[maybe_unused]] RawPack<T, VEC> extra[DH ? PPT : 1];
-  float r;
-};
-
 // STAGES = 0: a row group loads each row into registers and waits for it before working on it.
 // STAGES >= 2 (16-byte packs only): each thread keeps a ring of STAGES rows of its own packs in
 // shared memory, filled by cp.async STAGES - 1 rows ahead of the row it works on, so that its next
 // rows' loads are in flight while it computes and stores (without the registers that holding them
 // would take). The ring is the block's dynamic shared memory; it is reused at the end for the
 // weight-gradient sums (which alone is what STAGES = 0 asks of it).
-template <typename T, int VEC, int PPT, bool DH, int STAGES>
+// WREG: the weight of the thread's columns is read once, into fp32 registers, instead of from L1
+// and widened again for every row. EXACT: the row groups' packs cover the row exactly (hidden =
+// PPT x threads x VEC), so no pack needs a bounds check. Pointers and ring addresses are advanced
+// from row to row rather than recomputed: Nsight Compute found the kernel as much issue-bound as
+// memory-bound, and the per-row index arithmetic was a third of its instructions.
+template <typename T, int VEC, int PPT, bool DH, int STAGES, bool WREG, bool EXACT>
 __global__ void __launch_bounds__(VEC == 1 ? kMaxScalarRowThreads : kBackwardBlockThreads, 1) rms_norm_backward_kernel(
     const T* __restrict__ dy, const T* __restrict__ dh, const T* __restrict__ h, const T* __restrict__ weight,
     const float* __restrict__ rstd, T* __restrict__ dx, float* __restrict__ dw_partials, std::int64_t rows, int hidden) {
@@ -217,81 +259,98 @@ __global__ void __launch_bounds__(VEC == 1 ? kMaxScalarRowThreads : kBackwardBlo
   // kernel's launch and ramp overlap this one's tail. Its reads still wait for everything below.
   cudaTriggerProgrammaticLaunchCompletion();
 #endif
-  __shared__ float scratch[64];
+  __shared__ __align__(16) float scratch[64];
   extern __shared__ uint4 dynamic_shared[];
+  constexpr int kTensors = DH ? 3 : 2;
+  const int pack_cols = blockDim.x * VEC;  // columns between a thread's consecutive packs
+  const int col0 = threadIdx.x * VEC;
+  auto in_row = [&](int j) { return EXACT || col0 + j * pack_cols < hidden; };
   float dw[PPT][VEC];
 #pragma unroll
   for (int j = 0; j < PPT; ++j)
 #pragma unroll
     for (int e = 0; e < VEC; ++e) dw[j][e] = 0.f;
+  [[maybe_unused]] float wreg[WREG ? PPT : 1][VEC];
+  if constexpr (WREG) {
+#pragma unroll
+    for (int j = 0; j < PPT; ++j)
+      if (in_row(j)) widen(load_raw<T, VEC>(weight + col0 + j * pack_cols), wreg[j]);
+  }
   const float inv_hidden = 1.f / static_cast<float>(hidden);
   int slot = 0;
-  constexpr int kTensors = DH ? 3 : 2;
-  // This thread's packs of the ring: [stage][tensor][pack j], blockDim.x apart (conflict-free).
-  uint4* const ring = dynamic_shared + threadIdx.y * (STAGES * kTensors * PPT) * blockDim.x + threadIdx.x;
-  auto ring_pack = [&](int stage, int tensor, int j) { return ring + ((stage * kTensors + tensor) * PPT + j) * blockDim.x; };
-  auto issue_row = [&](std::int64_t row, int stage) {
-    if (row < rows) {
-      const std::int64_t base = row * hidden;
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.y;
+  const std::int64_t step = stride * hidden;  // elements from one of the group's rows to its next
+  std::int64_t row = static_cast<std::int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
+  const std::int64_t first = row * hidden + col0;
+  T* dx_at = dx + first;
+  // The row being loaded: the ring's, STAGES - 1 ahead of `row`; without a ring, `row`'s.
+  std::int64_t load_row = row;
+  const T* h_at = h + first;
+  const T* dy_at = dy + first;
+  [[maybe_unused]] const T* dh_at = DH ? dh + first : nullptr;
+  // This thread's packs of the ring: [stage][tensor][pack j], blockDim.x x 16 bytes apart (conflict-free).
+  const unsigned pack_bytes = blockDim.x * 16u;
+  const unsigned stage_bytes = kTensors * PPT * pack_bytes;
+  const unsigned ring = shared_address(dynamic_shared) + threadIdx.y * STAGES * stage_bytes + threadIdx.x * 16u;
+  auto next_load = [&] {
+    load_row += stride;
+    h_at += step, dy_at += step;
+    if constexpr (DH) dh_at += step;
+  };
+  auto issue_row = [&](int stage) {
+    if (load_row < rows) {
+      const unsigned at = ring + stage * stage_bytes;
 #pragma unroll
       for (int j = 0; j < PPT; ++j) {
-        const int col = (j * blockDim.x + threadIdx.x) * VEC;
-        if (col < hidden) {
-          copy_async_16(ring_pack(stage, 0, j), h + base + col);
-          copy_async_16(ring_pack(stage, 1, j), dy + base + col);
-          if constexpr (DH) copy_async_16(ring_pack(stage, 2, j), dh + base + col);
+        if (in_row(j)) {
+          copy_async_16(at + j * pack_bytes, h_at + j * pack_cols);
+          copy_async_16(at + (PPT + j) * pack_bytes, dy_at + j * pack_cols);
+          if constexpr (DH) copy_async_16(at + (2 * PPT + j) * pack_bytes, dh_at + j * pack_cols);
         }
       }
     }
     commit_copies();  // a group every time, empty past the last row, so that the waits count rows
+    next_load();
   };
-  auto load_row = [&](std::int64_t row, BackwardRow<T, VEC, PPT, DH>& in) {
-    const std::int64_t base = row * hidden;
-    in.r = rstd[row];
-#pragma unroll
-    for (int j = 0; j < PPT; ++j) {
-      const int col = (j * blockDim.x + threadIdx.x) * VEC;
-      if (col < hidden) {
-        in.hs[j] = load_raw<T, VEC>(h + base + col);
-        in.ds[j] = load_raw<T, VEC>(dy + base + col);
-        if constexpr (DH) in.extra[j] = load_raw<T, VEC>(dh + base + col);
-      }
-    }
-  };
-  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.y;
-  std::int64_t row = static_cast<std::int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
-  BackwardRow<T, VEC, PPT, DH> cur;
+  P hs[PPT], ds[PPT];
+  [[maybe_unused]] P extra[DH ? PPT : 1];
   [[maybe_unused]] float next_rstd = 0.f;
   [[maybe_unused]] int stage = 0;
   if constexpr (STAGES > 0) {
 #pragma unroll
-    for (int s = 0; s < STAGES - 1; ++s) issue_row(row + s * stride, s);
+    for (int s = 0; s < STAGES - 1; ++s) issue_row(s);
     if (row < rows) next_rstd = rstd[row];
   }
-  for (; row < rows; row += stride) {
-    const std::int64_t base = row * hidden;
+  for (; row < rows; row += stride, dx_at += step) {
+    float r;
     if constexpr (STAGES == 0) {
-      load_row(row, cur);
-    } else {
-      // The stage refilled is the one the previous row was read from (into registers, above).
-      issue_row(row + (STAGES - 1) * stride, stage == 0 ? STAGES - 1 : stage - 1);
-      cur.r = next_rstd;
-      if (row + stride < rows) next_rstd = rstd[row + stride];
-      wait_copies<STAGES - 1>();
+      r = rstd[row];
 #pragma unroll
       for (int j = 0; j < PPT; ++j) {
-        if ((j * blockDim.x + threadIdx.x) * VEC < hidden) {
-          cur.hs[j] = raw_pack<T, VEC>(*ring_pack(stage, 0, j));
-          cur.ds[j] = raw_pack<T, VEC>(*ring_pack(stage, 1, j));
-          if constexpr (DH) cur.extra[j] = raw_pack<T, VEC>(*ring_pack(stage, 2, j));
+        if (in_row(j)) {
+          hs[j] = load_raw<T, VEC>(h_at + j * pack_cols);
+          ds[j] = load_raw<T, VEC>(dy_at + j * pack_cols);
+          if constexpr (DH) extra[j] = load_raw<T, VEC>(dh_at + j * pack_cols);
+        }
+      }
+      next_load();
+    } else {
+      // The stage refilled is the one the previous row was read from (into registers, below).
+      issue_row(stage == 0 ? STAGES - 1 : stage - 1);
+      r = next_rstd;
+      if (row + stride < rows) next_rstd = rstd[row + stride];
+      wait_copies<STAGES - 1>();
+      const unsigned at = ring + stage * stage_bytes;
+#pragma unroll
+      for (int j = 0; j < PPT; ++j) {
+        if (in_row(j)) {
+          hs[j] = raw_pack<T, VEC>(load_shared_16(at + j * pack_bytes));
+          ds[j] = raw_pack<T, VEC>(load_shared_16(at + (PPT + j) * pack_bytes));
+          if constexpr (DH) extra[j] = raw_pack<T, VEC>(load_shared_16(at + (2 * PPT + j) * pack_bytes));
         }
       }
       stage = stage + 1 == STAGES ? 0 : stage + 1;
     }
-    auto& hs = cur.hs;
-    auto& ds = cur.ds;
-    [[maybe_unused]] auto& extra = cur.extra;
-    const float r = cur.r;
     // With n = h * r and p = dy * w, a row needs dot = r * sum(p h) and, per element, the sums
     // dw += dy * to_dtype(n) and dx = r p - h (r^2 mean(dot)): p is kept from the first pass to the
     // second (in fp32, the registers dy's packs free), so the second reads neither dy nor the
@@ -300,12 +359,14 @@ __global__ void __launch_bounds__(VEC == 1 ? kMaxScalarRowThreads : kBackwardBlo
     float dot = 0;
 #pragma unroll
     for (int j = 0; j < PPT; ++j) {
-      const int col = (j * blockDim.x + threadIdx.x) * VEC;
-      if (col < hidden) {
-        float hv[VEC], d[VEC], w[VEC], n[VEC];
+      if (in_row(j)) {
+        float hv[VEC], d[VEC], n[VEC];
         widen(hs[j], hv);
         widen(ds[j], d);
-        widen(load_raw<T, VEC>(weight + col), w);  // from L1 after the first row
+        float w_l1[VEC];
+        const float* w = w_l1;
+        if constexpr (WREG) w = wreg[j];
+        else widen(load_raw<T, VEC>(weight + col0 + j * pack_cols), w_l1);  // from L1 after the first row
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
           p[j][e] = d[e] * w[e];
@@ -317,14 +378,13 @@ __global__ void __launch_bounds__(VEC == 1 ? kMaxScalarRowThreads : kBackwardBlo
         for (int e = 0; e < VEC; ++e) dw[j][e] = fmaf(d[e], n[e], dw[j][e]);
       }
     }
-    const float c = r * r * r * row_sum(dot, scratch, slot) * inv_hidden;
+    const float c = r * r * r * row_sum<true>(dot, scratch, slot) * inv_hidden;
     slot ^= 1;
 #pragma unroll
     for (int j = 0; j < PPT; ++j) forget_widened(hs[j]);
 #pragma unroll
     for (int j = 0; j < PPT; ++j) {
-      const int col = (j * blockDim.x + threadIdx.x) * VEC;
-      if (col < hidden) {
+      if (in_row(j)) {
         float hv[VEC], out[VEC];
         widen(hs[j], hv);
 #pragma unroll
@@ -339,36 +399,28 @@ __global__ void __launch_bounds__(VEC == 1 ? kMaxScalarRowThreads : kBackwardBlo
       }
     }
 #pragma unroll
-    for (int j = 0; j < PPT; ++j) {
-      const int col = (j * blockDim.x + threadIdx.x) * VEC;
-      if (col < hidden) store_raw(dx + base + col, hs[j]);
-    }
+    for (int j = 0; j < PPT; ++j)
+      if (in_row(j)) store_raw(dx_at + j * pack_cols, hs[j]);
   }
-  // The block's rows summed into one partial row: pack by pack through shared memory (one pack of
-  // every thread; a block of several rows has at most kBackwardBlockThreads threads).
+  // The block's rows summed into one partial row, pack by pack through shared memory: every
+  // thread of the block then sums and writes a share of the pack's columns (coalesced).
   if constexpr (STAGES > 0) wait_copies<0>();  // (only empty groups are left) before the ring is reused
   float* const dw_rows = reinterpret_cast<float*>(dynamic_shared);
+  float* const partial = dw_partials + static_cast<std::int64_t>(blockIdx.x) * hidden;
+  const int block_threads = blockDim.x * blockDim.y, tid = threadIdx.y * blockDim.x + threadIdx.x;
 #pragma unroll
   for (int j = 0; j < PPT; ++j) {
-    const int col = (j * blockDim.x + threadIdx.x) * VEC;
     if (blockDim.y == 1) {
-      if (col < hidden)
-#pragma unroll
-        for (int e = 0; e < VEC; ++e)
-          if (col + e < hidden) dw_partials[static_cast<std::int64_t>(blockIdx.x) * hidden + col + e] = dw[j][e];
+      if (in_row(j)) store_f32(partial + col0 + j * pack_cols, dw[j]);
       continue;
     }
+    __syncthreads();  // the previous pack's sums read (for the first, every group's ring)
+    store_f32(dw_rows + threadIdx.y * pack_cols + col0, dw[j]);
     __syncthreads();
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) dw_rows[(threadIdx.y * blockDim.x + threadIdx.x) * VEC + e] = dw[j][e];
-    __syncthreads();
-    if (threadIdx.y == 0 && col < hidden) {
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) {
-        float s = 0;
-        for (int y = 0; y < static_cast<int>(blockDim.y); ++y) s += dw_rows[(y * blockDim.x + threadIdx.x) * VEC + e];
-        dw_partials[static_cast<std::int64_t>(blockIdx.x) * hidden + col + e] = s;
-      }
+    for (int o = tid; o < pack_cols && j * pack_cols + o < hidden; o += block_threads) {
+      float sum = 0;
+      for (int y = 0; y < static_cast<int>(blockDim.y); ++y) sum += dw_rows[y * pack_cols + o];
+      partial[j * pack_cols + o] = sum;
     }
   }
 }
@@ -388,12 +440,14 @@ __global__ void reduce_partials_kernel(const float* __restrict__ partials, T* __
     for (int p = threadIdx.y; p < parts; p += 32) s += partials[static_cast<std::int64_t>(p) * hidden + col];
   }
   sums[threadIdx.y][threadIdx.x] = s;
-  __syncthreads();
-  if (threadIdx.y == 0 && col < hidden) {
-    float total = 0;
-    for (int y = 0; y < 32; ++y) total += sums[y][threadIdx.x];
-    out[col] = from_float<T>(total);
+  // A tree over the 32 partial sums of each column (five barriers rather than one thread's 32
+  // dependent loads).
+#pragma unroll
+  for (int half = 16; half > 0; half /= 2) {
+    __syncthreads();
+    if (threadIdx.y < half) sums[threadIdx.y][threadIdx.x] += sums[threadIdx.y + half][threadIdx.x];
   }
+  if (threadIdx.y == 0 && col < hidden) out[col] = from_float<T>(sums[0][threadIdx.x]);
 }
 
 // Calls f(integral_constant VEC, integral_constant PPT) for the layout's values: 16-byte packs at
@@ -475,23 +529,27 @@ int backward_stages(const Layout& l, int element_size, bool with_dh, int request
   return 0;
 }
 
-// dw_partials holds backward_blocks(rows, blocks_per_multiprocessor) rows of `hidden` floats.
+// dw_partials holds backward_blocks(rows, config.blocks_per_multiprocessor) rows of `hidden` floats.
+// reduce_partials = false leaves them unreduced (launch_sweep times the first kernel alone).
 void launch_backward(DType dtype, const void* dy, const void* dh, const void* h, const void* weight, const float* rstd,
-                     void* dx, float* dw_partials, void* dweight, std::int64_t rows, std::int64_t hidden, int packs,
-                     int block_threads, int blocks_per_multiprocessor, int stages, cudaStream_t stream) {
+                     void* dx, float* dw_partials, void* dweight, std::int64_t rows, std::int64_t hidden,
+                     const BackwardConfig& config, cudaStream_t stream, bool reduce_partials = true) {
+  const bool weight_in_registers = config.weight_in_registers;  // (nvcc captures no reference parameter in the nested lambdas)
   dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
-    const std::int64_t parts = rows == 0 ? 0 : backward_blocks(rows, blocks_per_multiprocessor);
+    const std::int64_t parts = rows == 0 ? 0 : backward_blocks(rows, config.blocks_per_multiprocessor);
     if (parts == 0) {
       DDPBENCH_CUDA_CHECK(cudaMemsetAsync(dweight, 0, hidden * sizeof(T), stream));
       return;
     }
-    const Layout l = layout_for(hidden, pack_width<T>(hidden, {dy, dh, h, weight, dx}), packs, block_threads);
-    const int ring = backward_stages(l, sizeof(T), dh != nullptr, stages, max_shared_bytes_per_block());
+    const Layout l =
+        layout_for(hidden, pack_width<T>(hidden, {dy, dh, h, weight, dx}), config.packs, config.block_threads);
+    const int ring = backward_stages(l, sizeof(T), dh != nullptr, config.stages, max_shared_bytes_per_block());
     // The ring, or (with none) the weight-gradient sums of the block's end alone.
     const std::size_t shared = std::max<std::size_t>(
         std::size_t{16} * ring * l.ppt * l.tpr * l.rows_per_block * (dh ? 3 : 2),
         sizeof(float) * l.vec * l.tpr * l.rows_per_block);
+    const bool exact = hidden == static_cast<std::int64_t>(l.ppt) * l.tpr * l.vec;
     dispatch_layout<T>(l, [&](auto vec, auto ppt) {
       const dim3 block(l.tpr, l.rows_per_block);
       auto launch = [&](auto kernel) {
@@ -502,10 +560,20 @@ void launch_backward(DType dtype, const void* dy, const void* dh, const void* h,
             static_cast<const T*>(dy), static_cast<const T*>(dh), static_cast<const T*>(h), static_cast<const T*>(weight),
             rstd, static_cast<T*>(dx), dw_partials, rows, static_cast<int>(hidden));
       };
+      // The weight in registers (with or without the exact cover) is compiled for the default ring
+      // depth and packs of up to 2 a thread (the registers it takes would spill more).
+      constexpr bool kWregCompiled = ppt.value <= 2 && sizeof(T) * vec.value == 16;
       auto with_stages = [&](auto depth) {
         if constexpr (depth.value == 0 || sizeof(T) * vec.value == 16) {
-          if (dh) launch(rms_norm_backward_kernel<T, vec.value, ppt.value, true, depth.value>);
-          else launch(rms_norm_backward_kernel<T, vec.value, ppt.value, false, depth.value>);
+          auto with = [&](auto wreg, auto exact) {
+            if (dh) launch(rms_norm_backward_kernel<T, vec.value, ppt.value, true, depth.value, wreg.value, exact.value>);
+            else launch(rms_norm_backward_kernel<T, vec.value, ppt.value, false, depth.value, wreg.value, exact.value>);
+          };
+          if constexpr (kWregCompiled && depth.value == kBackwardStages) {
+            if (weight_in_registers && exact) return with(std::true_type{}, std::true_type{});
+            if (weight_in_registers) return with(std::true_type{}, std::false_type{});
+          }
+          with(std::false_type{}, std::false_type{});
         }
       };
       using std::integral_constant;
@@ -517,6 +585,7 @@ void launch_backward(DType dtype, const void* dy, const void* dh, const void* h,
       }
       DDPBENCH_LAUNCH_CHECK("rms_norm_backward_kernel");
     });
+    if (!reduce_partials) return;
     // Launched as a programmatic dependent of the backward kernel (sm_90; elsewhere the attribute
     // is ignored and this is an ordinary launch in stream order).
     cudaLaunchConfig_t config{};
@@ -543,14 +612,13 @@ void rms_norm_forward(DType dtype, const void* x, const void* residual, const vo
 }
 
 std::int64_t rms_norm_backward_partials(std::int64_t rows, std::int64_t /*hidden*/) {
-  return backward_blocks(rows, kBackwardBlocksPerMultiprocessor);
+  return backward_blocks(rows, kBackwardDefault.blocks_per_multiprocessor);
 }
 
 void rms_norm_backward(DType dtype, const void* dy, const void* dh, const void* h, const void* weight,
                        const float* rstd, void* dx, float* dw_partials, void* dweight, std::int64_t rows,
                        std::int64_t hidden, cudaStream_t stream) {
-  launch_backward(dtype, dy, dh, h, weight, rstd, dx, dw_partials, dweight, rows, hidden, kBackwardPacks,
-                  kBackwardBlockThreads, kBackwardBlocksPerMultiprocessor, kBackwardStages, stream);
+  launch_backward(dtype, dy, dh, h, weight, rstd, dx, dw_partials, dweight, rows, hidden, kBackwardDefault, stream);
 }
 
 }  // namespace ddpbench::kernels
