@@ -426,10 +426,13 @@ __global__ void __launch_bounds__(VEC == 1 ? kMaxScalarRowThreads : kBackwardBlo
 }
 
 // dweight[c] = sum over p of partials[p][c]: 32 columns x 32 partial rows per block, the loads of
-// a thread's partial rows unrolled so that several are in flight (they come from L2).
+// a thread's partial rows unrolled so that several are in flight (they come from L2). (Blocks of
+// 4 x 32 threads, which fit beside a backward block and so wait resident for its grid's end, were
+// no faster: bench/results/2026-11-29-h200x1-rms-norm-backward-2.)
 template <typename T>
 __global__ void reduce_partials_kernel(const float* __restrict__ partials, T* __restrict__ out, int parts, int hidden) {
-  __shared__ float sums[32][33];
+  constexpr int Y = 32;
+  __shared__ float sums[Y][33];
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   cudaGridDependencySynchronize();  // the backward kernel has completed and its partials are visible
 #endif
@@ -437,13 +440,13 @@ __global__ void reduce_partials_kernel(const float* __restrict__ partials, T* __
   float s = 0;
   if (col < hidden) {
 #pragma unroll 8
-    for (int p = threadIdx.y; p < parts; p += 32) s += partials[static_cast<std::int64_t>(p) * hidden + col];
+    for (int p = threadIdx.y; p < parts; p += Y) s += partials[static_cast<std::int64_t>(p) * hidden + col];
   }
   sums[threadIdx.y][threadIdx.x] = s;
-  // A tree over the 32 partial sums of each column (five barriers rather than one thread's 32
+  // A tree over the Y partial sums of each column (log2 Y barriers rather than one thread's Y
   // dependent loads).
 #pragma unroll
-  for (int half = 16; half > 0; half /= 2) {
+  for (int half = Y / 2; half > 0; half /= 2) {
     __syncthreads();
     if (threadIdx.y < half) sums[threadIdx.y][threadIdx.x] += sums[threadIdx.y + half][threadIdx.x];
   }
@@ -588,16 +591,16 @@ void launch_backward(DType dtype, const void* dy, const void* dh, const void* h,
     if (!reduce_partials) return;
     // Launched as a programmatic dependent of the backward kernel (sm_90; elsewhere the attribute
     // is ignored and this is an ordinary launch in stream order).
-    cudaLaunchConfig_t config{};
-    config.gridDim = dim3(static_cast<unsigned>((hidden + 31) / 32));
-    config.blockDim = dim3(32, 32);
-    config.stream = stream;
+    cudaLaunchConfig_t launch_config{};
+    launch_config.gridDim = dim3(static_cast<unsigned>((hidden + 31) / 32));
+    launch_config.blockDim = dim3(32, 32);
+    launch_config.stream = stream;
     cudaLaunchAttribute attribute{};
     attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attribute.val.programmaticStreamSerializationAllowed = 1;
-    config.attrs = &attribute;
-    config.numAttrs = 1;
-    DDPBENCH_CUDA_CHECK(cudaLaunchKernelEx(&config, reduce_partials_kernel<T>, static_cast<const float*>(dw_partials),
+    launch_config.attrs = &attribute;
+    launch_config.numAttrs = 1;
+    DDPBENCH_CUDA_CHECK(cudaLaunchKernelEx(&launch_config, reduce_partials_kernel<T>, static_cast<const float*>(dw_partials),
                                            static_cast<T*>(dweight), static_cast<int>(parts), static_cast<int>(hidden)));
   });
 }
