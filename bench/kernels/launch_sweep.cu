@@ -211,7 +211,8 @@ std::string rms_config(std::int64_t hidden, int packs, int threads) {
 std::string rms_backward_config(std::int64_t hidden, const BackwardConfig& b, bool with_dh) {
   const Layout l = layout_for(hidden, kPackElems<bf16>, b.packs, b.block_threads);
   const int stages = backward_stages(l, sizeof(bf16), with_dh, b.stages, max_shared_bytes_per_block());
-  const bool wreg = b.weight_in_registers && l.ppt <= 2 && stages == kBackwardStages;
+  const bool wreg =
+      backward_weight_in_registers(b.weight_in_registers, l.ppt, l.vec * static_cast<int>(sizeof(bf16)), stages);
   return rms_config(hidden, b.packs, b.block_threads) + " " +
          config_name({{"blocks/SM", b.blocks_per_multiprocessor}, {"stages", stages}, {"weight-in-regs", wreg}});
 }

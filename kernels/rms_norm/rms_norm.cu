@@ -520,6 +520,13 @@ void launch_forward(DType dtype, const void* x, const void* residual, const void
   });
 }
 
+// Whether a backward launch holds the weight in registers (WREG): where asked, and compiled, which
+// is for the default ring depth and 16-byte packs of up to 2 a thread (the registers it takes would
+// spill more). The launcher's dispatch and launch_sweep's names both go by it.
+constexpr bool backward_weight_in_registers(bool requested, int ppt, int pack_bytes, int ring) {
+  return requested && ppt <= 2 && pack_bytes == 16 && ring == kBackwardStages;
+}
+
 // The ring depth a backward launch gets for a requested one: 0 (loads into registers) for rows of
 // single elements, else the deepest of 2..requested whose ring fits the block's shared memory (0
 // where not even 2 does).
@@ -563,9 +570,9 @@ void launch_backward(DType dtype, const void* dy, const void* dh, const void* h,
             static_cast<const T*>(dy), static_cast<const T*>(dh), static_cast<const T*>(h), static_cast<const T*>(weight),
             rstd, static_cast<T*>(dx), dw_partials, rows, static_cast<int>(hidden));
       };
-      // The weight in registers (with or without the exact cover) is compiled for the default ring
-      // depth and packs of up to 2 a thread (the registers it takes would spill more).
-      constexpr bool kWregCompiled = ppt.value <= 2 && sizeof(T) * vec.value == 16;
+      // The weight in registers (with or without the exact cover) is compiled only where it may be used.
+      constexpr bool kWregCompiled =
+          backward_weight_in_registers(true, ppt.value, static_cast<int>(sizeof(T)) * vec.value, kBackwardStages);
       auto with_stages = [&](auto depth) {
         if constexpr (depth.value == 0 || sizeof(T) * vec.value == 16) {
           auto with = [&](auto wreg, auto exact) {
