@@ -259,6 +259,10 @@ __global__ void __launch_bounds__(VEC == 1 ? kMaxScalarRowThreads : kBackwardBlo
   // kernel's launch and ramp overlap this one's tail. Its reads still wait for everything below.
   cudaTriggerProgrammaticLaunchCompletion();
 #endif
+  // The static shared memory stays at 256 bytes, so that the ring (the dynamic shared memory after
+  // it) starts on a 256-byte boundary: a 16-byte flag beside the scratch (272 bytes) made the row
+  // loop 10-15% slower on an H200, with the same instructions (bench/results/2026-11-29-h200x1-
+  // rms-norm-cluster-dw).
   __shared__ __align__(16) float scratch[64];
   extern __shared__ uint4 dynamic_shared[];
   constexpr int kTensors = DH ? 3 : 2;
